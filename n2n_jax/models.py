@@ -1,0 +1,136 @@
+"""The one Flax module that turns any valid `NetSpec` into a network.
+
+Parameter names follow the spec's layer paths ("3_Conv", "5_main_0_Conv",
+"9_branches_1_0_Conv"), so a parameter tree can be read against its spec and
+weights can be matched between a teacher and its students.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from n2n_jax import spec as S
+
+# PyTorch's batch-norm defaults, which the paper's teachers were trained with.
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
+
+def _pool_by_reshape(x, window: int, reduce):
+  """Non-overlapping pooling as reshape + reduce. On the CPU this is markedly
+  faster than reduce_window (DESIGN.md); rows/columns that do not fill a
+  window are dropped, as floor-mode pooling does."""
+  n, h, w, c = x.shape
+  ho, wo = h // window, w // window
+  x = x[:, :ho * window, :wo * window, :]
+  return reduce(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
+
+
+class SpecNet(nn.Module):
+  """A network interpreting `spec`. Call with (images NHWC, train: bool);
+  train=True needs mutable=['batch_stats'] and, with dropout, a 'dropout' rng."""
+  spec: S.NetSpec
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return self._sequence(self.spec.layers, x, train, '')
+
+  def _sequence(self, layers, x, train, prefix):
+    for i, layer in enumerate(layers):
+      x = self._layer(layer, x, train, f'{prefix}{i}')
+    return x
+
+  def _layer(self, layer, x, train, name):
+    kind = type(layer).__name__
+    if isinstance(layer, S.Conv):
+      p = layer.padding
+      return nn.Conv(layer.filters, (layer.kernel, layer.kernel), (layer.stride, layer.stride),
+                     padding=((p, p), (p, p)), use_bias=layer.use_bias,
+                     name=f'{name}_{kind}')(x)
+    if isinstance(layer, S.Dense):
+      return nn.Dense(layer.features, use_bias=layer.use_bias, name=f'{name}_{kind}')(x)
+    if isinstance(layer, S.BatchNorm):
+      return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                          epsilon=BN_EPSILON, name=f'{name}_{kind}')(x)
+    if isinstance(layer, S.ReLU):
+      return nn.relu(x)
+    if isinstance(layer, S.Dropout):
+      return nn.Dropout(layer.rate, deterministic=not train)(x) if layer.rate > 0 else x
+    if isinstance(layer, S.Flatten):
+      return x.reshape(x.shape[0], -1)
+    if isinstance(layer, S.GlobalAvgPool):
+      return jnp.mean(x, axis=(1, 2), keepdims=True)
+    if isinstance(layer, S.MaxPool):
+      if layer.window == layer.stride and layer.padding == 0:
+        return _pool_by_reshape(x, layer.window, jnp.max)
+      p = layer.padding
+      return nn.max_pool(x, (layer.window,) * 2, (layer.stride,) * 2, ((p, p), (p, p)))
+    if isinstance(layer, S.AvgPool):
+      if layer.window == layer.stride:
+        return _pool_by_reshape(x, layer.window, jnp.mean)
+      return nn.avg_pool(x, (layer.window,) * 2, (layer.stride,) * 2)
+    if isinstance(layer, S.Residual):
+      main = self._sequence(layer.main, x, train, f'{name}_main_')
+      short = self._sequence(layer.shortcut, x, train, f'{name}_shortcut_')
+      return main + short
+    if isinstance(layer, S.Concat):
+      return jnp.concatenate([self._sequence(b, x, train, f'{name}_branches_{j}_')
+                              for j, b in enumerate(layer.branches)], axis=-1)
+    raise S.SpecError(f'{name}: cannot build layer {layer!r:.80}')
+
+
+def build(spec: S.NetSpec) -> SpecNet:
+  """Validate `spec` (SpecError names the layer that cannot be built) and wrap it."""
+  S.validate(spec)
+  return SpecNet(spec)
+
+
+def count_params(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+
+
+def variable_shapes(model: SpecNet, input_shape) -> Any:
+  """The variable tree as ShapeDtypeStructs, traced but never compiled."""
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+  return jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+
+
+def _host_init(path, leaf, rng: np.random.Generator) -> np.ndarray:
+  """Flax's default initialisers, computed with numpy: lecun-normal (truncated
+  at 2 sd, variance 1/fan_in) kernels, zero biases, unit BN scales, and BN
+  running statistics mean 0 / variance 1."""
+  name = path[-1].key
+  shape = leaf.shape
+  if name == 'kernel':
+    fan_in = math.prod(shape[:-1])
+    # Standard deviation of a unit normal truncated to [-2, 2].
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    z = rng.standard_normal(shape, dtype=np.float32)
+    bad = np.abs(z) > 2
+    while bad.any():
+      z[bad] = rng.standard_normal(int(bad.sum()), dtype=np.float32)
+      bad = np.abs(z) > 2
+    return z * np.float32(std)
+  if name in ('scale', 'var'):
+    return np.ones(shape, np.float32)
+  if name in ('bias', 'mean'):
+    return np.zeros(shape, np.float32)
+  raise ValueError(f'no initialiser for variable {jax.tree_util.keystr(path)}')
+
+
+def init_variables(model: SpecNet, seed: int, input_shape) -> dict:
+  """Initial {'params', 'batch_stats'} for `model`, built on the host from
+  `jax.eval_shape` shapes. Compiling `model.init` instead costs seconds per
+  new architecture (DESIGN.md; 2-11 s measured here), which a search that
+  builds hundreds of students cannot afford."""
+  rng = np.random.default_rng(seed)
+  shapes = variable_shapes(model, input_shape)
+  host = jax.tree_util.tree_map_with_path(lambda p, l: _host_init(p, l, rng), shapes)
+  variables = jax.device_put(host)
+  variables.setdefault('batch_stats', {})
+  return dict(variables)
