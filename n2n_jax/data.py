@@ -1,0 +1,623 @@
+"""Datasets for n2n_jax: where images come from, how they are split, normalised and augmented.
+
+Three sources, chosen by ``data_config.source``:
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images). Always available offline.
+* ``idx``: MNIST-format IDX files in a local folder (e.g. Debian's ``dataset-fashion-mnist``).
+* ``tfds``: a TensorFlow Datasets dataset read with ``tfds.data_source``, which needs no
+  TensorFlow once the data is prepared.
+
+Whatever the source, the validation split is held out of the training split (rewards are
+driven by validation accuracy, never test), every split is normalised with per-channel
+statistics of the training images, and the arrays are placed on the default device once:
+MNIST/CIFAR-size data fits, so training never waits on a host input pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+import math
+import numbers
+import os
+import struct
+import threading
+import typing
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+SOURCES = ("digits", "idx", "tfds")
+
+
+class TfdsEntry(typing.NamedTuple):
+  input_shape: tuple[int, int, int]
+  num_classes: int
+
+
+# Only fixed-size image datasets belong here: every split must stack into one NHWC array.
+# The values match the builders' own feature specs (a test checks them against TFDS).
+# TFDS 4.9.10 registers no Caltech-256 builder (only `caltech101`, whose images vary in
+# size, and the `caltech_birds*` sets), so the paper's Caltech-256 experiments cannot use
+# this source.
+TFDS_DATASETS: dict[str, TfdsEntry] = {
+    "mnist": TfdsEntry((28, 28, 1), 10),
+    "fashion_mnist": TfdsEntry((28, 28, 1), 10),
+    "kmnist": TfdsEntry((28, 28, 1), 10),
+    "cifar10": TfdsEntry((32, 32, 3), 10),
+    "cifar100": TfdsEntry((32, 32, 3), 100),
+    "svhn_cropped": TfdsEntry((32, 32, 3), 10),
+}
+
+DIGITS_INPUT_SHAPE = (8, 8, 1)
+DIGITS_NUM_CLASSES = 10
+# load_digits stores ink as integer counts 0..16 (4x4 blocks of a 32x32 bitmap).
+_DIGITS_MAX_VALUE = 16.0
+# The digits test split must not move when split_seed changes, or runs with different
+# validation seeds would be scored on different test images.
+_DIGITS_TEST_SPLIT_SEED = 20_170_101
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_IDX_HINT = (
+    "For Fashion-MNIST run `apt-get install dataset-fashion-mnist` (files land in "
+    "/usr/share/datasets/fashion-mnist) and set data.path to that folder, or copy the MNIST "
+    "files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte, raw or .gz) into it."
+)
+# Deflate cannot expand data by more than about 1032:1, so a .gz file whose header
+# promises more than this many bytes per compressed byte is lying.
+_MAX_DEFLATE_RATIO = 1032
+_READ_CHUNK_BYTES = 1 << 20
+
+_TFDS_READ_BATCH = 1024
+_TFDS_EXTRA_HINT = "pip install 'n2n_jax[tfds]'"
+_NETWORK_CHECK_TIMEOUT_S = 3.0
+# TFDS first tries its own GCS mirror; probed when a builder lists no download URLs.
+_TFDS_MIRROR_URL = "https://storage.googleapis.com/tfds-data/"
+
+_STD_FLOOR = 1e-6
+
+
+class DataError(ValueError):
+  """A dataset cannot be loaded as configured; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """All three splits, normalised and resident on the default device.
+
+  ``eq=False`` because arrays have no single truth value; datasets compare by identity.
+  """
+
+  name: str
+  train_images: jax.Array
+  train_labels: jax.Array
+  val_images: jax.Array
+  val_labels: jax.Array
+  test_images: jax.Array
+  test_labels: jax.Array
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+
+# --------------------------------------------------------------------------- config
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The data section of an experiment config, with every field at its default."""
+  return ml_collections.ConfigDict({
+      "source": "digits",
+      "name": "",
+      "path": "",
+      "data_dir": "",
+      "download": False,
+      "validation_fraction": 0.1,
+      "split_seed": 0,
+      "test_fraction": 0.2,
+      "max_train_examples": 0,
+      "augment": False,
+  })
+
+
+_DEFAULTS = default_data_config().to_dict()
+
+
+def _field(data_config, name: str):
+  # Missing fields take their defaults so a partial config (or a plain namespace) works.
+  return getattr(data_config, name, _DEFAULTS[name])
+
+
+def _require_type(data_config, name: str, kinds: tuple[type, ...], what: str):
+  value = _field(data_config, name)
+  # bool is an int subclass, but `validation_fraction=True` is a mistake, not 1.
+  if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+    raise DataError(f"data.{name} must be {what}, got {value!r}.")
+  return value
+
+
+def _require_open_fraction(data_config, name: str) -> float:
+  value = _require_type(data_config, name, (numbers.Real,), "a number")
+  if not 0.0 < value < 1.0:
+    raise DataError(f"data.{name} must lie strictly between 0 and 1, got {value!r}.")
+  return float(value)
+
+
+def validate_data_config(data_config) -> None:
+  """Checks every field without touching any data; raises DataError naming the field."""
+  source = _field(data_config, "source")
+  if source not in SOURCES:
+    raise DataError(
+        f"data.source={source!r} is not a known source; choose one of {', '.join(SOURCES)}.")
+  name = _require_type(data_config, "name", (str,), "a string")
+  path = _require_type(data_config, "path", (str,), "a string")
+  _require_type(data_config, "data_dir", (str,), "a string")
+  _require_type(data_config, "download", (bool,), "True or False")
+  _require_type(data_config, "augment", (bool,), "True or False")
+  _require_open_fraction(data_config, "validation_fraction")
+  _require_open_fraction(data_config, "test_fraction")
+  for field in ("split_seed", "max_train_examples"):
+    value = _require_type(data_config, field, (numbers.Integral,), "an integer")
+    if value < 0:
+      raise DataError(f"data.{field} must be >= 0, got {value}.")
+  if source == "idx" and not path:
+    raise DataError(f"data.path is empty, but data.source='idx' needs the IDX folder. {_IDX_HINT}")
+  if source == "tfds" and name not in TFDS_DATASETS:
+    raise DataError(
+        f"data.name={name!r} is not a supported TFDS dataset; choose one of "
+        f"{', '.join(sorted(TFDS_DATASETS))}.")
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def describe_source(data_config) -> tuple[tuple[int, int, int], int]:
+  """(input_shape, num_classes) without loading images, to validate a config before any work.
+
+  For ``idx`` this reads the 16-byte header of the training images and the training labels
+  (60 KB for MNIST): the class count is only known from the labels.
+  """
+  validate_data_config(data_config)
+  source = _field(data_config, "source")
+  if source == "digits":
+    return DIGITS_INPUT_SHAPE, DIGITS_NUM_CLASSES
+  if source == "idx":
+    files = _idx_files(_field(data_config, "path"))
+    header = read_idx_header(files["train_images"])
+    _, rows, cols = _expect_idx_rank(files["train_images"], header, 3)
+    labels = read_idx(files["train_labels"])
+    return (rows, cols, 1), _num_classes(labels, files["train_labels"])
+  entry = TFDS_DATASETS[_field(data_config, "name")]
+  return entry.input_shape, entry.num_classes
+
+
+def load(data_config) -> Dataset:
+  """Loads, splits, normalises and device-puts the dataset that ``data_config`` describes.
+
+  The normalisation statistics come from the training images actually returned (after
+  the validation hold-out and ``max_train_examples``), never from validation or test.
+  """
+  validate_data_config(data_config)
+  source = _field(data_config, "source")
+  if source == "digits":
+    name, (train, test), num_classes = "digits", _load_digits(data_config), DIGITS_NUM_CLASSES
+  elif source == "idx":
+    path = _field(data_config, "path")
+    name = _field(data_config, "name") or os.path.basename(os.path.normpath(path))
+    (train, test), num_classes = _load_idx_folder(path)
+  else:
+    name = _field(data_config, "name")
+    train, test = _load_tfds(name, _field(data_config, "data_dir"), _field(data_config, "download"))
+    num_classes = TFDS_DATASETS[name].num_classes
+
+  train, val = _split_validation(
+      train, _field(data_config, "validation_fraction"), _field(data_config, "split_seed"))
+  train = _subsample(train, _field(data_config, "max_train_examples"),
+                     _field(data_config, "split_seed"))
+  mean, std = _channel_stats(train[0])
+  train_x, train_y = _to_device(train, mean, std)
+  val_x, val_y = _to_device(val, mean, std)
+  test_x, test_y = _to_device(test, mean, std)
+  return Dataset(
+      name=name,
+      train_images=train_x, train_labels=train_y,
+      val_images=val_x, val_labels=val_y,
+      test_images=test_x, test_labels=test_y,
+      num_classes=int(num_classes),
+      mean=tuple(float(m) for m in mean),
+      std=tuple(float(s) for s in std),
+  )
+
+
+# --------------------------------------------------------------------------- splits and statistics
+
+# A split is (images float32 NHWC in [0, 1], labels int) as host numpy arrays.
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def _split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+  images, labels = train
+  n = len(labels)
+  num_val = int(round(n * fraction))
+  if num_val < 1 or num_val >= n:
+    raise DataError(
+        f"data.validation_fraction={fraction} leaves {num_val} of {n} training examples for "
+        "validation; both splits need at least one. Change data.validation_fraction.")
+  order = np.random.default_rng(seed).permutation(n)
+  # Sorting keeps the source's order within each split, so a split is a set, not a shuffle.
+  val_idx, train_idx = np.sort(order[:num_val]), np.sort(order[num_val:])
+  return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+
+def _subsample(train: Split, max_examples: int, seed: int) -> Split:
+  images, labels = train
+  if not max_examples or max_examples >= len(labels):
+    return train
+  # `train` is back in source order, whose head may be one writer or class; draw a
+  # fresh permutation so the subset is a random sample (seeded apart from validation's).
+  keep = np.sort(np.random.default_rng([seed, 1]).permutation(len(labels))[:max_examples])
+  return images[keep], labels[keep]
+
+
+def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  # float64 accumulation: float32 sums over ~50M CIFAR pixels lose digits.
+  mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
+  std = images.std(axis=(0, 1, 2), dtype=np.float64)
+  # A constant channel (e.g. in a synthetic test set) must not divide by zero.
+  return mean, np.maximum(std, _STD_FLOOR)
+
+
+def _to_device(split: Split, mean: np.ndarray, std: np.ndarray) -> tuple[jax.Array, jax.Array]:
+  images, labels = split
+  normalised = (images - mean.astype(np.float32)) / std.astype(np.float32)
+  return jax.device_put(normalised.astype(np.float32)), jax.device_put(labels.astype(np.int32))
+
+
+def _to_unit_nhwc(images: np.ndarray, max_value: float) -> np.ndarray:
+  images = images.astype(np.float32) / np.float32(max_value)
+  return images[..., None] if images.ndim == 3 else images
+
+
+def _num_classes(labels: np.ndarray, where: str) -> int:
+  if labels.size == 0:
+    raise DataError(f"{where} holds no labels.")
+  return int(labels.max()) + 1
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _load_digits(data_config) -> tuple[Split, Split]:
+  from sklearn.datasets import load_digits  # scikit-learn is slow to import; only digits needs it
+
+  bunch = load_digits()
+  images = _to_unit_nhwc(bunch.images, _DIGITS_MAX_VALUE)
+  labels = bunch.target.astype(np.int32)
+  n = len(labels)
+  num_test = int(round(n * _field(data_config, "test_fraction")))
+  order = np.random.default_rng(_DIGITS_TEST_SPLIT_SEED).permutation(n)
+  test_idx, train_idx = np.sort(order[:num_test]), np.sort(order[num_test:])
+  return (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def _open_idx(path: str) -> typing.BinaryIO:
+  if not os.path.isfile(path):
+    raise DataError(f"IDX file {path} does not exist. {_IDX_HINT}")
+  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _parse_idx_header(stream: typing.BinaryIO, path: str) -> tuple[int, ...]:
+  magic_bytes = stream.read(4)
+  if len(magic_bytes) < 4:
+    raise DataError(f"IDX file {path} is truncated: it ends inside its 4-byte magic number.")
+  (magic,) = struct.unpack(">I", magic_bytes)
+  if magic not in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC):
+    raise DataError(
+        f"{path} is not an MNIST-format IDX file: magic number 0x{magic:08x}, expected "
+        f"0x{_IDX_IMAGES_MAGIC:08x} (uint8 images) or 0x{_IDX_LABELS_MAGIC:08x} (uint8 labels). "
+        "A gzip-compressed file needs the .gz suffix.")
+  rank = magic & 0xFF
+  dim_bytes = stream.read(4 * rank)
+  if len(dim_bytes) < 4 * rank:
+    raise DataError(f"IDX file {path} is truncated: it ends inside its header.")
+  dims = struct.unpack(f">{rank}I", dim_bytes)
+  if 0 in dims:
+    raise DataError(f"IDX file {path} declares an empty array of shape {dims}.")
+  return dims
+
+
+def _max_payload_bytes(path: str, header_bytes: int) -> int:
+  size = os.path.getsize(path)
+  if path.endswith(".gz"):
+    return size * _MAX_DEFLATE_RATIO
+  return size - header_bytes
+
+
+def _read_exactly(stream: typing.BinaryIO, num_bytes: int, path: str) -> bytearray:
+  # Grows with what the stream really holds, so a lying header cannot make us
+  # allocate its declared size up front (BufferedReader.read(n) would).
+  payload = bytearray()
+  while len(payload) <= num_bytes:
+    chunk = stream.read(min(_READ_CHUNK_BYTES, num_bytes + 1 - len(payload)))
+    if not chunk:
+      break
+    payload += chunk
+  if len(payload) < num_bytes:
+    raise DataError(
+        f"IDX file {path} is truncated: its header promises {num_bytes} data bytes, "
+        f"it holds {len(payload)}. Re-download or re-copy it.")
+  if len(payload) > num_bytes:
+    raise DataError(
+        f"IDX file {path} has data after the {num_bytes} bytes its header promises; "
+        "it is corrupt or not an IDX file.")
+  return payload
+
+
+def _unreadable_error(path: str, error: Exception) -> DataError:
+  # gzip reports a damaged .gz as OSError (BadGzipFile), EOFError or zlib.error.
+  return DataError(f"Cannot read IDX file {path}: {error}. Re-download or re-copy it.")
+
+
+def read_idx_header(path: str) -> tuple[int, ...]:
+  """The dimensions declared by an IDX file's header, without reading its data."""
+  try:
+    with _open_idx(path) as stream:
+      return _parse_idx_header(stream, path)
+  except (OSError, EOFError, zlib.error) as error:
+    raise _unreadable_error(path, error) from error
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an uint8 IDX file (raw or .gz) strictly: magic, header and size must all agree."""
+  try:
+    with _open_idx(path) as stream:
+      dims = _parse_idx_header(stream, path)
+      num_bytes = math.prod(dims)
+      header_bytes = 4 + 4 * len(dims)
+      if num_bytes > _max_payload_bytes(path, header_bytes):
+        raise DataError(
+            f"IDX file {path} declares shape {dims} ({num_bytes} bytes), more than the file "
+            f"can hold ({os.path.getsize(path)} bytes on disk); it is truncated or corrupt.")
+      payload = _read_exactly(stream, num_bytes, path)
+  except (OSError, EOFError, zlib.error) as error:
+    raise _unreadable_error(path, error) from error
+  return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def _idx_files(folder: str) -> dict[str, str]:
+  if not os.path.isdir(folder):
+    raise DataError(f"IDX folder {folder} does not exist (data.path). {_IDX_HINT}")
+  found = {}
+  for role, base in IDX_FILES.items():
+    candidates = [os.path.join(folder, base), os.path.join(folder, base + ".gz")]
+    existing = [c for c in candidates if os.path.isfile(c)]
+    if not existing:
+      raise DataError(
+          f"IDX file missing: neither {candidates[0]} nor {candidates[1]} exists. {_IDX_HINT}")
+    found[role] = existing[0]
+  return found
+
+
+def _expect_idx_rank(path: str, dims: tuple[int, ...], rank: int) -> tuple[int, ...]:
+  if len(dims) != rank:
+    kind = "images (N, rows, cols)" if rank == 3 else "labels (N,)"
+    raise DataError(f"{path} holds an array of shape {dims}, but {kind} were expected there.")
+  return dims
+
+
+def _read_idx_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+  images = read_idx(images_path)
+  labels = read_idx(labels_path)
+  _expect_idx_rank(images_path, images.shape, 3)
+  _expect_idx_rank(labels_path, labels.shape, 1)
+  if len(images) != len(labels):
+    raise DataError(
+        f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+        "labels; the files do not belong together.")
+  return images, labels
+
+
+def _load_idx_folder(folder: str) -> tuple[tuple[Split, Split], int]:
+  files = _idx_files(folder)
+  train_images, train_labels = _read_idx_split(files["train_images"], files["train_labels"])
+  test_images, test_labels = _read_idx_split(files["test_images"], files["test_labels"])
+  if train_images.shape[1:] != test_images.shape[1:]:
+    raise DataError(
+        f"{files['train_images']} holds {train_images.shape[1:]} images but "
+        f"{files['test_images']} holds {test_images.shape[1:]}; they must match.")
+  num_classes = _num_classes(train_labels, files["train_labels"])
+  if test_labels.max() >= num_classes:
+    raise DataError(
+        f"{files['test_labels']} contains label {int(test_labels.max())}, but the training "
+        f"labels only go up to {num_classes - 1}; the files do not belong together.")
+  train = (_to_unit_nhwc(train_images, 255.0), train_labels.astype(np.int32))
+  test = (_to_unit_nhwc(test_images, 255.0), test_labels.astype(np.int32))
+  return (train, test), num_classes
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def _import_tfds():
+  try:
+    import tensorflow_datasets as tfds  # optional dependency, ~0.6 s to import
+  except ImportError as error:
+    raise DataError(
+        f"data.source='tfds' needs tensorflow-datasets: {_TFDS_EXTRA_HINT}. "
+        "Or use data.source='idx' or 'digits', which need nothing extra.") from error
+  return tfds
+
+
+def _tfds_alternatives(name: str) -> str:
+  return (
+      f"Either set data.download=True with TensorFlow installed ({_TFDS_EXTRA_HINT}) to "
+      f"prepare {name!r}, or use data.source='idx' with local MNIST-format files "
+      "(apt-get install dataset-fashion-mnist) or data.source='digits' (bundled, offline).")
+
+
+def _url_answers(url: str, timeout_s: float) -> bool:
+  """Whether a HEAD request to ``url`` gets any HTTP answer within ``timeout_s``.
+
+  Any status counts, so a server that refuses HEAD never blocks a working download; what
+  this catches is no DNS, no route, or TLS interception, where TFDS would retry for
+  minutes. DNS lookups ignore socket timeouts, hence the daemon thread we stop waiting for.
+  """
+  answered = []
+
+  def probe():
+    try:
+      urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+      answered.append(True)
+    except urllib.error.HTTPError:
+      answered.append(True)
+    except (OSError, ValueError):
+      answered.append(False)
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  return bool(answered and answered[0])
+
+
+def _download_probe_urls(builder) -> list[str]:
+  """One download URL per host the builder fetches from (TFDS's checksums list them)."""
+  by_host = {}
+  for url in sorted(getattr(builder, "url_infos", None) or {}):
+    by_host.setdefault(urllib.parse.urlparse(url).hostname, url)
+  return list(by_host.values()) or [_TFDS_MIRROR_URL]
+
+
+def _check_can_prepare(name: str, builder) -> None:
+  if importlib.util.find_spec("tensorflow") is None:
+    raise DataError(
+        f"TFDS dataset {name!r} is not prepared in {builder.data_dir}, and preparing it with "
+        f"data.download=True needs TensorFlow, which is not installed: {_TFDS_EXTRA_HINT}. "
+        "Or use data.source='idx' (apt-get install dataset-fashion-mnist) or 'digits'.")
+  for url in _download_probe_urls(builder):
+    if not _url_answers(url, _NETWORK_CHECK_TIMEOUT_S):
+      raise DataError(
+          f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and cannot be "
+          f"downloaded: {url} did not answer within {_NETWORK_CHECK_TIMEOUT_S:.0f} s. "
+          "Prepare it on a machine with network access and copy that data_dir over, or use "
+          "data.source='idx' (apt-get install dataset-fashion-mnist) or 'digits'.")
+
+
+def _tfds_error(tfds, name: str, data_dir: str | None, download: bool,
+                error: Exception) -> DataError:
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    where, prepared = builder.data_dir, builder.is_prepared()
+  except Exception:  # the report must not hide the original failure
+    where, prepared = data_dir or "the TFDS default data_dir", False
+  if not prepared and not download:
+    return DataError(
+        f"TFDS dataset {name!r} is not prepared in {where} (looked there because data.data_dir="
+        f"{data_dir or ''!r}) and data.download is False. {_tfds_alternatives(name)}")
+  if not prepared:
+    return DataError(
+        f"TFDS could not download and prepare {name!r} into {where}: "
+        f"{type(error).__name__}: {error} Or use data.source='idx' or 'digits'.")
+  return DataError(
+      f"TFDS dataset {name!r} in {where} cannot be read with tfds.data_source: "
+      f"{type(error).__name__}: {error} If tfds.load prepared it (TFRecord format), re-prepare "
+      "it with file_format='array_record' or point data.data_dir elsewhere. "
+      f"{_tfds_alternatives(name)}")
+
+
+def _read_records(source, keys: list[int]) -> list[dict]:
+  try:
+    return source.__getitems__(keys)
+  except TypeError:
+    # tfds.testing.mock_data (4.9.x) installs an unbound __getitems__ that cannot be
+    # called; single-record reads work there.
+    return [source[k] for k in keys]
+
+
+def _tfds_split_to_numpy(source, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  expected_shape = TFDS_DATASETS[name].input_shape
+  n = len(source)
+  images = np.empty((n, *expected_shape), dtype=np.uint8)
+  labels = np.empty((n,), dtype=np.int32)
+  # Batched reads let array_record fetch records in parallel; decoding stays per record.
+  for start in range(0, n, _TFDS_READ_BATCH):
+    keys = list(range(start, min(start + _TFDS_READ_BATCH, n)))
+    for offset, record in enumerate(_read_records(source, keys)):
+      image = np.asarray(record["image"])
+      if image.shape != expected_shape:
+        raise DataError(
+            f"TFDS {name}/{split} example {start + offset} has shape {image.shape}, but "
+            f"TFDS_DATASETS says {expected_shape}; this dataset cannot be stacked as is.")
+      images[start + offset] = image
+      labels[start + offset] = record["label"]
+  return images, labels
+
+
+def _load_tfds(name: str, data_dir: str, download: bool) -> tuple[Split, Split]:
+  tfds = _import_tfds()
+  data_dir = data_dir or None
+  if download:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+      _check_can_prepare(name, builder)
+  try:
+    sources = {split: tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+               for split in ("train", "test")}
+  except Exception as error:  # TFDS raises assorted types for "not there"
+    raise _tfds_error(tfds, name, data_dir, download, error) from error
+  num_classes = TFDS_DATASETS[name].num_classes
+  splits = []
+  for split, source in sources.items():
+    images, labels = _tfds_split_to_numpy(source, name, split)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+      raise DataError(f"TFDS {name}/{split} has labels outside 0..{num_classes - 1}.")
+    splits.append((_to_unit_nhwc(images, 255.0), labels))
+  return splits[0], splits[1]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def augment_batch(key: jax.Array, images: jax.Array, *, crop_padding: int = 4,
+                  flip: bool = True) -> jax.Array:
+  """CIFAR-style augmentation of a NHWC batch: pad, random crop, random horizontal flip.
+
+  Pure and jittable (``crop_padding`` and ``flip`` are static), so it can run inside a
+  compiled train step. Padding is with zeros, which after normalisation is the mean colour.
+  Each image gets its own crop offset and flip decision.
+  """
+  if images.ndim != 4:
+    raise ValueError(f"augment_batch expects NHWC images, got shape {images.shape}.")
+  n, height, width, channels = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  if crop_padding > 0:
+    pad = crop_padding
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
+    crop = lambda image, offset: jax.lax.dynamic_slice(
+        image, (offset[0], offset[1], 0), (height, width, channels))
+    images = jax.vmap(crop)(padded, offsets)
+  if flip:
+    flipped = jax.random.bernoulli(flip_key, 0.5, (n,))
+    images = jnp.where(flipped[:, None, None, None], images[:, :, ::-1, :], images)
+  return images

@@ -1,0 +1,488 @@
+"""Tests for n2n_jax.data on real data: sklearn digits, IDX files written here, TFDS mocks."""
+
+import functools
+import gzip
+import os
+import struct
+import time
+import tracemalloc
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from n2n_jax import data
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def make_config(**overrides):
+  config = data.default_data_config()
+  config.update(overrides)
+  return config
+
+
+def denormalise(images, dataset, max_value):
+  """Back to the source's integer pixel values."""
+  raw = np.asarray(images) * np.asarray(dataset.std) + np.asarray(dataset.mean)
+  return np.rint(raw * max_value).astype(np.int64)
+
+
+def sorted_rows(images):
+  flat = np.asarray(images).reshape(len(images), -1)
+  return flat[np.lexsort(flat.T[::-1])]
+
+
+def assert_train_normalised(dataset):
+  pixels = np.asarray(dataset.train_images)
+  np.testing.assert_allclose(pixels.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(pixels.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load(make_config())
+
+
+def test_digits_shapes_and_split_sizes(digits):
+  assert digits.input_shape == (8, 8, 1)
+  assert digits.num_classes == 10
+  assert digits.test_images.shape == (359, 8, 8, 1)  # round(0.2 * 1797)
+  assert digits.val_images.shape == (144, 8, 8, 1)  # round(0.1 * 1438)
+  assert digits.train_images.shape == (1294, 8, 8, 1)
+  sizes = [len(digits.train_labels), len(digits.val_labels), len(digits.test_labels)]
+  assert sum(sizes) == 1797
+  for images, labels in [(digits.train_images, digits.train_labels),
+                         (digits.val_images, digits.val_labels),
+                         (digits.test_images, digits.test_labels)]:
+    assert images.dtype == np.float32 and labels.dtype == np.int32
+    assert len(images) == len(labels)
+    assert 0 <= int(labels.min()) and int(labels.max()) < 10
+    assert isinstance(images, jax.Array)
+
+
+def test_digits_splits_partition_the_dataset(digits):
+  from sklearn.datasets import load_digits
+
+  bunch = load_digits()
+  original = sorted_rows(bunch.images.astype(np.int64))
+  splits = [digits.train_images, digits.val_images, digits.test_images]
+  recovered = np.concatenate([denormalise(s, digits, 16.0) for s in splits])
+  # Same multiset of 1,797 images: no example is lost or lands in two splits.
+  np.testing.assert_array_equal(sorted_rows(recovered), original)
+  label_counts = np.bincount(np.concatenate(
+      [np.asarray(digits.train_labels), np.asarray(digits.val_labels),
+       np.asarray(digits.test_labels)]), minlength=10)
+  np.testing.assert_array_equal(label_counts, np.bincount(bunch.target, minlength=10))
+
+
+def test_digits_normalised_with_training_statistics(digits):
+  assert_train_normalised(digits)
+  raw_train = denormalise(digits.train_images, digits, 16.0) / 16.0
+  np.testing.assert_allclose(digits.mean, [raw_train.mean()], rtol=1e-5)
+  np.testing.assert_allclose(digits.std, [raw_train.std()], rtol=1e-5)
+  # Validation and test share the training statistics, so they are only roughly centred.
+  assert abs(float(np.asarray(digits.val_images).mean())) < 0.2
+
+
+def test_digits_deterministic_and_seed_moves_only_validation(digits):
+  again = data.load(make_config())
+  for field in ("train_images", "train_labels", "val_images", "val_labels", "test_images"):
+    np.testing.assert_array_equal(getattr(again, field), getattr(digits, field))
+  reseeded = data.load(make_config(split_seed=1))
+  np.testing.assert_array_equal(reseeded.test_labels, digits.test_labels)
+  assert not np.array_equal(reseeded.val_labels, digits.val_labels)
+
+
+def test_max_train_examples_takes_a_subset():
+  small = data.load(make_config(max_train_examples=100))
+  assert small.train_images.shape == (100, 8, 8, 1)
+  assert small.val_images.shape == (144, 8, 8, 1)
+  assert_train_normalised(small)
+
+
+def test_describe_source_digits_accepts_partial_config():
+  assert data.describe_source(types.SimpleNamespace(source="digits")) == ((8, 8, 1), 10)
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def idx_bytes(array, magic=None, dims=None):
+  array = np.asarray(array, dtype=np.uint8)
+  dims = array.shape if dims is None else dims
+  magic = (0x800 | array.ndim) if magic is None else magic
+  return struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + array.tobytes()
+
+
+def write_file(path, payload, compress):
+  if compress:
+    path = str(path) + ".gz"
+    with gzip.open(path, "wb") as f:
+      f.write(payload)
+  else:
+    path = str(path)
+    with open(path, "wb") as f:
+      f.write(payload)
+  return path
+
+
+def tiny_idx_arrays(seed=0):
+  rng = np.random.default_rng(seed)
+  # Non-square images so a rows/cols mix-up shows.
+  return {
+      "train_images": rng.integers(0, 256, (30, 5, 4), dtype=np.uint8),
+      "train_labels": np.arange(30, dtype=np.uint8) % 3,
+      "test_images": rng.integers(0, 256, (10, 5, 4), dtype=np.uint8),
+      "test_labels": np.arange(10, dtype=np.uint8) % 3,
+  }
+
+
+def write_idx_folder(folder, arrays, compress=False, raw_payloads=None):
+  os.makedirs(folder, exist_ok=True)
+  paths = {}
+  for role, base in data.IDX_FILES.items():
+    payload = (raw_payloads or {}).get(role) or idx_bytes(arrays[role])
+    paths[role] = write_file(os.path.join(folder, base), payload, compress)
+  return paths
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_idx_folder_loads(tmp_path, compress):
+  arrays = tiny_idx_arrays()
+  write_idx_folder(tmp_path, arrays, compress)
+  config = make_config(source="idx", path=str(tmp_path), name="tiny")
+  assert data.describe_source(config) == ((5, 4, 1), 3)
+  dataset = data.load(config)
+  assert dataset.name == "tiny"
+  assert dataset.input_shape == (5, 4, 1)
+  assert dataset.num_classes == 3
+  assert dataset.train_images.shape == (27, 5, 4, 1)
+  assert dataset.val_images.shape == (3, 5, 4, 1)
+  np.testing.assert_array_equal(
+      denormalise(dataset.test_images, dataset, 255.0)[..., 0], arrays["test_images"])
+  np.testing.assert_array_equal(dataset.test_labels, arrays["test_labels"])
+  train_and_val = np.concatenate([denormalise(dataset.train_images, dataset, 255.0),
+                                  denormalise(dataset.val_images, dataset, 255.0)])
+  np.testing.assert_array_equal(sorted_rows(train_and_val),
+                                sorted_rows(arrays["train_images"].astype(np.int64)))
+  assert_train_normalised(dataset)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_read_idx_round_trip(tmp_path, compress):
+  labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+  path = write_file(tmp_path / "labels", idx_bytes(labels), compress)
+  np.testing.assert_array_equal(data.read_idx(path), labels)
+
+
+def test_idx_missing_folder_names_path_and_apt_hint(tmp_path):
+  missing = str(tmp_path / "nowhere")
+  for call in (data.load, data.describe_source):
+    with pytest.raises(data.DataError) as info:
+      call(make_config(source="idx", path=missing))
+    assert missing in str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in str(info.value)
+    assert "/usr/share/datasets/fashion-mnist" in str(info.value)
+
+
+def test_idx_missing_file_names_both_candidates(tmp_path):
+  write_idx_folder(tmp_path, tiny_idx_arrays())
+  os.remove(tmp_path / "t10k-labels-idx1-ubyte")
+  with pytest.raises(data.DataError) as info:
+    data.load(make_config(source="idx", path=str(tmp_path)))
+  message = str(info.value)
+  assert str(tmp_path / "t10k-labels-idx1-ubyte") in message
+  assert str(tmp_path / "t10k-labels-idx1-ubyte.gz") in message
+
+
+def test_idx_wrong_magic(tmp_path):
+  arrays = tiny_idx_arrays()
+  bad = idx_bytes(arrays["train_images"], magic=0x00000D03)  # 0x0D: float32, not uint8
+  paths = write_idx_folder(tmp_path, arrays, raw_payloads={"train_images": bad})
+  with pytest.raises(data.DataError) as info:
+    data.load(make_config(source="idx", path=str(tmp_path)))
+  assert paths["train_images"] in str(info.value)
+  assert "magic number 0x00000d03" in str(info.value)
+
+
+def test_idx_gzip_without_suffix_is_explained(tmp_path):
+  path = str(tmp_path / "labels")
+  with open(path, "wb") as f:
+    f.write(gzip.compress(idx_bytes(np.zeros(4, np.uint8))))
+  with pytest.raises(data.DataError, match=r"\.gz suffix"):
+    data.read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_idx_truncated_payload(tmp_path, compress):
+  images = np.ones((10, 5, 4), np.uint8)
+  path = write_file(tmp_path / "images", idx_bytes(images)[:-7], compress)
+  with pytest.raises(data.DataError) as info:
+    data.read_idx(path)
+  assert path in str(info.value) and "truncated" in str(info.value)
+
+
+def test_idx_truncated_header(tmp_path):
+  path = write_file(tmp_path / "images", idx_bytes(np.ones((2, 2, 2), np.uint8))[:9], False)
+  with pytest.raises(data.DataError, match="truncated"):
+    data.read_idx(path)
+
+
+def test_idx_damaged_gzip_stream(tmp_path):
+  payload = gzip.compress(idx_bytes(np.arange(200, dtype=np.uint8)))
+  path = str(tmp_path / "labels.gz")
+  with open(path, "wb") as f:
+    f.write(payload[: len(payload) // 2])
+  with pytest.raises(data.DataError) as info:
+    data.read_idx(path)
+  assert path in str(info.value)
+
+
+def test_idx_trailing_bytes_rejected(tmp_path):
+  path = write_file(tmp_path / "labels", idx_bytes(np.arange(5, dtype=np.uint8)) + b"xx", False)
+  with pytest.raises(data.DataError, match="after the 5 bytes"):
+    data.read_idx(path)
+
+
+def test_idx_count_mismatch(tmp_path):
+  arrays = tiny_idx_arrays()
+  arrays["train_labels"] = arrays["train_labels"][:29]
+  paths = write_idx_folder(tmp_path, arrays)
+  with pytest.raises(data.DataError) as info:
+    data.load(make_config(source="idx", path=str(tmp_path)))
+  message = str(info.value)
+  assert "30 images" in message and "29 labels" in message
+  assert paths["train_images"] in message and paths["train_labels"] in message
+
+
+def test_idx_labels_and_images_swapped(tmp_path):
+  arrays = tiny_idx_arrays()
+  paths = write_idx_folder(
+      tmp_path, arrays, raw_payloads={"train_images": idx_bytes(arrays["train_labels"])})
+  with pytest.raises(data.DataError, match="images"):
+    data.load(make_config(source="idx", path=str(tmp_path)))
+  with pytest.raises(data.DataError) as info:
+    data.describe_source(make_config(source="idx", path=str(tmp_path)))
+  assert paths["train_images"] in str(info.value)
+
+
+def test_idx_test_label_beyond_training_classes(tmp_path):
+  arrays = tiny_idx_arrays()
+  arrays["test_labels"] = arrays["test_labels"].copy()
+  arrays["test_labels"][4] = 7
+  write_idx_folder(tmp_path, arrays)
+  with pytest.raises(data.DataError, match="label 7"):
+    data.load(make_config(source="idx", path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_idx_absurd_header_rejected_without_allocating(tmp_path, compress):
+  # Declares 2**93 bytes; only 64 are there.
+  payload = idx_bytes(np.zeros(64, np.uint8), magic=0x803, dims=(2**31, 2**31, 2**31))
+  path = write_file(tmp_path / "images", payload, compress)
+  tracemalloc.start()
+  start = time.perf_counter()
+  try:
+    with pytest.raises(data.DataError) as info:
+      data.read_idx(path)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert time.perf_counter() - start < 2.0
+  assert peak < 8 * 2**20
+  assert path in str(info.value)
+
+
+def test_idx_zero_sized_header_rejected(tmp_path):
+  path = write_file(tmp_path / "images", idx_bytes(np.zeros((0, 3, 3), np.uint8)), False)
+  with pytest.raises(data.DataError, match="empty"):
+    data.read_idx(path)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
+                    reason="apt-get install dataset-fashion-mnist to run")
+def test_debian_fashion_mnist():
+  config = make_config(source="idx", path=FASHION_MNIST_DIR)
+  assert data.describe_source(config) == ((28, 28, 1), 10)
+  # The full load takes ~2 s on the project's 2-core machines.
+  dataset = data.load(config)
+  assert dataset.name == "fashion-mnist"
+  assert dataset.train_images.shape == (54000, 28, 28, 1)
+  assert dataset.val_images.shape == (6000, 28, 28, 1)
+  assert dataset.test_images.shape == (10000, 28, 28, 1)
+  assert dataset.num_classes == 10
+  np.testing.assert_array_equal(np.bincount(np.asarray(dataset.test_labels)), [1000] * 10)
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(scope="module")
+def tfds():
+  return pytest.importorskip("tensorflow_datasets")
+
+
+@pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_mock_data(tfds, name, shape):
+  config = make_config(source="tfds", name=name)
+  with tfds.testing.mock_data(num_examples=40):
+    dataset = data.load(config)
+  assert data.describe_source(config) == (shape, 10)
+  assert dataset.name == name
+  assert dataset.input_shape == shape
+  assert dataset.num_classes == 10
+  assert dataset.train_images.shape == (36, *shape)
+  assert dataset.val_images.shape == (4, *shape)
+  assert dataset.test_images.shape == (40, *shape)
+  assert len(dataset.mean) == len(dataset.std) == shape[-1]
+  assert_train_normalised(dataset)
+  for labels in (dataset.train_labels, dataset.val_labels, dataset.test_labels):
+    assert labels.dtype == np.int32
+    assert 0 <= int(labels.min()) and int(labels.max()) < 10
+
+
+def test_tfds_not_prepared_fails_fast_with_alternatives(tfds, tmp_path):
+  start = time.perf_counter()
+  with pytest.raises(data.DataError) as info:
+    data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path)))
+  assert time.perf_counter() - start < 10.0
+  message = str(info.value)
+  for expected in ("'mnist'", str(tmp_path), "not prepared", "download=True",
+                   "n2n_jax[tfds]", "'idx'", "'digits'"):
+    assert expected in message
+
+
+def test_tfds_download_without_tensorflow_fails_fast(tfds, tmp_path):
+  if __import__("importlib").util.find_spec("tensorflow") is not None:
+    pytest.skip("TensorFlow is installed; this checks the message for when it is not")
+  start = time.perf_counter()
+  with pytest.raises(data.DataError) as info:
+    data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path), download=True))
+  assert time.perf_counter() - start < 10.0
+  assert "TensorFlow" in str(info.value) and "n2n_jax[tfds]" in str(info.value)
+  assert str(tmp_path) in str(info.value)
+
+
+def test_download_probe_gives_up_fast_on_an_unresolvable_host():
+  # .invalid never resolves (RFC 2606), online or off.
+  start = time.perf_counter()
+  assert not data._url_answers("https://tfds-host.invalid/mnist.gz", timeout_s=3.0)
+  assert time.perf_counter() - start < 4.0
+
+
+def test_tfds_table_matches_tfds_feature_specs(tfds, tmp_path):
+  for name, (shape, num_classes) in data.TFDS_DATASETS.items():
+    features = tfds.builder(name, data_dir=str(tmp_path)).info.features
+    assert tuple(features["image"].shape) == shape, name
+    assert features["label"].num_classes == num_classes, name
+
+
+# --------------------------------------------------------------------------- config validation
+
+
+def test_default_config_is_valid():
+  data.validate_data_config(data.default_data_config())
+
+
+def test_unknown_source_lists_valid_ones():
+  with pytest.raises(data.DataError) as info:
+    data.validate_data_config(make_config(source="imagenet"))
+  assert "data.source" in str(info.value)
+  for source in data.SOURCES:
+    assert source in str(info.value)
+
+
+def test_unknown_tfds_name_lists_valid_ones():
+  for call in (data.validate_data_config, data.describe_source, data.load):
+    with pytest.raises(data.DataError) as info:
+      call(make_config(source="tfds", name="caltech256"))
+    assert "data.name" in str(info.value)
+    for name in data.TFDS_DATASETS:
+      assert name in str(info.value)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("validation_fraction", 0.0), ("validation_fraction", 1.0), ("validation_fraction", -0.5),
+    ("validation_fraction", True), ("validation_fraction", "0.1"), ("test_fraction", 1.5),
+    ("max_train_examples", -1), ("max_train_examples", 2.5), ("split_seed", -3),
+    ("download", "yes"), ("augment", 1), ("path", None),
+])
+def test_bad_field_is_named(field, value):
+  config = types.SimpleNamespace(**{**data.default_data_config().to_dict(), field: value})
+  with pytest.raises(data.DataError, match=f"data.{field}"):
+    data.validate_data_config(config)
+
+
+def test_idx_without_path_is_refused():
+  with pytest.raises(data.DataError, match="data.path"):
+    data.validate_data_config(make_config(source="idx"))
+
+
+def test_tiny_validation_fraction_that_leaves_no_validation_data(tmp_path):
+  write_idx_folder(tmp_path, tiny_idx_arrays())
+  with pytest.raises(data.DataError, match="data.validation_fraction"):
+    data.load(make_config(source="idx", path=str(tmp_path), validation_fraction=0.01))
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@pytest.fixture(scope="module")
+def batch():
+  # Random content makes every shifted/flipped crop distinct, so each output identifies
+  # its crop offset and flip uniquely.
+  return np.random.default_rng(0).normal(size=(64, 6, 5, 2)).astype(np.float32)
+
+
+def reference_crops(image, padding):
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  height, width = image.shape[:2]
+  for dy in range(2 * padding + 1):
+    for dx in range(2 * padding + 1):
+      crop = padded[dy:dy + height, dx:dx + width]
+      yield (dy, dx, False), crop
+      yield (dy, dx, True), crop[:, ::-1]
+
+
+def test_augment_matches_numpy_reference(batch):
+  padding = 2
+  out = np.asarray(data.augment_batch(jax.random.key(7), batch, crop_padding=padding))
+  assert out.shape == batch.shape and out.dtype == batch.dtype
+  choices = []
+  for image, augmented in zip(batch, out):
+    matches = [choice for choice, crop in reference_crops(image, padding)
+               if np.array_equal(crop, augmented)]
+    assert len(matches) == 1
+    choices.append(matches[0])
+  offsets = {(dy, dx) for dy, dx, _ in choices}
+  flips = [flipped for _, _, flipped in choices]
+  assert len(offsets) > 5  # independent offsets per image, not one for the batch
+  assert 0 < sum(flips) < len(flips)
+
+
+def test_augment_jits_and_is_deterministic(batch):
+  augment = jax.jit(functools.partial(data.augment_batch, crop_padding=2))
+  key = jax.random.key(3)
+  first = augment(key, batch)
+  np.testing.assert_array_equal(first, augment(key, batch))
+  np.testing.assert_array_equal(first, data.augment_batch(key, batch, crop_padding=2))
+  assert not np.array_equal(first, augment(jax.random.key(4), batch))
+
+
+def test_augment_switches(batch):
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(
+      data.augment_batch(key, batch, crop_padding=0, flip=False), batch)
+  flipped_only = np.asarray(data.augment_batch(key, batch, crop_padding=0))
+  for image, augmented in zip(batch, flipped_only):
+    assert np.array_equal(augmented, image) or np.array_equal(augmented, image[:, ::-1])
+
+
+def test_augment_rejects_unbatched_input(batch):
+  with pytest.raises(ValueError, match="NHWC"):
+    data.augment_batch(jax.random.key(0), batch[0])
