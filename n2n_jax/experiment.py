@@ -1,0 +1,55 @@
+"""What the command line runs, as plain library calls: `run(config, workdir)`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from n2n_jax import config as config_lib
+from n2n_jax import data as data_lib
+from n2n_jax import runtime
+from n2n_jax import spec as spec_lib
+from n2n_jax import teacher as teacher_lib
+
+# Errors that mean "fix your input", shown without a traceback.
+USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
+               teacher_lib.WorkdirMismatch)
+
+
+def describe(spec: spec_lib.NetSpec) -> dict:
+  """A JSON-ready summary of an architecture: counts and its layer list."""
+  layers = []
+  for i, (layer, stats) in enumerate(zip(spec.layers, spec_lib.layer_stats(spec))):
+    layers.append({'index': i, **spec_lib.layer_to_dict(layer),
+                   'output_shape': list(stats.out_shape), 'params': stats.params,
+                   'flops': stats.flops})
+  return {
+      'name': spec.name,
+      'input_shape': list(spec.input_shape),
+      'num_classes': spec_lib.num_classes(spec),
+      'params': spec_lib.param_count(spec),
+      'flops': spec_lib.flops(spec),
+      'removable_layers': spec_lib.removable_count(spec),
+      'shrinkable_variables': len(spec_lib.shrink_vars(spec)),
+      'layers': layers,
+  }
+
+
+def run(config, workdir: str | None, out=sys.stdout) -> dict:
+  """Validate the config, then run its mode. Returns what was printed."""
+  config_lib.validate(config)
+  input_shape, num_classes = config_lib.input_of(config, need_data=config.mode != 'describe')
+  spec = config_lib.teacher_spec(config, input_shape, num_classes)
+  if config.mode == 'describe':
+    result = describe(spec)
+  else:  # 'teacher'
+    if not workdir:
+      raise config_lib.ConfigError(f'--workdir is required for mode={config.mode!r}')
+    runtime.enable_compilation_cache(config.runtime.compilation_cache_dir)
+    teacher = teacher_lib.train_or_load(config, spec, workdir,
+                                        lambda: data_lib.load(config.data),
+                                        progress=config.runtime.progress)
+    result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
+    result['workdir'] = workdir
+  print(json.dumps(result, indent=2), file=out)
+  return result

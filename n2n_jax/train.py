@@ -1,0 +1,220 @@
+"""Pure training and evaluation steps, shared by teachers, students and final
+training.
+
+A step is `step(state, data, indices, key) -> (state, metrics)`: it gathers its
+batch from arrays already on the device, so an epoch needs no host transfers.
+An epoch runs either as one compiled `lax.scan` over its steps ('scan') or as
+a Python loop over a jitted step ('loop'). On the CPU, XLA lowers the
+backward convolutions inside a scanned body to slow naive loops (DESIGN.md:
+~25x slower), so 'auto' takes 'loop' there and 'scan' on GPUs/TPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+EPOCH_MODES = ('auto', 'scan', 'loop')
+LOSSES = ('ce', 'l2', 'hard_soft')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+
+
+# ---- losses: (logits, labels, teacher_logits) -> scalar
+
+def cross_entropy(logits, labels, teacher_logits=None):
+  del teacher_logits
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def l2_logits(logits, labels, teacher_logits):
+  """Ba & Caruana's logit matching (paper section 3.5): squared L2 distance to
+  the teacher's logits, summed over classes, averaged over the batch."""
+  del labels
+  return jnp.sum(jnp.square(logits - teacher_logits), axis=-1).mean()
+
+
+def make_loss(kind: str, soft_weight: float = 1.0) -> Callable:
+  """'ce' (hard labels), 'l2' (distillation), or 'hard_soft': ce + soft_weight * l2."""
+  if kind == 'ce':
+    return cross_entropy
+  if kind == 'l2':
+    return l2_logits
+  if kind == 'hard_soft':
+    return lambda z, y, t: cross_entropy(z, y) + soft_weight * l2_logits(z, y, t)
+  raise ValueError(f'unknown loss {kind!r}; valid losses: {", ".join(LOSSES)}')
+
+
+# ---- optimiser
+
+def make_optimizer(name: str, learning_rate: float, *, steps_per_epoch: int,
+                   decay_epochs=(), decay_factor: float = 0.1, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """SGD / Adam with a step schedule: the rate is multiplied by decay_factor at
+  each epoch in decay_epochs (the paper's teacher schedules). For 'sgd' and
+  'adam' weight decay is added to the gradient (PyTorch's coupled L2); 'adamw'
+  decouples it."""
+  schedule = optax.piecewise_constant_schedule(
+      learning_rate, {int(e) * steps_per_epoch: decay_factor for e in decay_epochs})
+  if name == 'sgd':
+    opt = optax.sgd(schedule, momentum=momentum or None)
+  elif name == 'adam':
+    opt = optax.adam(schedule)
+  elif name == 'adamw':
+    return optax.adamw(schedule, weight_decay=weight_decay)
+  else:
+    raise ValueError(f'unknown optimizer {name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
+  if weight_decay:
+    opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
+  return opt
+
+
+# ---- state
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @classmethod
+  def create(cls, variables: dict, tx: optax.GradientTransformation) -> 'TrainState':
+    params = variables['params']
+    return cls(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
+               tx.init(params))
+
+  @property
+  def variables(self) -> dict:
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+class Data(NamedTuple):
+  """Arrays a step gathers its batches from; teacher_logits may be None."""
+  images: jax.Array
+  labels: jax.Array
+  teacher_logits: Any = None
+
+
+def _batch(data: Data, idx):
+  t = None if data.teacher_logits is None else data.teacher_logits[idx]
+  return data.images[idx], data.labels[idx], t
+
+
+def make_step(model, tx: optax.GradientTransformation, loss_fn: Callable,
+              augment: Callable | None = None) -> Callable:
+  """The un-jitted train step (state, data, idx, key) -> (state, metrics)."""
+
+  def step(state: TrainState, data: Data, idx, key):
+    images, labels, teacher = _batch(data, idx)
+    aug_key, dropout_key = jax.random.split(key)
+    if augment is not None:
+      images = augment(aug_key, images)
+
+    def loss_of(params):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_key})
+      return loss_fn(logits, labels, teacher), (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    changes, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, changes),
+                          batch_stats=updates.get('batch_stats', state.batch_stats),
+                          opt_state=opt_state)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    return state, {'loss': loss, 'correct': correct}
+
+  return step
+
+
+def resolve_epoch_mode(mode: str) -> str:
+  if mode not in EPOCH_MODES:
+    raise ValueError(f'unknown epoch mode {mode!r}; valid modes: {", ".join(EPOCH_MODES)}')
+  if mode == 'auto':
+    return 'loop' if jax.default_backend() == 'cpu' else 'scan'
+  return mode
+
+
+def epoch_indices(key, num_examples: int, batch_size: int) -> jax.Array:
+  """A fresh permutation cut into full batches, shape (steps, batch). A set
+  smaller than one batch gives one batch of all of it."""
+  batch_size = min(batch_size, num_examples)
+  steps = num_examples // batch_size
+  perm = jax.random.permutation(key, num_examples)
+  return perm[:steps * batch_size].reshape(steps, batch_size)
+
+
+@dataclasses.dataclass
+class EpochRunner:
+  """Runs whole epochs of `step` in the chosen mode; compiled once per
+  (model, shapes) and reused for every epoch."""
+  step: Callable
+  mode: str = 'auto'
+
+  def __post_init__(self):
+    self.mode = resolve_epoch_mode(self.mode)
+    self._jit_step = jax.jit(self.step, donate_argnums=0)
+    self._jit_scan = jax.jit(self._scan_epoch, donate_argnums=0)
+
+  def _scan_epoch(self, state, data, indices, key):
+    keys = jax.random.split(key, indices.shape[0])
+
+    def body(state, xs):
+      idx, k = xs
+      return self.step(state, data, idx, k)
+
+    state, metrics = jax.lax.scan(body, state, (indices, keys))
+    return state, jax.tree_util.tree_map(jnp.sum, metrics)
+
+  def run(self, state: TrainState, data: Data, key, batch_size: int):
+    """One epoch; returns (state, {'loss': mean loss, 'accuracy': train accuracy})."""
+    perm_key, step_key = jax.random.split(key)
+    indices = epoch_indices(perm_key, data.images.shape[0], batch_size)
+    if self.mode == 'scan':
+      state, sums = self._jit_scan(state, data, indices, step_key)
+    else:
+      keys = jax.random.split(step_key, indices.shape[0])
+      sums = {'loss': 0.0, 'correct': 0}
+      for i in range(indices.shape[0]):
+        state, m = self._jit_step(state, data, indices[i], keys[i])
+        sums = jax.tree_util.tree_map(jnp.add, sums, m)
+    steps, seen = indices.shape[0], indices.size
+    return state, {'loss': float(sums['loss']) / steps,
+                   'accuracy': float(sums['correct']) / seen}
+
+
+# ---- evaluation
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_chunk(model, variables, images):
+  return model.apply(variables, images, train=False)
+
+
+def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000) -> jax.Array:
+  """Logits for all images, in fixed-size chunks (the last one padded) so one
+  compiled program serves any dataset size."""
+  n = images.shape[0]
+  size = min(batch_size, n)
+  out = []
+  for start in range(0, n, size):
+    chunk = images[start:start + size]
+    short = size - chunk.shape[0]
+    if short:
+      chunk = jnp.concatenate([chunk, jnp.zeros((short,) + chunk.shape[1:], chunk.dtype)])
+    out.append(_predict_chunk(model, variables, chunk)[:size - short])
+  return jnp.concatenate(out)
+
+
+def accuracy(model, variables: dict, images, labels, batch_size: int = 1000) -> float:
+  logits = predict(model, variables, images, batch_size)
+  return float(jnp.mean(jnp.argmax(logits, -1) == labels))
+
+
+def is_finite(tree) -> bool:
+  return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree_util.tree_leaves(tree))
