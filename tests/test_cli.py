@@ -1,0 +1,138 @@
+"""The command line and the config checks that run before any work."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from n2n_jax import config as config_lib
+from n2n_jax import experiment
+from n2n_jax import spec as S
+from n2n_jax import zoo
+
+# Paper's Table 1 teachers: exact parameter counts `describe` must print.
+TABLE1_PARAMS = {
+    'mnist_vgg13': 9_414_858,
+    'cifar10_vgg19': 20_040_522,
+    'cifar10_resnet18': 11_173_962,
+    'cifar10_resnet34': 21_282_122,
+    'cifar100_resnet18': 11_220_132,
+    'cifar100_resnet34': 21_328_292,
+    'caltech256_resnet18': 11_307_840,
+    'svhn_resnet18': 11_173_962,
+    'mnist_conv4': 131_978,
+    'fashion_mnist_vgg13': 9_414_858,
+    'digits': 140_778,
+}
+
+
+def run(config, workdir=None):
+  out = io.StringIO()
+  result = experiment.run(config, workdir, out=out)
+  assert json.loads(out.getvalue()) == json.loads(json.dumps(result))
+  return result
+
+
+@pytest.mark.parametrize('name', sorted(TABLE1_PARAMS))
+def test_describe_prints_exact_counts_without_data(config_factory, name):
+  config = config_factory(name)
+  config.mode = 'describe'
+  result = run(config)
+  assert result['params'] == TABLE1_PARAMS[name]
+  assert result['flops'] > result['params']
+  assert sum(layer['params'] for layer in result['layers']) == result['params']
+  assert result['layers'][-1]['type'] == 'Dense'
+
+
+def test_cli_describe_subprocess_exits_zero():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
+       '--config.mode=describe'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout)['params'] == 140_778
+
+
+def test_cli_bad_value_exits_2_with_field_name(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
+       '--config.teacher.epochs=0', f'--workdir={tmp_path}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert 'teacher.epochs must be a positive integer' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not os.listdir(tmp_path)  # failed before any work
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('mode', 'compress_all', "mode='compress_all' is not valid; choose one of describe, teacher"),
+    ('teacher.name', 'vgg99', 'choose one of conv4, digits_cnn, vgg11'),
+    ('teacher.epochs', -1, 'teacher.epochs must be a positive integer'),
+    ('teacher.batch_size', 0, 'teacher.batch_size must be a positive integer'),
+    ('teacher.learning_rate', 0.0, 'teacher.learning_rate must be a positive number'),
+    ('teacher.optimizer', 'lion', 'choose one of sgd, adam, adamw'),
+    ('data.validation_fraction', 1.5, 'data.validation_fraction'),
+    ('data.validation_fraction', 0.0, 'data.validation_fraction'),
+    ('data.source', 'imagenet', 'choose one of digits, idx, tfds'),
+    ('runtime.epoch_mode', 'fast', 'choose one of auto, scan, loop'),
+])
+def test_invalid_values_name_the_field(config_factory, field, value, message):
+  config = config_factory('digits')
+  section, _, key = field.rpartition('.')
+  (config[section] if section else config)[key] = value
+  with pytest.raises(experiment.USER_ERRORS, match=message.replace('(', r'\(')):
+    run(config, '/nonexistent/never/created')
+
+
+def test_teacher_that_cannot_take_the_input_says_which_layer(config_factory):
+  config = config_factory('digits')
+  config.teacher.name = 'conv4'  # its 6x6 average pool cannot fit 8x8 digits
+  with pytest.raises(config_lib.ConfigError, match=r'conv4.*\(8, 8, 1\).*layers\[14\].*collapsed'):
+    run(config)
+
+
+def test_workdir_required_for_teacher_mode(config_factory):
+  with pytest.raises(config_lib.ConfigError, match='--workdir is required'):
+    run(config_factory('digits'))
+
+
+def test_user_spec_file(config_factory, tmp_path):
+  spec = S.NetSpec('mine', (8, 8, 1), (S.Conv(4, 3, 1, 1), S.ReLU(), S.Flatten(), S.Dense(10)))
+  path = tmp_path / 'mine.json'
+  path.write_text(S.to_json(spec))
+  config = config_factory('digits')
+  config.mode = 'describe'
+  config.teacher.spec_file = str(path)
+  result = run(config)
+  assert result['name'] == 'mine' and result['params'] == S.param_count(spec) == 2_610  # 3*3*4+4 + 8*8*4*10+10
+
+  bad = S.NetSpec('bad', (8, 8, 1), (S.Conv(4, 9), S.Flatten(), S.Dense(10)))
+  path.write_text(S.to_json(bad))
+  with pytest.raises(config_lib.ConfigError, match=r'layers\[0\] \(Conv\): spatial size collapsed'):
+    run(config)
+  path.write_text('{"input_shape": [8, 8, 1], "layers": [{"type": "Convolution"}]}')
+  with pytest.raises(S.SpecError, match='unknown layer type .Convolution.; valid types'):
+    run(config)
+  config.teacher.spec_file = str(tmp_path / 'missing.json')
+  with pytest.raises(config_lib.ConfigError, match='cannot read'):
+    run(config)
+
+
+def test_missing_idx_folder_names_path_and_remedy(config_factory, tmp_path):
+  config = config_factory('fashion_mnist_vgg13')
+  config.data.path = str(tmp_path / 'nowhere')
+  with pytest.raises(experiment.USER_ERRORS, match='nowhere') as err:
+    run(config, str(tmp_path / 'run'))
+  assert 'apt-get install dataset-fashion-mnist' in str(err.value)
+  config.mode = 'describe'  # the declared input shape stands in for the data
+  assert run(config)['params'] == 9_414_858
+
+
+def test_every_zoo_name_is_listed_in_errors():
+  with pytest.raises(KeyError) as err:
+    zoo.get('alexnet', (32, 32, 3), 10)
+  for name in zoo.NAMES:
+    assert name in str(err.value)
