@@ -1,22 +1,33 @@
 """Datasets for n2n_jax: where images come from, how they are split, normalised and augmented.
 
-Three sources, chosen by ``data_config.source``:
+Four sources, chosen by ``data_config.source``:
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images). Always available offline.
 * ``idx``: MNIST-format IDX files in a local folder (e.g. Debian's ``dataset-fashion-mnist``).
 * ``tfds``: a TensorFlow Datasets dataset read with ``tfds.data_source``, which needs no
   TensorFlow once the data is prepared.
+* ``folder``: one sub-folder of image files per class, resized to ``image_size`` squares;
+  made for Caltech-256's ``256_ObjectCategories/`` (TFDS has no Caltech-256 builder).
 
 Whatever the source, the validation split is held out of the training split (rewards are
 driven by validation accuracy, never test), every split is normalised with per-channel
 statistics of the training images, and the arrays are placed on the default device once:
 MNIST/CIFAR-size data fits, so training never waits on a host input pipeline.
+
+Caltech-256 is bigger: its 29,780 images (256 classes, without ``257.clutter``) take 4.5 GB
+as uint8 at ``image_size=224``, which is how the ``folder`` source holds them while loading,
+and the float32 device arrays need about 4x that (18 GB), plus the uint8 copy until loading
+ends. ``image_size=64`` (1.5 GB of float32) or a ``max_train_examples`` cap (only the images
+actually used are decoded) make it fit a CPU machine.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import difflib
 import gzip
+import hashlib
 import importlib.util
 import math
 import numbers
@@ -34,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-SOURCES = ("digits", "idx", "tfds")
+SOURCES = ("digits", "idx", "tfds", "folder")
 
 
 class TfdsEntry(typing.NamedTuple):
@@ -46,7 +57,7 @@ class TfdsEntry(typing.NamedTuple):
 # The values match the builders' own feature specs (a test checks them against TFDS).
 # TFDS 4.9.10 registers no Caltech-256 builder (only `caltech101`, whose images vary in
 # size, and the `caltech_birds*` sets), so the paper's Caltech-256 experiments cannot use
-# this source.
+# this source; they use data.source='folder' instead.
 TFDS_DATASETS: dict[str, TfdsEntry] = {
     "mnist": TfdsEntry((28, 28, 1), 10),
     "fashion_mnist": TfdsEntry((28, 28, 1), 10),
@@ -89,7 +100,20 @@ _NETWORK_CHECK_TIMEOUT_S = 3.0
 # TFDS first tries its own GCS mirror; probed when a builder lists no download URLs.
 _TFDS_MIRROR_URL = "https://storage.googleapis.com/tfds-data/"
 
+# The folder source: Caltech-256 and anything laid out like it.
+FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # matched case-insensitively
+_FOLDER_HINT = (
+    "For Caltech-256 download 256_ObjectCategories.tar (1.2 GB) from the Caltech data site "
+    "(https://data.caltech.edu, dataset "Caltech 256"), unpack it with "
+    "`tar xf 256_ObjectCategories.tar` and set data.path to the 256_ObjectCategories folder "
+    "(the one holding 001.ak47/, 002.american-flag/, ...).")
+_IMAGE_SIZE_HINT = "e.g. 224 (the paper's Caltech-256 input) or 64 (fits a CPU machine)"
+_MAX_DECODE_THREADS = 8
+
 _STD_FLOOR = 1e-6
+# Statistics are accumulated in float64 over chunks of about this many values, so a large
+# dataset (Caltech-256 at 224x224: 3.2e9 training values) needs no full-size float64 copy.
+_STATS_CHUNK_VALUES = 1 << 24
 
 
 class DataError(ValueError):
@@ -135,6 +159,11 @@ def default_data_config() -> ml_collections.ConfigDict:
       "test_fraction": 0.2,
       "max_train_examples": 0,
       "augment": False,
+      # Only for source='folder': the side of the square every image is resized to.
+      "image_size": 0,
+      # Only for source='folder': comma-separated class sub-folders to skip, e.g.
+      # "257.clutter" for the paper's 256 Caltech classes.
+      "exclude_classes": "",
   })
 
 
@@ -174,10 +203,31 @@ def validate_data_config(data_config) -> None:
   _require_type(data_config, "augment", (bool,), "True or False")
   _require_open_fraction(data_config, "validation_fraction")
   _require_open_fraction(data_config, "test_fraction")
-  for field in ("split_seed", "max_train_examples"):
+  for field in ("split_seed", "max_train_examples", "image_size"):
     value = _require_type(data_config, field, (numbers.Integral,), "an integer")
     if value < 0:
       raise DataError(f"data.{field} must be >= 0, got {value}.")
+  image_size = _field(data_config, "image_size")
+  exclude = _require_type(data_config, "exclude_classes", (str,), "a comma-separated string")
+  if source == "folder":
+    if not path:
+      raise DataError(
+          f"data.path is empty, but data.source='folder' needs the folder of class "
+          f"sub-folders. {_FOLDER_HINT}")
+    if image_size == 0:
+      raise DataError(
+          "data.image_size is 0, but data.source='folder' resizes every image to an "
+          f"image_size x image_size square; set it, {_IMAGE_SIZE_HINT}.")
+  else:
+    # Silently ignoring these would train on something other than what the config says.
+    if image_size:
+      raise DataError(
+          f"data.image_size={image_size} only applies to data.source='folder'; "
+          f"data.source={source!r} keeps its images' own size, so leave it at 0.")
+    if exclude.strip():
+      raise DataError(
+          f"data.exclude_classes={exclude!r} only applies to data.source='folder'; "
+          f"leave it empty for data.source={source!r}.")
   if source == "idx" and not path:
     raise DataError(f"data.path is empty, but data.source='idx' needs the IDX folder. {_IDX_HINT}")
   if source == "tfds" and name not in TFDS_DATASETS:
@@ -193,7 +243,8 @@ def describe_source(data_config) -> tuple[tuple[int, int, int], int]:
   """(input_shape, num_classes) without loading images, to validate a config before any work.
 
   For ``idx`` this reads the 16-byte header of the training images and the training labels
-  (60 KB for MNIST): the class count is only known from the labels.
+  (60 KB for MNIST): the class count is only known from the labels. For ``folder`` it lists
+  the class sub-folders and their files (so empty classes fail here) but decodes no image.
   """
   validate_data_config(data_config)
   source = _field(data_config, "source")
@@ -205,6 +256,10 @@ def describe_source(data_config) -> tuple[tuple[int, int, int], int]:
     _, rows, cols = _expect_idx_rank(files["train_images"], header, 3)
     labels = read_idx(files["train_labels"])
     return (rows, cols, 1), _num_classes(labels, files["train_labels"])
+  if source == "folder":
+    size = _field(data_config, "image_size")
+    classes = _folder_index(_field(data_config, "path"), _excluded_classes(data_config))
+    return (size, size, 3), len(classes)
   entry = TFDS_DATASETS[_field(data_config, "name")]
   return entry.input_shape, entry.num_classes
 
@@ -214,6 +269,8 @@ def load(data_config) -> Dataset:
 
   The normalisation statistics come from the training images actually returned (after
   the validation hold-out and ``max_train_examples``), never from validation or test.
+  A ``folder`` source draws every split from file names first and decodes only the images
+  the splits keep.
   """
   validate_data_config(data_config)
   source = _field(data_config, "source")
@@ -223,6 +280,10 @@ def load(data_config) -> Dataset:
     path = _field(data_config, "path")
     name = _field(data_config, "name") or os.path.basename(os.path.normpath(path))
     (train, test), num_classes = _load_idx_folder(path)
+  elif source == "folder":
+    path = _field(data_config, "path")
+    name = _field(data_config, "name") or os.path.basename(os.path.normpath(path))
+    (train, test), num_classes = _folder_splits(data_config)
   else:
     name = _field(data_config, "name")
     train, test = _load_tfds(name, _field(data_config, "data_dir"), _field(data_config, "download"))
@@ -232,6 +293,7 @@ def load(data_config) -> Dataset:
       train, _field(data_config, "validation_fraction"), _field(data_config, "split_seed"))
   train = _subsample(train, _field(data_config, "max_train_examples"),
                      _field(data_config, "split_seed"))
+  train, val, test = (_decode_if_files(split) for split in (train, val, test))
   mean, std = _channel_stats(train[0])
   train_x, train_y = _to_device(train, mean, std)
   val_x, val_y = _to_device(val, mean, std)
@@ -249,7 +311,10 @@ def load(data_config) -> Dataset:
 
 # --------------------------------------------------------------------------- splits and statistics
 
-# A split is (images float32 NHWC in [0, 1], labels int) as host numpy arrays.
+# A split is (images, labels int) as host numpy arrays, the images NHWC and either float32 in
+# [0, 1] or uint8 in 0..255 (4x less host memory; scaled in _channel_stats and _to_device).
+# Until load() decodes them, a folder source's images are an _ImageFiles list of paths,
+# which the split functions index like an array.
 Split = tuple[np.ndarray, np.ndarray]
 
 
@@ -277,18 +342,40 @@ def _subsample(train: Split, max_examples: int, seed: int) -> Split:
   return images[keep], labels[keep]
 
 
+def _max_value(images: np.ndarray) -> float:
+  return 255.0 if images.dtype == np.uint8 else 1.0
+
+
+def _chunks(images: np.ndarray):
+  per_image = max(1, math.prod(images.shape[1:]))
+  step = max(1, _STATS_CHUNK_VALUES // per_image)
+  for start in range(0, len(images), step):
+    yield images[start:start + step]
+
+
 def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std in [0, 1] units, in two chunked float64 passes."""
   # float64 accumulation: float32 sums over ~50M CIFAR pixels lose digits.
-  mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
-  std = images.std(axis=(0, 1, 2), dtype=np.float64)
+  count = math.prod(images.shape[:3])
+  total = sum(chunk.sum(axis=(0, 1, 2), dtype=np.float64) for chunk in _chunks(images))
+  mean = total / count
+  squares = sum(np.square(chunk.astype(np.float64) - mean).sum(axis=(0, 1, 2))
+                for chunk in _chunks(images))
+  std = np.sqrt(squares / count)
+  scale = _max_value(images)
   # A constant channel (e.g. in a synthetic test set) must not divide by zero.
-  return mean, np.maximum(std, _STD_FLOOR)
+  return mean / scale, np.maximum(std / scale, _STD_FLOOR)
 
 
 def _to_device(split: Split, mean: np.ndarray, std: np.ndarray) -> tuple[jax.Array, jax.Array]:
   images, labels = split
-  normalised = (images - mean.astype(np.float32)) / std.astype(np.float32)
-  return jax.device_put(normalised.astype(np.float32)), jax.device_put(labels.astype(np.int32))
+  # One float32 copy, normalised in place: no full-size temporaries.
+  normalised = images.astype(np.float32)
+  if images.dtype == np.uint8:
+    normalised /= np.float32(255.0)
+  normalised -= mean.astype(np.float32)
+  normalised /= std.astype(np.float32)
+  return jax.device_put(normalised), jax.device_put(labels.astype(np.int32))
 
 
 def _to_unit_nhwc(images: np.ndarray, max_value: float) -> np.ndarray:
@@ -593,6 +680,160 @@ def _load_tfds(name: str, data_dir: str, download: bool) -> tuple[Split, Split]:
       raise DataError(f"TFDS {name}/{split} has labels outside 0..{num_classes - 1}.")
     splits.append((_to_unit_nhwc(images, 255.0), labels))
   return splits[0], splits[1]
+
+
+# --------------------------------------------------------------------------- image folders
+#
+# Layout: data.path holds one sub-folder per class, the class names sorted (Caltech-256's
+# zero-padded "001.ak47" ... "257.clutter" sort in numeric order), label = position in that
+# order. Images are the files directly inside each class folder whose names end in one of
+# FOLDER_IMAGE_EXTENSIONS (any case); nested folders, other files and hidden entries (names
+# starting with ".", such as macOS "._x.jpg" resource forks) are ignored.
+#
+# Caltech-256 has no official train/test split. The test split holds data.test_fraction of
+# every class (at least one image, and at least one stays for training), so every class is
+# in both splits. Which files are held out depends only on their names (ranked by a hash),
+# so the test set does not move with split_seed, exclude_classes, other classes or the
+# folder's location; validation is then drawn from the rest, as for every source.
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageFiles:
+  """Image files not decoded yet. Indexing with an index array selects files, as numpy would
+  select images, so the split functions work on them before anything is decoded."""
+
+  paths: tuple[str, ...]
+  image_size: int
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index) -> "_ImageFiles":
+    return _ImageFiles(tuple(self.paths[i] for i in np.asarray(index)), self.image_size)
+
+
+def _excluded_classes(data_config) -> set[str]:
+  names = _field(data_config, "exclude_classes").split(",")
+  return {name.strip().strip("/") for name in names if name.strip().strip("/")}
+
+
+def _scan(folder: str) -> list[os.DirEntry]:
+  try:
+    with os.scandir(folder) as entries:
+      return list(entries)
+  except OSError as error:
+    raise DataError(f"Cannot list {folder}: {error}.") from error
+
+
+def _class_image_files(class_dir: str) -> list[str]:
+  names = sorted(entry.name for entry in _scan(class_dir)
+                 if not entry.name.startswith(".") and entry.is_file()
+                 and entry.name.lower().endswith(FOLDER_IMAGE_EXTENSIONS))
+  return [os.path.join(class_dir, name) for name in names]
+
+
+def _folder_index(folder: str, excluded: set[str]) -> list[tuple[str, list[str]]]:
+  """[(class name, sorted image paths)] in label order, checked without decoding anything."""
+  if not os.path.isdir(folder):
+    raise DataError(f"Image folder {folder} does not exist (data.path). {_FOLDER_HINT}")
+  subfolders = sorted(entry.name for entry in _scan(folder)
+                      if not entry.name.startswith(".") and entry.is_dir())
+  unknown = sorted(excluded - set(subfolders))
+  if unknown:
+    close = {name: difflib.get_close_matches(name, subfolders, n=1) for name in unknown}
+    described = ", ".join(f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name]
+                                         else "") for name in unknown)
+    raise DataError(
+        f"data.exclude_classes names {described}, not a class sub-folder of {folder}.")
+  classes = [name for name in subfolders if name not in excluded]
+  if not subfolders:
+    raise DataError(
+        f"Image folder {folder} (data.path) holds no class sub-folders; it must hold one "
+        f"sub-folder of images per class. {_FOLDER_HINT}")
+  if len(classes) < 2:
+    if not classes:
+      raise DataError(f"data.exclude_classes excludes every class sub-folder of {folder}.")
+    raise DataError(
+        f"Image folder {folder} (data.path) holds only one class sub-folder, {classes[0]!r}; "
+        "a classifier needs at least two. If that is the dataset folder itself, set data.path "
+        f"to {os.path.join(folder, classes[0])}.")
+  index = []
+  for name in classes:
+    class_dir = os.path.join(folder, name)
+    files = _class_image_files(class_dir)
+    if len(files) < 2:
+      found = "only one image file" if files else "no image files"
+      raise DataError(
+          f"Class folder {class_dir} holds {found} ({', '.join(FOLDER_IMAGE_EXTENSIONS)}, any "
+          "case); every class needs at least two, one for training and one for test. Add "
+          f"images, delete the folder, or add {name!r} to data.exclude_classes.")
+    index.append((name, files))
+  return index
+
+
+def _held_out_rank(path: str) -> bytes:
+  return hashlib.sha256(os.path.basename(path).encode("utf-8", "surrogateescape")).digest()
+
+
+def _folder_splits(data_config) -> tuple[tuple[Split, Split], int]:
+  index = _folder_index(_field(data_config, "path"), _excluded_classes(data_config))
+  fraction = _field(data_config, "test_fraction")
+  size = _field(data_config, "image_size")
+  paths: dict[str, list[str]] = {"train": [], "test": []}
+  labels: dict[str, list[int]] = {"train": [], "test": []}
+  for label, (_, files) in enumerate(index):
+    num_test = min(max(int(round(len(files) * fraction)), 1), len(files) - 1)
+    held_out = set(sorted(files, key=_held_out_rank)[:num_test])
+    for path in files:
+      split = "test" if path in held_out else "train"
+      paths[split].append(path)
+      labels[split].append(label)
+  train, test = ((_ImageFiles(tuple(paths[split]), size), np.asarray(labels[split], np.int32))
+                 for split in ("train", "test"))
+  return (train, test), len(index)
+
+
+def _read_image(path: str, size: int) -> np.ndarray:
+  from PIL import Image  # only the folder source needs Pillow
+
+  try:
+    with Image.open(path) as image:
+      # A plain resize of the whole image to size x size with PIL's bilinear filter: no crop,
+      # so the aspect ratio is not kept. RGB because Caltech-256 has some grayscale files.
+      resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+  except Exception as error:  # PIL raises assorted types for damaged or foreign files
+    raise DataError(
+        f"Cannot read image file {path}: {type(error).__name__}: {error}. It is corrupt or "
+        "not an image; delete it (or replace it with a good copy) and load again.") from error
+  return np.asarray(resized)
+
+
+def _decode_images(files: _ImageFiles) -> np.ndarray:
+  """uint8 NHWC images, decoded by a few threads (PIL releases the GIL to decode and resize)."""
+  images = np.empty((len(files), files.image_size, files.image_size, 3), np.uint8)
+
+  def decode(i: int) -> None:
+    images[i] = _read_image(files.paths[i], files.image_size)
+
+  threads = min(_MAX_DECODE_THREADS, os.cpu_count() or 1, len(files))
+  if threads <= 1:
+    for i in range(len(files)):
+      decode(i)
+    return images
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    try:
+      for _ in pool.map(decode, range(len(files))):
+        pass
+    except BaseException:
+      # Fail on the first bad file without decoding the rest.
+      pool.shutdown(wait=True, cancel_futures=True)
+      raise
+  return images
+
+
+def _decode_if_files(split: Split) -> Split:
+  images, labels = split
+  return (_decode_images(images), labels) if isinstance(images, _ImageFiles) else split
 
 
 # --------------------------------------------------------------------------- augmentation

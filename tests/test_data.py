@@ -1,8 +1,10 @@
-"""Tests for n2n_jax.data on real data: sklearn digits, IDX files written here, TFDS mocks."""
+"""Tests for n2n_jax.data on real data: sklearn digits, IDX files and image folders written
+here, TFDS mocks."""
 
 import functools
 import gzip
 import os
+import shutil
 import struct
 import time
 import tracemalloc
@@ -11,6 +13,7 @@ import types
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from n2n_jax import data
 
@@ -382,6 +385,268 @@ def test_tfds_table_matches_tfds_feature_specs(tfds, tmp_path):
     assert features["label"].num_classes == num_classes, name
 
 
+# --------------------------------------------------------------------------- image folders
+
+CLASS_NAMES = ("001.ak47", "002.american-flag", "003.backpack")
+IMAGES_PER_CLASS = 6
+
+
+def class_colour(label, index):
+  # Solid colours survive JPEG and resizing to within a few levels, so every decoded image
+  # tells which class and file it came from.
+  return (30 + 80 * label, 20 + 35 * index, 220 - 60 * label)
+
+
+def write_image_folder(root, class_names=CLASS_NAMES, per_class=IMAGES_PER_CLASS):
+  """A Caltech-256-like tree: varied sizes, one grayscale JPEG, one PNG, one upper-case
+  extension, and entries the loader must ignore. Returns {class name: [RGB colours]}."""
+  colours = {}
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(root, name)
+    os.makedirs(class_dir)
+    colours[name] = []
+    for index in range(per_class):
+      colour = class_colour(label, index)
+      size = (11 + 7 * index + label, 9 + 5 * ((index + label) % 3))  # (width, height)
+      image = Image.new("RGB", size, colour)
+      base = os.path.join(class_dir, f"{label + 1:03d}_{index + 1:04d}")
+      if label == 0 and index == 1:
+        image = image.convert("L")
+        colour = (image.getpixel((0, 0)),) * 3
+        image.save(base + ".jpg", quality=95)
+      elif label == 1 and index == 2:
+        image.save(base + ".png")
+      elif label == 2 and index == 3:
+        image.save(base + ".JPG", quality=95)
+      else:
+        image.save(base + ".jpg", quality=95)
+      colours[name].append(colour)
+    # Not images of this class: macOS resource fork, a text file, a nested folder.
+    with open(os.path.join(class_dir, "._junk.jpg"), "wb") as f:
+      f.write(b"\x00\x05\x16\x07 resource fork")
+    with open(os.path.join(class_dir, "notes.txt"), "w") as f:
+      f.write("not an image")
+    os.makedirs(os.path.join(class_dir, "nested"))
+    Image.new("RGB", (5, 5)).save(os.path.join(class_dir, "nested", "extra.jpg"))
+  with open(os.path.join(root, "README"), "w") as f:
+    f.write("top-level files are not classes")
+  os.makedirs(os.path.join(root, ".hidden_class"))
+  return colours
+
+
+def folder_config(path, **overrides):
+  return make_config(source="folder", path=str(path), image_size=8, **overrides)
+
+
+def decoded_colours(images, dataset):
+  """Each image's mean colour back in 0..255, checking the image is (nearly) solid."""
+  raw = denormalise(images, dataset, 255.0)
+  assert np.ptp(raw, axis=(1, 2)).max() <= 6
+  return raw.mean(axis=(1, 2))
+
+
+def assert_colours_match_labels(images, labels, dataset, colours_by_label):
+  for colour, label in zip(decoded_colours(images, dataset), np.asarray(labels)):
+    distances = np.abs(np.asarray(colours_by_label[int(label)]) - colour).max(axis=1)
+    assert distances.min() <= 4, (label, colour)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("folder") / "256_ObjectCategories"
+  colours = write_image_folder(root)
+  return root, colours
+
+
+@pytest.fixture(scope="module")
+def folder_dataset(image_folder):
+  root, _ = image_folder
+  return data.load(folder_config(root))
+
+
+def test_folder_loads(image_folder, folder_dataset):
+  root, colours = image_folder
+  dataset = folder_dataset
+  assert data.describe_source(folder_config(root)) == ((8, 8, 3), 3)
+  assert dataset.name == "256_ObjectCategories"
+  assert dataset.num_classes == 3
+  assert dataset.input_shape == (8, 8, 3)
+  # Per class: round(0.2 * 6) = 1 test image; validation: round(0.1 * 15) = 2 of the rest.
+  assert dataset.test_images.shape == (3, 8, 8, 3)
+  assert dataset.val_images.shape == (2, 8, 8, 3)
+  assert dataset.train_images.shape == (13, 8, 8, 3)
+  np.testing.assert_array_equal(dataset.test_labels, [0, 1, 2])
+  all_labels = np.concatenate([np.asarray(dataset.train_labels), np.asarray(dataset.val_labels),
+                               np.asarray(dataset.test_labels)])
+  np.testing.assert_array_equal(np.bincount(all_labels), [IMAGES_PER_CLASS] * 3)
+  assert len(dataset.mean) == len(dataset.std) == 3
+  assert_train_normalised(dataset)
+  by_label = [colours[name] for name in CLASS_NAMES]
+  splits = [(dataset.train_images, dataset.train_labels), (dataset.val_images, dataset.val_labels),
+            (dataset.test_images, dataset.test_labels)]
+  for images, labels in splits:
+    assert images.dtype == np.float32 and labels.dtype == np.int32
+    assert_colours_match_labels(images, labels, dataset, by_label)
+  # Every file was loaded exactly once (colours are distinct within a class); the grayscale
+  # one came back as R = G = B.
+  recovered = np.concatenate([decoded_colours(x, dataset) for x, _ in splits])
+  expected = np.asarray([c for name in CLASS_NAMES for c in colours[name]], np.float64)
+  distances = np.abs(recovered[:, None, :] - expected[None, :, :]).max(axis=2)
+  nearest = distances.argmin(axis=1)
+  assert distances.min(axis=1).max() <= 4
+  assert sorted(nearest) == list(range(len(expected)))
+  assert colours[CLASS_NAMES[0]][1][0] == colours[CLASS_NAMES[0]][1][2]
+
+
+def test_folder_split_is_deterministic_and_test_ignores_seed(image_folder, folder_dataset):
+  root, _ = image_folder
+  again = data.load(folder_config(root))
+  for field in ("train_images", "train_labels", "val_images", "val_labels", "test_images"):
+    np.testing.assert_array_equal(getattr(again, field), getattr(folder_dataset, field))
+  reseeded = data.load(folder_config(root, split_seed=3))
+  np.testing.assert_array_equal(decoded_colours(reseeded.test_images, reseeded).round(),
+                                decoded_colours(folder_dataset.test_images, folder_dataset).round())
+  assert not np.array_equal(decoded_colours(reseeded.val_images, reseeded).round(),
+                            decoded_colours(folder_dataset.val_images, folder_dataset).round())
+
+
+def test_folder_test_fraction_is_per_class(image_folder):
+  root, colours = image_folder
+  dataset = data.load(folder_config(root, test_fraction=0.5))
+  np.testing.assert_array_equal(np.bincount(np.asarray(dataset.test_labels)), [3, 3, 3])
+  # A fraction that rounds to all of a class still leaves one image for training.
+  dataset = data.load(folder_config(root, test_fraction=0.95, validation_fraction=0.5))
+  np.testing.assert_array_equal(np.bincount(np.asarray(dataset.test_labels)), [5, 5, 5])
+  assert len(dataset.train_labels) + len(dataset.val_labels) == 3
+
+
+def test_folder_exclude_classes(image_folder, folder_dataset):
+  root, colours = image_folder
+  config = folder_config(root, exclude_classes=" 002.american-flag/ ,")
+  assert data.describe_source(config) == ((8, 8, 3), 2)
+  dataset = data.load(config)
+  assert dataset.num_classes == 2
+  np.testing.assert_array_equal(dataset.test_labels, [0, 1])
+  # 003.backpack is now label 1; its test image is the same file as with three classes.
+  assert_colours_match_labels(dataset.test_images, dataset.test_labels, dataset,
+                              [colours["001.ak47"], colours["003.backpack"]])
+  np.testing.assert_array_equal(
+      decoded_colours(dataset.test_images, dataset).round(),
+      decoded_colours(folder_dataset.test_images, folder_dataset)[[0, 2]].round())
+
+
+def test_folder_exclude_unknown_class_suggests_a_name(image_folder):
+  root, _ = image_folder
+  with pytest.raises(data.DataError) as info:
+    data.describe_source(folder_config(root, exclude_classes="003.backpak"))
+  assert "'003.backpak'" in str(info.value) and "'003.backpack'" in str(info.value)
+  assert str(root) in str(info.value)
+
+
+def test_folder_max_train_examples_decodes_only_what_is_used(image_folder, monkeypatch):
+  root, _ = image_folder
+  decoded = []
+  read_image = data._read_image
+  monkeypatch.setattr(data, "_read_image",
+                      lambda path, size: decoded.append(path) or read_image(path, size))
+  dataset = data.load(folder_config(root, max_train_examples=4))
+  assert dataset.train_images.shape == (4, 8, 8, 3)
+  assert len(decoded) == len(set(decoded)) == 4 + 2 + 3  # train + validation + test
+
+
+@pytest.fixture
+def folder_copy(image_folder, tmp_path):
+  root = tmp_path / "256_ObjectCategories"
+  shutil.copytree(image_folder[0], root)
+  return root
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_folder_corrupt_image_fails_naming_it(folder_copy, damage):
+  bad = folder_copy / "002.american-flag" / "002_0004.jpg"
+  if damage == "garbage":
+    bad.write_bytes(b"this is not a JPEG file at all" * 10)
+  else:
+    bad.write_bytes(bad.read_bytes()[:200])
+  config = folder_config(folder_copy, test_fraction=0.5)
+  # describe_source decodes nothing, so it does not notice.
+  assert data.describe_source(config) == ((8, 8, 3), 3)
+  with pytest.raises(data.DataError) as info:
+    data.load(config)
+  assert str(bad) in str(info.value)
+  assert "delete it" in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_folder_class_without_enough_images(folder_copy, keep):
+  class_dir = folder_copy / "003.backpack"
+  images = [path for path in sorted(class_dir.iterdir())
+            if path.suffix.lower() in (".jpg", ".png") and not path.name.startswith(".")]
+  assert len(images) == IMAGES_PER_CLASS
+  for path in images[keep:]:
+    path.unlink()
+  for call in (data.describe_source, data.load):
+    with pytest.raises(data.DataError) as info:
+      call(folder_config(folder_copy))
+    message = str(info.value)
+    assert str(class_dir) in message
+    assert ("only one image file" if keep else "no image files") in message
+    assert "data.exclude_classes" in message
+  assert data.describe_source(folder_config(folder_copy, exclude_classes="003.backpack")) == (
+      (8, 8, 3), 2)
+
+
+def test_folder_missing_names_path_and_caltech_download(tmp_path):
+  missing = str(tmp_path / "256_ObjectCategories")
+  for call in (data.load, data.describe_source):
+    with pytest.raises(data.DataError) as info:
+      call(folder_config(missing))
+    message = str(info.value)
+    for expected in (missing, "256_ObjectCategories.tar", "data.caltech.edu", "data.path"):
+      assert expected in message
+
+
+def test_folder_without_class_subfolders(tmp_path):
+  (tmp_path / "photo.jpg").write_bytes(b"")
+  with pytest.raises(data.DataError) as info:
+    data.describe_source(folder_config(tmp_path))
+  assert str(tmp_path) in str(info.value) and "no class sub-folders" in str(info.value)
+
+
+def test_folder_parent_of_dataset_folder_is_explained(image_folder):
+  root, _ = image_folder
+  with pytest.raises(data.DataError) as info:
+    data.describe_source(folder_config(root.parent))
+  assert "only one class sub-folder" in str(info.value)
+  assert f"set data.path to {root}" in str(info.value)
+
+
+def test_folder_needs_image_size_and_path():
+  with pytest.raises(data.DataError) as info:
+    data.validate_data_config(make_config(source="folder", path="/data/256_ObjectCategories"))
+  message = str(info.value)
+  assert "data.image_size" in message and "224" in message and "64" in message
+  with pytest.raises(data.DataError, match="data.path") as info:
+    data.validate_data_config(make_config(source="folder", image_size=64))
+  assert "256_ObjectCategories" in str(info.value)
+
+
+@pytest.mark.parametrize("field, value", [("image_size", 64), ("exclude_classes", "257.clutter")])
+def test_folder_fields_refused_for_other_sources(field, value):
+  with pytest.raises(data.DataError, match=f"data.{field}"):
+    data.validate_data_config(make_config(**{field: value}))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_channel_stats_in_chunks_match_numpy(monkeypatch, dtype):
+  monkeypatch.setattr(data, "_STATS_CHUNK_VALUES", 100)  # 48 values per image: 2 per chunk
+  images = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 3)).astype(dtype)
+  scale = 255.0 if dtype == np.uint8 else 1.0
+  mean, std = data._channel_stats(images)
+  np.testing.assert_allclose(mean, images.mean(axis=(0, 1, 2), dtype=np.float64) / scale)
+  np.testing.assert_allclose(std, images.std(axis=(0, 1, 2), dtype=np.float64) / scale)
+
+
 # --------------------------------------------------------------------------- config validation
 
 
@@ -411,6 +676,7 @@ def test_unknown_tfds_name_lists_valid_ones():
     ("validation_fraction", True), ("validation_fraction", "0.1"), ("test_fraction", 1.5),
     ("max_train_examples", -1), ("max_train_examples", 2.5), ("split_seed", -3),
     ("download", "yes"), ("augment", 1), ("path", None),
+    ("image_size", -8), ("image_size", 64.0), ("exclude_classes", ["257.clutter"]),
 ])
 def test_bad_field_is_named(field, value):
   config = types.SimpleNamespace(**{**data.default_data_config().to_dict(), field: value})
