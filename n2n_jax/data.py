@@ -104,7 +104,7 @@ _TFDS_MIRROR_URL = "https://storage.googleapis.com/tfds-data/"
 FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # matched case-insensitively
 _FOLDER_HINT = (
     "For Caltech-256 download 256_ObjectCategories.tar (1.2 GB) from the Caltech data site "
-    "(https://data.caltech.edu, dataset "Caltech 256"), unpack it with "
+    "(https://data.caltech.edu, dataset 'Caltech 256'), unpack it with "
     "`tar xf 256_ObjectCategories.tar` and set data.path to the 256_ObjectCategories folder "
     "(the one holding 001.ak47/, 002.american-flag/, ...).")
 _IMAGE_SIZE_HINT = "e.g. 224 (the paper's Caltech-256 input) or 64 (fits a CPU machine)"

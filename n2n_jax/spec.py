@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from typing import Any, Iterator, Sequence, Union
 
 # --------------------------------------------------------------------------
@@ -151,30 +152,41 @@ def layer_from_dict(d: dict, where: str = 'layer'):
   if not isinstance(d, dict) or 'type' not in d:
     raise SpecError(f'{where}: expected an object with a "type" field, got {d!r:.80}')
   kind = d['type']
-  if kind not in _BY_NAME:
+  if not isinstance(kind, str) or kind not in _BY_NAME:
     raise SpecError(f'{where}: unknown layer type {kind!r}; valid types: '
                     f'{", ".join(sorted(_BY_NAME))}')
   cls = _BY_NAME[kind]
   fields = {k: v for k, v in d.items() if k != 'type'}
-  if cls is Residual:
-    return Residual(
-        tuple(layer_from_dict(l, f'{where}.main[{i}]') for i, l in enumerate(fields.get('main', []))),
-        tuple(layer_from_dict(l, f'{where}.shortcut[{i}]') for i, l in enumerate(fields.get('shortcut', []))))
-  if cls is Concat:
-    return Concat(tuple(
-        tuple(layer_from_dict(l, f'{where}.branches[{b}][{i}]') for i, l in enumerate(branch))
-        for b, branch in enumerate(fields.get('branches', []))))
   known = {f.name: f for f in dataclasses.fields(cls)}
   unknown = set(fields) - set(known)
   if unknown:
     raise SpecError(f'{where}: {kind} has no field(s) {sorted(unknown)}; '
                     f'valid fields: {sorted(known)}')
+  if cls is Residual:
+    return Residual(*(
+        tuple(layer_from_dict(l, f'{where}.{part}[{i}]')
+              for i, l in enumerate(_json_list(fields.get(part, []), f'{where}: Residual.{part}')))
+        for part in ('main', 'shortcut')))
+  if cls is Concat:
+    branches = _json_list(fields.get('branches', []), f'{where}: Concat.branches')
+    if not all(isinstance(b, list) for b in branches):
+      raise SpecError(f'{where}: Concat.branches must be a list of lists of layers, '
+                      f'got {branches!r:.80}')
+    return Concat(tuple(
+        tuple(layer_from_dict(l, f'{where}.branches[{b}][{i}]') for i, l in enumerate(branch))
+        for b, branch in enumerate(branches)))
   try:
     layer = cls(**fields)
   except TypeError as e:
     raise SpecError(f'{where}: {e}') from None
   _check_field_types(layer, where)
   return layer
+
+
+def _json_list(value, what):
+  if not isinstance(value, list):
+    raise SpecError(f'{what} must be a list of layers, got {value!r:.80}')
+  return value
 
 
 def _check_field_types(layer, where):
@@ -456,7 +468,9 @@ def removable_count(spec: NetSpec) -> int:
 # Normalisers chosen from the widest values the zoo uses, fixed (not per
 # teacher) so a policy trained on one teacher reads another's features the
 # same way (paper section 4.6).
-_KERNEL_NORM, _STRIDE_NORM, _PADDING_NORM, _SKIP_NORM = 7.0, 4.0, 3.0, 8.0
+# fitnet4's 8x8 max-pool and conv4's 6x6 average pool are the widest windows
+# and strides; values beyond the zoo's (custom specs) are clipped to 1.
+_KERNEL_NORM, _STRIDE_NORM, _PADDING_NORM, _SKIP_NORM = 8.0, 8.0, 3.0, 8.0
 _WIDTH_LOG_NORM = math.log2(4097.0)
 FEATURE_NAMES = tuple(f'type_{c.__name__}' for c in LAYER_TYPES) + (
     'kernel', 'stride', 'padding', 'outputs', 'skip_start', 'skip_end')
@@ -474,9 +488,10 @@ def site_features(site: Site) -> tuple:
   elif isinstance(layer, AvgPool):
     k, s = layer.window, layer.stride
   n = site.out_shape[-1]
-  return one_hot + (k / _KERNEL_NORM, s / _STRIDE_NORM, p / _PADDING_NORM,
-                    math.log2(1 + n) / _WIDTH_LOG_NORM,
-                    site.skip_start / _SKIP_NORM, site.skip_end / _SKIP_NORM)
+  numbers = (k / _KERNEL_NORM, s / _STRIDE_NORM, p / _PADDING_NORM,
+             math.log2(1 + n) / _WIDTH_LOG_NORM,
+             site.skip_start / _SKIP_NORM, site.skip_end / _SKIP_NORM)
+  return one_hot + tuple(min(1.0, v) for v in numbers)
 
 
 def layer_features(spec: NetSpec) -> list:
@@ -675,6 +690,8 @@ def _shrunk_width(width: int, factor: float, round_to: int) -> int:
 
 def _shrunk_kernel(kernel: int, factor: float) -> int:
   new = max(1, int(round(kernel * factor)))
+  if new >= kernel:  # factor 1 (or rounding back up) leaves any kernel as it is
+    return kernel
   return new if new % 2 == 1 else new - 1  # odd kernels keep 'same' padding exact
 
 
@@ -695,7 +712,7 @@ def shrink(spec: NetSpec, factors: Sequence[float], *, kernels: bool = False,
   if len(factors) != len(variables):
     raise ValueError(f'factors has {len(factors)} entries but {spec.name!r} has '
                      f'{len(variables)} shrinkable variables (kernels={kernels})')
-  bad = [f for f in factors if not (isinstance(f, (int, float)) and 0.0 < float(f) <= 1.0)]
+  bad = [f for f in factors if not (isinstance(f, numbers.Real) and 0.0 < float(f) <= 1.0)]
   if bad:
     raise ValueError(f'shrink factors must be in (0, 1], got {bad[:5]}')
   if max_params is None:
