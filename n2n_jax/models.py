@@ -8,6 +8,7 @@ weights can be matched between a teacher and its students.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import flax.linen as nn
@@ -100,7 +101,7 @@ def variable_shapes(model: SpecNet, input_shape) -> Any:
   return jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
 
 
-def _host_init(path, leaf, rng: np.random.Generator) -> np.ndarray:
+def _host_init(path, leaf, seed: int) -> np.ndarray:
   """Flax's default initialisers, computed with numpy: lecun-normal (truncated
   at 2 sd, variance 1/fan_in) kernels, zero biases, unit BN scales, and BN
   running statistics mean 0 / variance 1."""
@@ -110,6 +111,10 @@ def _host_init(path, leaf, rng: np.random.Generator) -> np.ndarray:
     fan_in = math.prod(shape[:-1])
     # Standard deviation of a unit normal truncated to [-2, 2].
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    # One stream per variable, keyed by its name ("['params']['3_Conv']..."),
+    # so its values depend on the seed and its own name only, not on how many
+    # numbers other variables drew before it.
+    rng = np.random.default_rng([seed, zlib.crc32(jax.tree_util.keystr(path).encode())])
     z = rng.standard_normal(shape, dtype=np.float32)
     bad = np.abs(z) > 2
     while bad.any():
@@ -128,9 +133,8 @@ def init_variables(model: SpecNet, seed: int, input_shape) -> dict:
   `jax.eval_shape` shapes. Compiling `model.init` instead costs seconds per
   new architecture (DESIGN.md; 2-11 s measured here), which a search that
   builds hundreds of students cannot afford."""
-  rng = np.random.default_rng(seed)
   shapes = variable_shapes(model, input_shape)
-  host = jax.tree_util.tree_map_with_path(lambda p, l: _host_init(p, l, rng), shapes)
+  host = jax.tree_util.tree_map_with_path(lambda p, l: _host_init(p, l, seed), shapes)
   variables = jax.device_put(host)
   variables.setdefault('batch_stats', {})
   return dict(variables)

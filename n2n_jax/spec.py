@@ -399,8 +399,10 @@ class Site:
   path: index path into the nested layers, e.g. (5, 'main', 1) is
   spec.layers[5].main[1]; (7, 'branches', 1, 0) is spec.layers[7].branches[1][0].
   skip_start / skip_end: for layers inside a Residual or Concat block, the
-  number of layers before this one since the block began and after it until
-  the block ends (paper section 3.2.1); 0 outside blocks.
+  1-based position of this layer from the block's start and from its end,
+  counting this layer (so a block's first layer has skip_start 1 and its last
+  skip_end 1; branches of a Concat are counted one after another; paper
+  section 3.2.1); 0 outside blocks, so inside and outside never look alike.
   """
   path: tuple
   layer: Any
@@ -488,10 +490,10 @@ def site_features(site: Site) -> tuple:
   elif isinstance(layer, AvgPool):
     k, s = layer.window, layer.stride
   n = site.out_shape[-1]
-  numbers = (k / _KERNEL_NORM, s / _STRIDE_NORM, p / _PADDING_NORM,
-             math.log2(1 + n) / _WIDTH_LOG_NORM,
-             site.skip_start / _SKIP_NORM, site.skip_end / _SKIP_NORM)
-  return one_hot + tuple(min(1.0, v) for v in numbers)
+  scaled = (k / _KERNEL_NORM, s / _STRIDE_NORM, p / _PADDING_NORM,
+            math.log2(1 + n) / _WIDTH_LOG_NORM,
+            site.skip_start / _SKIP_NORM, site.skip_end / _SKIP_NORM)
+  return one_hot + tuple(min(1.0, v) for v in scaled)
 
 
 def layer_features(spec: NetSpec) -> list:
@@ -681,10 +683,16 @@ def width_groups(spec: NetSpec) -> dict:
           if isinstance(p, tuple) and p and isinstance(p[0], int)}
 
 
+def _round_half_up(x: float) -> int:
+  return int(math.floor(x + 0.5))  # Python's round() sends halves to even: 2.5 -> 2
+
+
 def _shrunk_width(width: int, factor: float, round_to: int) -> int:
-  new = max(1, int(round(width * factor)))
+  if factor >= 1.0:
+    return width  # an unshrunk layer stays exactly as it was, whatever round_to
+  new = max(1, _round_half_up(width * factor))
   if round_to > 1:
-    new = min(width, max(round_to, int(round(new / round_to)) * round_to))
+    new = min(width, max(round_to, _round_half_up(new / round_to) * round_to))
   return new
 
 
