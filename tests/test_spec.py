@@ -83,24 +83,14 @@ def delete_paths(layers, paths, prefix=()):
   return tuple(out)
 
 
-def all_layers(layers):
-  for layer in layers:
-    yield layer
-    if isinstance(layer, Residual):
-      yield from all_layers(layer.main)
-      yield from all_layers(layer.shortcut)
-    elif isinstance(layer, Concat):
-      for b in layer.branches:
-        yield from all_layers(b)
-
 
 def leaf_layers(layers):
-  return [l for l in all_layers(layers) if not isinstance(l, (Residual, Concat))]
+  return [l for l in S.iter_layers(layers) if not isinstance(l, (Residual, Concat))]
 
 
 def parallel_leaves(a, b):
   """Pairs of corresponding leaf layers of two structurally identical specs."""
-  la, lb = list(all_layers(a)), list(all_layers(b))
+  la, lb = list(S.iter_layers(a)), list(S.iter_layers(b))
   assert len(la) == len(lb)
   for x, y in zip(la, lb):
     assert type(x) is type(y)
@@ -133,7 +123,7 @@ def check_verdict(result, expected_student, teacher):
       S.validate(expected_student)
       assert S.param_count(expected_student) >= teacher_params
     elif result.kind == 'empty':
-      assert not any(isinstance(l, (Conv, Dense)) for l in all_layers(expected_student.layers))
+      assert not any(isinstance(l, (Conv, Dense)) for l in S.iter_layers(expected_student.layers))
     return None
   assert isinstance(result, NetSpec)
   assert result == expected_student

@@ -16,19 +16,9 @@ def shape_for(name):
   return ZOO_SHAPES.get(name, (32, 32, 3))
 
 
-def all_layers(layers):
-  for layer in layers:
-    yield layer
-    if isinstance(layer, Residual):
-      yield from all_layers(layer.main)
-      yield from all_layers(layer.shortcut)
-    elif isinstance(layer, Concat):
-      for b in layer.branches:
-        yield from all_layers(b)
-
 
 def count(spec, kind):
-  return sum(isinstance(l, kind) for l in all_layers(spec.layers))
+  return sum(isinstance(l, kind) for l in S.iter_layers(spec.layers))
 
 
 @pytest.mark.parametrize('name, shape, classes, params', [
@@ -135,7 +125,7 @@ def test_resnet_structure(name, blocks):
   # Layers with weights: stem, two per block, the Linear: 18 or 34.
   depth = 1 + 2 * sum(blocks) + 1
   assert depth == int(name[len('resnet'):])
-  assert all(not c.use_bias for c in all_layers(spec.layers) if isinstance(c, Conv))
+  assert all(not c.use_bias for c in S.iter_layers(spec.layers) if isinstance(c, Conv))
   assert spec.layers[0] == Conv(64, 3, 1, 1, use_bias=False)
   stats = S.layer_stats(spec)
   assert stats[-3].in_shape == (4, 4, 512)  # kuangliu's avgpool(4) on 4x4
