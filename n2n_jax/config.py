@@ -13,11 +13,12 @@ import os
 import ml_collections
 
 from n2n_jax import data as data_lib
+from n2n_jax import reward as reward_lib
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
 from n2n_jax import zoo
 
-MODES = ('describe', 'teacher')
+MODES = ('compress', 'describe', 'teacher')
 
 
 class ConfigError(ValueError):
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = 'teacher'
+  c.mode = 'compress'
   c.seed = 0
   c.data = data_lib.default_data_config()
 
@@ -44,6 +45,54 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.decay_factor = 0.1
   c.teacher.momentum = 0.9
   c.teacher.weight_decay = 5e-4
+
+  # The N2N search (paper sections 3-4; appendix 10 for the defaults).
+  c.search = ml_collections.ConfigDict()
+  c.search.stage1_iterations = 100
+  c.search.stage2_iterations = 100
+  c.search.rollouts = 5  # m students sampled per policy iteration
+  c.search.reward = 'n2n'  # 'n2n': C(2-C)A/A_teacher; 'naive': A*C (appendix 11.1)
+  c.search.max_dense_inputs = 50_000  # a Dense layer with more inputs is degenerate
+  c.search.restart = False  # True: discard this workdir's search state and start over
+
+  c.policy = ml_collections.ConfigDict()
+  c.policy.method = 'reinforce'  # or 'actor_critic' (appendix 6)
+  c.policy.baseline = 'ema'  # or 'running_mean' (the authors' code)
+  c.policy.baseline_decay = 0.9
+  c.policy.removal_learning_rate = 0.003
+  c.policy.removal_hidden = 30
+  c.policy.shrink_learning_rate = 0.01
+  c.policy.shrink_hidden = 50
+  c.policy.num_layers = 2
+  c.policy.shrink_actions = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+  c.policy.shrink_kernels = False  # also shrink kernel sizes
+  c.policy.round_to = 1  # round shrunk widths to a multiple (8 suits accelerators)
+  c.policy.init_from = ''  # another run's workdir: start from its trained policies
+
+  # Training each sampled student (section 3.5): L2 on the teacher's logits.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.epochs = 5
+  c.distill.batch_size = 64
+  c.distill.learning_rate = 5e-4
+  c.distill.weight_decay = 5e-4
+
+  # Constraints (section 3.3.1); 0 = no limit.
+  c.constraints = ml_collections.ConfigDict()
+  c.constraints.max_params = 0
+  c.constraints.max_flops = 0
+  c.constraints.epsilon_schedule = 'poly'  # 'poly' (authors' code), 'linear', 'hard'
+  c.constraints.epsilon_horizon = 15.0
+  c.constraints.epsilon_power = 4.0
+
+  # Training the chosen student to convergence: cross-entropy + soft_weight * L2
+  # on the teacher's logits (section 3.5). The L2 sums over classes, so 0.1 puts
+  # it on the scale of a per-class mean squared error.
+  c.final = ml_collections.ConfigDict()
+  c.final.epochs = 30
+  c.final.batch_size = 64
+  c.final.learning_rate = 1e-3
+  c.final.weight_decay = 0.0
+  c.final.soft_weight = 0.1
 
   c.runtime = ml_collections.ConfigDict()
   # 'auto' runs epochs as a Python loop of jitted steps on the CPU and as one
@@ -110,6 +159,40 @@ def validate(config) -> None:
   if t.input_shape and (len(t.input_shape) != 3 or min(t.input_shape) < 1):
     raise ConfigError(f'teacher.input_shape must be (H, W, C) or empty, got {t.input_shape!r}')
   _one_of(config.runtime.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
+  _validate_search(config)
+
+
+def _validate_search(config) -> None:
+  s, p, d, f, k = config.search, config.policy, config.distill, config.final, config.constraints
+  for value, field in ((s.stage1_iterations, 'search.stage1_iterations'),
+                       (s.stage2_iterations, 'search.stage2_iterations')):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+      raise ConfigError(f'{field} must be a non-negative integer, got {value!r}')
+  _positive(s.rollouts, 'search.rollouts')
+  _positive(s.max_dense_inputs, 'search.max_dense_inputs')
+  _one_of(s.reward, reward_lib.REWARDS, 'search.reward')
+  _one_of(p.method, ('reinforce', 'actor_critic'), 'policy.method')
+  _one_of(p.baseline, ('ema', 'running_mean'), 'policy.baseline')
+  if not 0 <= p.baseline_decay < 1:
+    raise ConfigError(f'policy.baseline_decay must be in [0, 1), got {p.baseline_decay!r}')
+  for name in ('removal_learning_rate', 'shrink_learning_rate'):
+    _positive(p[name], f'policy.{name}', numbers.Real)
+  for name in ('removal_hidden', 'shrink_hidden', 'num_layers', 'round_to'):
+    _positive(p[name], f'policy.{name}')
+  if not p.shrink_actions or any(not 0 < a <= 1 for a in p.shrink_actions):
+    raise ConfigError(f'policy.shrink_actions must be factors in (0, 1], got {p.shrink_actions!r}')
+  for section, name in ((d, 'distill'), (f, 'final')):
+    _positive(section.epochs, f'{name}.epochs')
+    _positive(section.batch_size, f'{name}.batch_size')
+    _positive(section.learning_rate, f'{name}.learning_rate', numbers.Real)
+    if section.weight_decay < 0:
+      raise ConfigError(f'{name}.weight_decay must be >= 0, got {section.weight_decay!r}')
+  if f.soft_weight < 0:
+    raise ConfigError(f'final.soft_weight must be >= 0, got {f.soft_weight!r}')
+  if k.max_params < 0 or k.max_flops < 0:
+    raise ConfigError('constraints.max_params and constraints.max_flops must be >= 0 (0 = none)')
+  _one_of(k.epsilon_schedule, reward_lib.EPSILON_SCHEDULES, 'constraints.epsilon_schedule')
+  _positive(k.epsilon_horizon, 'constraints.epsilon_horizon', numbers.Real)
 
 
 def input_of(config, need_data: bool = True) -> tuple:
@@ -153,3 +236,16 @@ def teacher_spec(config, input_shape, num_classes) -> spec_lib.NetSpec:
     raise ConfigError(f'teacher {spec.name!r} outputs {spec_lib.output_shape(spec)} but the '
                       f'data has {num_classes} classes')
   return spec
+
+
+def differences(old: dict, new: dict, prefix: str = '') -> list:
+  """Readable 'field: stored X, now Y' lines for nested dicts (stored run
+  origins against the current config)."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: stored {a!r:.60}, now {b!r:.60}')
+  return out

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from n2n_jax import config as config_lib
 from n2n_jax import data as data_lib
 from n2n_jax import runtime
+from n2n_jax import search as search_lib
 from n2n_jax import spec as spec_lib
 from n2n_jax import teacher as teacher_lib
 
-# Errors that mean "fix your input", shown without a traceback.
+# Errors that mean "fix your input" or "this run cannot go on", shown without
+# a traceback.
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
-               teacher_lib.WorkdirMismatch)
+               teacher_lib.WorkdirMismatch, search_lib.ResumeMismatch, search_lib.SearchError)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
@@ -42,14 +45,27 @@ def run(config, workdir: str | None, out=sys.stdout) -> dict:
   spec = config_lib.teacher_spec(config, input_shape, num_classes)
   if config.mode == 'describe':
     result = describe(spec)
-  else:  # 'teacher'
+  else:
     if not workdir:
       raise config_lib.ConfigError(f'--workdir is required for mode={config.mode!r}')
     runtime.enable_compilation_cache(config.runtime.compilation_cache_dir)
-    teacher = teacher_lib.train_or_load(config, spec, workdir,
-                                        lambda: data_lib.load(config.data),
+    dataset = None
+
+    def get_dataset():
+      nonlocal dataset
+      if dataset is None:
+        dataset = data_lib.load(config.data)
+      return dataset
+
+    start = time.perf_counter()
+    teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset,
                                         progress=config.runtime.progress)
-    result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
-    result['workdir'] = workdir
+    teacher_seconds = time.perf_counter() - start
+    if config.mode == 'teacher':
+      result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
+      result['workdir'] = workdir
+    else:  # 'compress'
+      result = search_lib.run(config, workdir, teacher, get_dataset(),
+                              progress=config.runtime.progress, teacher_seconds=teacher_seconds)
   print(json.dumps(result, indent=2), file=out)
   return result

@@ -12,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 import tqdm
 
+from n2n_jax import config as config_lib
 from n2n_jax import models
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
@@ -45,17 +46,6 @@ def _jsonable(x):
   return json.loads(json.dumps(x, default=list))
 
 
-def _differences(old: dict, new: dict, prefix: str = '') -> list:
-  out = []
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _differences(a, b, f'{prefix}{key}.')
-    elif a != b:
-      out.append(f'{prefix}{key}: stored {a!r:.60}, now {b!r:.60}')
-  return out
-
-
 def load(workdir: str, expected_origin: dict | None = None) -> Teacher | None:
   """The teacher stored in workdir, or None if there is none. With
   expected_origin, a teacher made from another config is refused."""
@@ -65,7 +55,7 @@ def load(workdir: str, expected_origin: dict | None = None) -> Teacher | None:
   with open(path) as f:
     record = json.load(f)
   if expected_origin is not None:
-    diff = _differences(record['origin'], _jsonable(expected_origin))
+    diff = config_lib.differences(record['origin'], _jsonable(expected_origin))
     if diff:
       raise WorkdirMismatch(
           f'{path} was trained with a different config:\n  ' + '\n  '.join(diff)

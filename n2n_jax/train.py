@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -161,6 +162,21 @@ class EpochRunner:
     self.mode = resolve_epoch_mode(self.mode)
     self._jit_step = jax.jit(self.step, donate_argnums=0)
     self._jit_scan = jax.jit(self._scan_epoch, donate_argnums=0)
+
+  def compile(self, state: TrainState, data: Data, batch_size: int) -> float:
+    """Compile ahead of time (so callers can tell compile time from training
+    time); returns the seconds it took."""
+    start = time.perf_counter()
+    n = data.images.shape[0]
+    steps, size = epoch_indices(jax.random.key(0), n, batch_size).shape
+    key = jax.random.key(0)
+    if self.mode == 'scan':
+      self._jit_scan = self._jit_scan.lower(
+          state, data, jnp.zeros((steps, size), jnp.int32), key).compile()
+    else:
+      self._jit_step = self._jit_step.lower(state, data, jnp.zeros((size,), jnp.int32),
+                                            key).compile()
+    return time.perf_counter() - start
 
   def _scan_epoch(self, state, data, indices, key):
     keys = jax.random.split(key, indices.shape[0])

@@ -59,16 +59,16 @@ def test_cli_describe_subprocess_exits_zero():
 def test_cli_bad_value_exits_2_with_field_name(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-       '--config.teacher.epochs=0', f'--workdir={tmp_path}'],
+       '--config.search.rollouts=0', f'--workdir={tmp_path}'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
-  assert 'teacher.epochs must be a positive integer' in proc.stderr
+  assert 'search.rollouts must be a positive integer' in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not os.listdir(tmp_path)  # failed before any work
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('mode', 'compress_all', "mode='compress_all' is not valid; choose one of describe, teacher"),
+    ('mode', 'compress_all', "mode='compress_all' is not valid; choose one of compress, describe, teacher"),
     ('teacher.name', 'vgg99', 'choose one of conv4, digits_cnn, vgg11'),
     ('teacher.epochs', -1, 'teacher.epochs must be a positive integer'),
     ('teacher.batch_size', 0, 'teacher.batch_size must be a positive integer'),
@@ -78,6 +78,15 @@ def test_cli_bad_value_exits_2_with_field_name(tmp_path):
     ('data.validation_fraction', 0.0, 'data.validation_fraction'),
     ('data.source', 'imagenet', 'choose one of digits, idx, tfds'),
     ('runtime.epoch_mode', 'fast', 'choose one of auto, scan, loop'),
+    ('search.stage1_iterations', -1, 'search.stage1_iterations must be a non-negative integer'),
+    ('search.reward', 'accuracy', 'choose one of n2n, naive'),
+    ('policy.method', 'ppo', 'choose one of reinforce, actor_critic'),
+    ('policy.baseline', 'none', 'choose one of ema, running_mean'),
+    ('policy.shrink_actions', (0.0, 0.5), 'policy.shrink_actions must be factors in'),
+    ('distill.epochs', 0, 'distill.epochs must be a positive integer'),
+    ('final.batch_size', -4, 'final.batch_size must be a positive integer'),
+    ('constraints.max_params', -1, 'constraints.max_params'),
+    ('constraints.epsilon_schedule', 'cosine', 'choose one of poly, linear, hard'),
 ])
 def test_invalid_values_name_the_field(config_factory, field, value, message):
   config = config_factory('digits')
@@ -94,9 +103,12 @@ def test_teacher_that_cannot_take_the_input_says_which_layer(config_factory):
     run(config)
 
 
-def test_workdir_required_for_teacher_mode(config_factory):
+@pytest.mark.parametrize('mode', ['teacher', 'compress'])
+def test_workdir_required(config_factory, mode):
+  config = config_factory('digits')
+  config.mode = mode
   with pytest.raises(config_lib.ConfigError, match='--workdir is required'):
-    run(config_factory('digits'))
+    run(config)
 
 
 def test_user_spec_file(config_factory, tmp_path):

@@ -11,7 +11,8 @@ from n2n_jax import teacher as teacher_lib
 
 
 def test_default_digits_teacher_reaches_095_and_is_reused(config_factory, tmp_path):
-  config = config_factory('digits')  # the README's main job, unchanged
+  config = config_factory('digits')  # the README's main job's teacher, unchanged
+  config.mode = 'teacher'
   first = experiment.run(config, str(tmp_path))
   record = json.loads((tmp_path / 'teacher.json').read_text())
   assert record['test_accuracy'] >= 0.95
@@ -31,6 +32,7 @@ def test_default_digits_teacher_reaches_095_and_is_reused(config_factory, tmp_pa
 
 def test_stored_teacher_round_trips_and_other_configs_are_refused(config_factory, tmp_path):
   config = config_factory('digits')
+  config.mode = 'teacher'
   config.teacher.epochs = 2
   config.data.max_train_examples = 300
   experiment.run(config, str(tmp_path))

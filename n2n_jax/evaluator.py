@@ -1,0 +1,132 @@
+"""Turns sampled student specs into validation accuracies: build, initialise,
+distil from the teacher's cached logits (paper section 3.5), evaluate.
+
+One `Evaluator` serves a whole search. It keeps the data and the teacher's
+training-set logits on the device, and caches each architecture's compiled
+programs in memory, so a student the policy samples again costs only its
+training.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+import zlib
+
+import jax
+import numpy as np
+
+from n2n_jax import models
+from n2n_jax import spec as spec_lib
+from n2n_jax import train as train_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+  epochs: int = 5
+  batch_size: int = 64
+  learning_rate: float = 5e-4
+  weight_decay: float = 5e-4
+  loss: str = 'l2'  # 'l2' on logits during search; 'hard_soft' for final training
+  soft_weight: float = 1.0
+
+
+@dataclasses.dataclass
+class StudentResult:
+  accuracy: float  # on the validation split; nan when training failed
+  error: str | None  # why the student failed (its reward is then -1), else None
+  train_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  variables: dict | None = None
+
+
+@dataclasses.dataclass
+class _Program:
+  model: models.SpecNet
+  tx: object
+  runner: train_lib.EpochRunner
+
+
+def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
+  """A per-architecture init seed: the same student under the same search seed
+  starts from the same weights, whenever it is sampled."""
+  return zlib.crc32(spec_lib.to_json(spec).encode(), seed) & 0x7FFFFFFF
+
+
+# Compiled programs by (spec, settings, epoch mode, data shapes): shared by
+# every Evaluator in the process, so a resumed search, the final training of a
+# student seen during the search, or a second search reuses them.
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_MAX_PROGRAMS = 512
+
+
+class Evaluator:
+  """Distils students from `teacher_logits` (the teacher's logits on
+  dataset.train_images, computed once by the caller)."""
+
+  def __init__(self, dataset, teacher_logits, settings: DistillSettings,
+               epoch_mode: str = 'auto'):
+    self.dataset = dataset
+    self.settings = settings
+    self.epoch_mode = train_lib.resolve_epoch_mode(epoch_mode)
+    self.data = train_lib.Data(dataset.train_images, dataset.train_labels, teacher_logits)
+    self.compile_seconds = 0.0  # all compiling done so far, for the run's time split
+
+  def _program(self, spec: spec_lib.NetSpec) -> tuple:
+    """The compiled programs for `spec` (cached), and the seconds spent compiling."""
+    shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(self.data))
+    key = (spec, self.settings, self.epoch_mode, shapes)
+    if key in _PROGRAMS:
+      _PROGRAMS.move_to_end(key)
+      return _PROGRAMS[key], 0.0
+    s = self.settings
+    model = models.build(spec)
+    steps = max(1, self.data.images.shape[0] // s.batch_size)
+    tx = train_lib.make_optimizer('adam', s.learning_rate, steps_per_epoch=steps,
+                                  weight_decay=s.weight_decay)
+    step = train_lib.make_step(model, tx, train_lib.make_loss(s.loss, s.soft_weight))
+    runner = train_lib.EpochRunner(step, self.epoch_mode)
+    shapes = models.variable_shapes(model, spec.input_shape)
+    abstract_state = jax.eval_shape(lambda v: train_lib.TrainState.create(v, tx), shapes)
+    seconds = runner.compile(abstract_state, self.data, s.batch_size)
+    program = _Program(model, tx, runner)
+    _PROGRAMS[key] = program
+    if len(_PROGRAMS) > _MAX_PROGRAMS:
+      _PROGRAMS.popitem(last=False)
+    self.compile_seconds += seconds
+    return program, seconds
+
+  def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
+            progress=None) -> StudentResult:
+    """Train one student for settings.epochs and measure validation accuracy.
+    Failures (a spec that cannot be built, a non-finite loss, an error while
+    compiling or running) come back as StudentResult.error, never as exceptions."""
+    start = time.perf_counter()
+    compile_s = 0.0
+    try:
+      program, compile_s = self._program(spec)
+      variables = models.init_variables(program.model, student_seed(spec, seed), spec.input_shape)
+      state = train_lib.TrainState.create(variables, program.tx)
+      for epoch in range(self.settings.epochs):
+        state, metrics = program.runner.run(state, self.data, jax.random.fold_in(key, epoch),
+                                            self.settings.batch_size)
+        if not np.isfinite(metrics['loss']):
+          return StudentResult(float('nan'), f'training loss is {metrics["loss"]} at epoch '
+                               f'{epoch + 1}', time.perf_counter() - start - compile_s, compile_s)
+        if progress is not None:
+          progress(epoch + 1, metrics)
+      accuracy = train_lib.accuracy(program.model, state.variables, self.dataset.val_images,
+                                    self.dataset.val_labels)
+    except Exception as e:  # pylint: disable=broad-except
+      # One broken student must not end a search of hundreds: record why.
+      reason = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+      return StudentResult(float('nan'), reason, time.perf_counter() - start - compile_s,
+                           compile_s)
+    return StudentResult(accuracy, None, time.perf_counter() - start - compile_s, compile_s,
+                         jax.device_get(state.variables) if keep_variables else None)
+
+  def evaluate(self, specs, key, seed: int) -> list:
+    """One StudentResult per spec, each trained with its own key."""
+    return [self.train(s, jax.random.fold_in(key, i), seed) for i, s in enumerate(specs)]
+

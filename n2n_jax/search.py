@@ -1,0 +1,395 @@
+"""The two-stage N2N search (paper Algorithm 1): stage 1 removes layers with a
+bidirectional-LSTM policy, stage 2 shrinks the best stage-1 student's layers
+with an autoregressive one; each sampled student is distilled briefly and
+scored; the best student overall is then trained to convergence and exported.
+
+Every random draw comes from the run's seed folded with (stage, iteration), and
+the state that changes between iterations (policy parameters, optimiser
+states, baselines, best students, metrics) is checkpointed after each
+iteration, so an interrupted run resumes where it stopped and ends with the
+same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from n2n_jax import checkpoint as checkpoint_lib
+from n2n_jax import config as config_lib
+from n2n_jax import evaluator as evaluator_lib
+from n2n_jax import export as export_lib
+from n2n_jax import policies
+from n2n_jax import reinforce
+from n2n_jax import report
+from n2n_jax import reward as reward_lib
+from n2n_jax import spec as spec_lib
+from n2n_jax import train as train_lib
+
+STUDENT_DIR = 'student'
+
+
+class SearchError(RuntimeError):
+  """The search cannot go on (e.g. a non-finite policy loss); the last good
+  checkpoint is kept."""
+
+
+class ResumeMismatch(ValueError):
+  """The workdir holds a search made from a different config."""
+
+
+# Config sections that decide a search's result; runtime settings do not.
+RESULT_SECTIONS = ('seed', 'data', 'teacher', 'search', 'policy', 'distill', 'constraints',
+                   'final')
+
+
+def _search_origin(config) -> dict:
+  d = config.to_dict()
+  origin = {k: d[k] for k in RESULT_SECTIONS}
+  origin['search'] = {k: v for k, v in origin['search'].items() if k != 'restart'}
+  return json.loads(json.dumps(origin, default=list))
+
+
+# ---- the two stages as (features, mask, actions -> student)
+
+@dataclasses.dataclass
+class Stage:
+  number: int
+  source: spec_lib.NetSpec  # the spec this stage transforms
+  features: np.ndarray  # (T, F) policy input
+  mask: np.ndarray  # (T,) True where the action counts
+  policy: object
+  iterations: int
+  learning_rate: float
+
+  def to_student(self, actions, config, teacher_params: int):
+    """The student (or Degenerate verdict) for one rollout's actions."""
+    limit = dict(max_params=teacher_params, max_dense_inputs=config.search.max_dense_inputs)
+    if self.number == 1:
+      keep = [bool(a) for a, m in zip(actions, self.mask) if m]
+      return spec_lib.remove(self.source, keep, **limit)
+    factors = [config.policy.shrink_actions[int(a)] for a in actions]
+    return spec_lib.shrink(self.source, factors, kernels=config.policy.shrink_kernels,
+                           round_to=config.policy.round_to, **limit)
+
+
+def removal_stage(config, teacher_spec) -> Stage:
+  sites = spec_lib.sites(teacher_spec)
+  features = np.asarray([spec_lib.site_features(s) for s in sites], np.float32)
+  mask = np.asarray([s.removable for s in sites])
+  policy = policies.RemovalPolicy(hidden=config.policy.removal_hidden,
+                                  num_layers=config.policy.num_layers,
+                                  critic=config.policy.method == 'actor_critic')
+  return Stage(1, teacher_spec, features, mask, policy, config.search.stage1_iterations,
+               config.policy.removal_learning_rate)
+
+
+def shrink_stage(config, source) -> Stage:
+  """Features of stage 2: the site features of each shrinkable variable's
+  layer plus a flag saying whether the variable is a kernel size."""
+  sites = spec_lib.sites(source)
+  variables = spec_lib.shrink_vars(source, config.policy.shrink_kernels)
+  features = np.asarray([spec_lib.site_features(sites[v.site_index])
+                         + (float(v.variable == 'kernel'),) for v in variables], np.float32)
+  features = features.reshape(len(variables), len(spec_lib.FEATURE_NAMES) + 1)
+  policy = policies.ShrinkPolicy(num_actions=len(config.policy.shrink_actions),
+                                 hidden=config.policy.shrink_hidden,
+                                 num_layers=config.policy.num_layers,
+                                 critic=config.policy.method == 'actor_critic')
+  return Stage(2, source, features, np.ones(len(variables), bool), policy,
+               config.search.stage2_iterations, config.policy.shrink_learning_rate)
+
+
+def _sample(stage: Stage, params, key, m: int):
+  if stage.number == 1:
+    return reinforce.sample_removal(stage.policy, params, jnp.asarray(stage.features),
+                                    jnp.asarray(stage.mask), key, m)
+  return reinforce.sample_shrink(stage.policy, params, jnp.asarray(stage.features), key, m)
+
+
+def _describe_student(student) -> str:
+  if spec_lib.is_degenerate(student):
+    return f'degenerate ({student.kind})'
+  kinds = [type(l).__name__ for l in student.layers]
+  return f'{len(kinds)} layers, {spec_lib.param_count(student):,} params'
+
+
+# ---- the search
+
+
+@dataclasses.dataclass
+class SearchContext:
+  """What every iteration needs and nothing checkpointed."""
+  config: object
+  workdir: str
+  teacher: object  # teacher.Teacher
+  dataset: object
+  evaluator: evaluator_lib.Evaluator
+  teacher_params: int
+  teacher_accuracy: float  # validation accuracy: the reward's A_teacher
+  constraints: reward_lib.Constraints | None
+
+
+def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
+  """(reward, why-degenerate or None, violations)."""
+  if spec_lib.is_degenerate(student):
+    return reward_lib.DEGENERATE_REWARD, f'{student.kind}: {student.reason}', ()
+  if result.error is not None:
+    return reward_lib.DEGENERATE_REWARD, result.error, ()
+  params = spec_lib.param_count(student)
+  measured = {'params': params, 'flops': spec_lib.flops(student)}
+  k = ctx.config.constraints
+  eps = reward_lib.epsilon(iteration, k.epsilon_schedule, k.epsilon_horizon, k.epsilon_power)
+  s = reward_lib.score(result.accuracy, params, ctx.teacher_params, ctx.teacher_accuracy,
+                       kind=ctx.config.search.reward, constraints=ctx.constraints,
+                       measured=measured, eps=eps)
+  return s.reward, None, s.violations
+
+
+def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
+  """One policy iteration: sample m students, train and score them, update."""
+  config = ctx.config
+  start = time.perf_counter()
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stage.number),
+                           iteration)
+  sample_key, train_key = jax.random.split(key)
+  actions = np.asarray(_sample(stage, state.params, sample_key, config.search.rollouts))
+  students = [stage.to_student(a, config, ctx.teacher_params) for a in actions]
+  rewards, accuracies, params, degenerate, violations = [], [], [], [], []
+  for i, student in enumerate(students):
+    result = evaluator_lib.StudentResult(float('nan'), None)
+    if not spec_lib.is_degenerate(student):
+      result = ctx.evaluator.train(student, jax.random.fold_in(train_key, i), config.seed)
+    r, why, broken = _score(ctx, student, result, iteration - 1)
+    rewards.append(float(r))
+    accuracies.append(None if math.isnan(result.accuracy) else float(result.accuracy))
+    params.append(0 if spec_lib.is_degenerate(student) else spec_lib.param_count(student))
+    degenerate.append(why)
+    violations.append(list(broken))
+  baseline_before = float(state.baseline)
+  state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
+                          jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
+  loss = float(metrics['loss'])
+  if not math.isfinite(loss):
+    raise SearchError(f'stage {stage.number} iteration {iteration}: the policy loss is {loss}; '
+                      'the run stops here and keeps the checkpoint of the previous iteration. '
+                      'Try a lower policy learning rate.')
+  record = {
+      'stage': stage.number, 'iteration': iteration, 'rewards': rewards,
+      'accuracies': accuracies, 'params': params,
+      'compressions': [ctx.teacher_params / p if p else 0.0 for p in params],
+      'degenerate': degenerate, 'violations': violations,
+      'mean_reward': float(np.mean(rewards)), 'baseline': baseline_before,
+      'policy_loss': loss, 'seconds': round(time.perf_counter() - start, 3),
+      'specs': [_describe_student(s) for s in students],
+  }
+  return state, record, students
+
+
+def _better(candidate: dict | None, best: dict | None) -> bool:
+  return candidate is not None and (best is None or candidate['reward'] > best['reward'])
+
+
+def _best_of(students, record) -> dict | None:
+  best = None
+  for student, r, acc in zip(students, record['rewards'], record['accuracies']):
+    if spec_lib.is_degenerate(student) or acc is None or r <= reward_lib.DEGENERATE_REWARD:
+      continue
+    entry = {'reward': r, 'val_accuracy': acc, 'params': spec_lib.param_count(student),
+             'spec': spec_lib.to_dict(student), 'stage': record['stage'],
+             'iteration': record['iteration']}
+    if _better(entry, best):
+      best = entry
+  return best
+
+
+def _policy_states(config, stage1, key, init_from: str) -> dict:
+  """Fresh policy states for both stages. Policy parameter shapes depend only on
+  the feature size and hidden sizes, never on the teacher, so both exist from
+  the start, and `init_from` (another run's workdir) can seed them even when
+  its teacher differs (paper section 4.6)."""
+  shrink = policies.ShrinkPolicy(num_actions=len(config.policy.shrink_actions),
+                                 hidden=config.policy.shrink_hidden,
+                                 num_layers=config.policy.num_layers,
+                                 critic=config.policy.method == 'actor_critic')
+  states = {}
+  for name, policy, features, lr in (
+      ('removal', stage1.policy, stage1.features.shape[1], stage1.learning_rate),
+      ('shrink', shrink, len(spec_lib.FEATURE_NAMES) + 1, config.policy.shrink_learning_rate)):
+    params = policies.init_policy(policy, jax.random.fold_in(key, len(states)), features)
+    states[name] = reinforce.PolicyState.create(params, reinforce.make_optimizer(lr))
+  if init_from:
+    other = checkpoint_lib.Checkpoints(init_from)
+    if other.latest_step() is None:
+      raise ResumeMismatch(f'policy.init_from={init_from!r} holds no trained policies '
+                           f'({other.directory} is missing or empty)')
+    try:
+      trained, _ = other.restore(states)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ResumeMismatch(f'policy.init_from={init_from!r}: its policies do not fit this '
+                           f'config (policy sizes differ?): {str(e).splitlines()[0][:200]}') from None
+    # Parameters only: optimiser state and baseline start afresh for the new teacher.
+    states = {k: v.replace(params=trained[k].params) for k, v in states.items()}
+  return states
+
+
+def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
+        teacher_seconds: float = 0.0) -> dict:
+  """The whole compression pipeline after the teacher; returns summary.json's content."""
+  wall_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = checkpoint_lib.Checkpoints(workdir)
+  origin = _search_origin(config)
+  if config.search.restart and ckpts.latest_step() is not None:
+    ckpts.delete_all()
+    ckpts = checkpoint_lib.Checkpoints(workdir)
+
+  stage1 = removal_stage(config, teacher.spec)
+  states = _policy_states(config, stage1, jax.random.fold_in(jax.random.key(config.seed), 0),
+                          config.policy.init_from)
+  meta = {'origin': origin, 'done': {'1': 0, '2': 0}, 'best_stage1': None, 'best_stage2': None,
+          'best': None, 'records': [], 'stage2_source': None, 'compile_seconds': 0.0,
+          'search_seconds': 0.0}
+  if ckpts.latest_step() is not None:
+    stored = ckpts.restore_meta()
+    diff = config_lib.differences(stored['origin'], origin)
+    if diff:
+      raise ResumeMismatch(
+          f'{workdir} holds a search made with a different config:\n  ' + '\n  '.join(diff)
+          + '\nRun with --config.search.restart=True to discard it, or use another --workdir.')
+    states, meta = ckpts.restore(states)
+    states = dict(states)
+
+  teacher_logits = train_lib.predict(teacher.model, teacher.variables, dataset.train_images)
+  d = config.distill
+  evaluator = evaluator_lib.Evaluator(
+      dataset, teacher_logits,
+      evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay),
+      config.runtime.epoch_mode)
+  k = config.constraints
+  constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
+                 if (k.max_params or k.max_flops) else None)
+  ctx = SearchContext(config, workdir, teacher, dataset, evaluator,
+                      spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
+                      constraints)
+
+  writer = report.MetricsWriter(workdir, meta['records'])
+  board = report.TensorBoardWriter(workdir, first_step=len(meta['records']))
+  total = stage1.iterations + config.search.stage2_iterations
+  bar = tqdm.tqdm(total=total, initial=meta['done']['1'] + meta['done']['2'], unit='iter',
+                  desc='search', disable=not progress, dynamic_ncols=True)
+  search_start = time.perf_counter() - meta['search_seconds']
+  compile_before = meta['compile_seconds']
+  try:
+    for number, name in ((1, 'removal'), (2, 'shrink')):
+      if number == 1:
+        stage = stage1
+      else:
+        if meta['stage2_source'] is None:
+          # Stage 2 shrinks the best stage-1 student (the teacher if there is none).
+          best = meta['best_stage1']
+          meta['stage2_source'] = best['spec'] if best else spec_lib.to_dict(teacher.spec)
+        stage = shrink_stage(config, spec_lib.from_dict(meta['stage2_source']))
+      update = reinforce.make_update(stage.policy, reinforce.make_optimizer(stage.learning_rate),
+                                     name, config.policy.method, config.policy.baseline,
+                                     config.policy.baseline_decay)
+      while meta['done'][str(number)] < stage.iterations:
+        iteration = meta['done'][str(number)] + 1
+        states[name], record, students = _iteration(ctx, stage, states[name], update, iteration)
+        best_here = _best_of(students, record)
+        key = f'best_stage{number}'
+        if _better(best_here, meta[key]):
+          meta[key] = best_here
+        if _better(best_here, meta['best']):
+          meta['best'] = best_here
+        record['best_reward'] = meta[key]['reward'] if meta[key] else reward_lib.DEGENERATE_REWARD
+        meta['records'].append(record)
+        meta['done'][str(number)] = iteration
+        meta['compile_seconds'] = compile_before + evaluator.compile_seconds
+        meta['search_seconds'] = time.perf_counter() - search_start
+        ckpts.save(len(meta['records']), states, meta)
+        writer.append(record)
+        board.append(record)
+        best = meta['best']
+        bar.set_postfix(stage=number, it=iteration, reward=f'{record["mean_reward"]:.3f}',
+                        best=f'{ctx.teacher_params / best["params"]:.1f}x' if best else '-')
+        bar.update(1)
+  finally:
+    bar.close()
+    board.close()
+  return _finish(ctx, meta, teacher_seconds, meta['search_seconds'], meta['compile_seconds'],
+                 wall_start, progress)
+
+
+def _finish(ctx: SearchContext, meta, teacher_seconds, search_seconds, compile_seconds,
+            wall_start, progress) -> dict:
+  """Train the best student to convergence, export it, write the summary and report."""
+  config, workdir = ctx.config, ctx.workdir
+  best = meta['best']
+  if best is None:
+    raise SearchError('the search found no usable student: every sampled student was '
+                      'degenerate or failed (see metrics.jsonl "degenerate"). Try more '
+                      'iterations or another seed.')
+  spec = spec_lib.from_dict(best['spec'])
+  f = config.final
+  final_start = time.perf_counter()
+  finisher = evaluator_lib.Evaluator(
+      ctx.dataset, ctx.evaluator.data.teacher_logits,
+      evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
+                                    loss='hard_soft', soft_weight=f.soft_weight),
+      config.runtime.epoch_mode)
+  bar = tqdm.tqdm(total=f.epochs, desc='final training', unit='epoch', disable=not progress,
+                  dynamic_ncols=True)
+  result = finisher.train(spec, jax.random.fold_in(jax.random.key(config.seed), 3), config.seed,
+                          keep_variables=True, progress=lambda e, m: bar.update(1))
+  bar.close()
+  if result.error is not None:
+    raise SearchError(f'final training of the chosen student failed: {result.error}')
+  model = finisher._program(spec)[0].model
+  test_accuracy = train_lib.accuracy(model, result.variables, ctx.dataset.test_images,
+                                     ctx.dataset.test_labels)
+  final_seconds = time.perf_counter() - final_start
+  teacher_record = ctx.teacher.record
+  student_params = spec_lib.param_count(spec)
+  summary = {
+      'teacher': {'name': ctx.teacher.spec.name, 'params': ctx.teacher_params,
+                  'val_accuracy': teacher_record['val_accuracy'],
+                  'test_accuracy': teacher_record['test_accuracy']},
+      'student': {'params': student_params, 'flops': spec_lib.flops(spec),
+                  'val_accuracy': result.accuracy, 'test_accuracy': test_accuracy,
+                  'search_val_accuracy': best['val_accuracy'], 'stage': best['stage'],
+                  'spec': spec_lib.to_dict(spec)},
+      'stage1_best': _brief(meta.get('best_stage1')),
+      'stage2_best': _brief(meta.get('best_stage2')),
+      'compression': ctx.teacher_params / student_params,
+      'wall_seconds': round(time.time() - wall_start + teacher_seconds, 2),
+      'time': {'teacher': round(teacher_seconds, 2), 'search': round(search_seconds, 2),
+               'compile': round(compile_seconds + finisher.compile_seconds, 2),
+               'final': round(final_seconds, 2)},
+  }
+  export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, result.variables, {
+      'val_accuracy': result.accuracy, 'test_accuracy': test_accuracy,
+      'normalisation': teacher_record.get('normalisation')})
+  report.write_summary(summary, workdir)
+  records = meta['records']
+  prefix = os.path.join(workdir, 'search')
+  report.plot_search(records, prefix)
+  report.plot_accuracy_vs_params(records, summary['teacher'], summary['student'],
+                                 os.path.join(workdir, 'accuracy_vs_params.png'))
+  report.write_report(summary, records, os.path.join(workdir, 'report.md'))
+  return summary
+
+
+def _brief(best):
+  if best is None:
+    return None
+  return {'params': best['params'], 'val_accuracy': best['val_accuracy'],
+          'reward': best['reward'], 'iteration': best['iteration']}

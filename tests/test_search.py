@@ -1,0 +1,153 @@
+"""The two-stage search end to end on a tiny budget: outputs, export, resume."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from n2n_jax import checkpoint as checkpoint_lib
+from n2n_jax import data as data_lib
+from n2n_jax import experiment
+from n2n_jax import export
+from n2n_jax import report
+from n2n_jax import search
+from n2n_jax import spec as S
+from n2n_jax import teacher as teacher_lib
+
+
+def tiny(config):
+  config.mode = 'compress'
+  config.data.max_train_examples = 256
+  config.teacher.epochs = 3
+  config.search.stage1_iterations = 2
+  config.search.stage2_iterations = 2
+  config.search.rollouts = 2
+  config.distill.epochs = 1
+  config.final.epochs = 2
+  return config
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  """A tiny digits teacher trained once and copied into each test's workdir."""
+  import conftest
+  config = tiny(conftest.load_config('digits'))
+  config.mode = 'teacher'
+  config.runtime.compilation_cache_dir = ''
+  config.runtime.progress = False
+  path = tmp_path_factory.mktemp('teacher')
+  experiment.run(config, str(path))
+  return path
+
+
+def workdir_with_teacher(teacher_dir, path):
+  shutil.copytree(teacher_dir, path)
+  return str(path)
+
+
+def without_timing(records):
+  return [{k: v for k, v in r.items() if k != 'seconds'} for r in records]
+
+
+def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
+  config = tiny(config_factory('digits'))
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  summary = experiment.run(config, workdir)
+
+  records = report.read_metrics(workdir)
+  assert [(r['stage'], r['iteration']) for r in records] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+  for r in records:
+    assert len(r['rewards']) == len(r['accuracies']) == len(r["params"]) == 2
+    assert r['mean_reward'] == pytest.approx(np.mean(r['rewards']))
+    for reward, why in zip(r['rewards'], r['degenerate']):
+      if why is not None:
+        assert reward == -1.0  # degenerate or failed students score -1, the search goes on
+  on_disk = json.loads(open(os.path.join(workdir, 'summary.json')).read())
+  assert on_disk == json.loads(json.dumps(summary))
+  teacher_params = summary['teacher']['params']
+  assert summary['student']['params'] < teacher_params
+  assert summary['compression'] == pytest.approx(teacher_params / summary['student']['params'])
+  assert 0.0 <= summary['student']['test_accuracy'] <= 1.0
+  assert set(summary['time']) == {'teacher', 'search', 'compile', 'final'}
+  for name in ('report.md', 'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000, name
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+  # The exported student loads with one call and reproduces the reported accuracy.
+  model, variables = export.load_student(os.path.join(workdir, 'student'))
+  assert S.param_count(model.spec) == summary['student']['params']
+  ds = data_lib.load(config.data)
+  logits = model.apply(variables, ds.test_images, train=False)
+  accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(ds.test_labels)))
+  assert accuracy == pytest.approx(summary['student']['test_accuracy'], abs=1e-6)
+
+
+def test_export_round_trip_gives_identical_logits(tmp_path):
+  from n2n_jax import models, zoo
+  spec = zoo.get('digits_cnn', (8, 8, 1), 10)
+  model = models.build(spec)
+  variables = models.init_variables(model, 3, (8, 8, 1))
+  export.save_student(str(tmp_path / 's'), spec, variables, {'note': 'x'})
+  loaded_model, loaded = export.load_student(str(tmp_path / 's'))
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  np.testing.assert_array_equal(model.apply(variables, x), loaded_model.apply(loaded, x))
+  with pytest.raises(FileNotFoundError, match='holds no exported student'):
+    export.load_student(str(tmp_path / 'nothing'))
+
+
+class Crash(Exception):
+  pass
+
+
+def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_dir, tmp_path,
+                                                       monkeypatch):
+  config = tiny(config_factory('digits'))
+  straight = experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'a'))
+
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'b')
+  real_save = checkpoint_lib.Checkpoints.save
+  saves = []
+
+  def crash_after_three(self, step, arrays, meta):
+    real_save(self, step, arrays, meta)
+    saves.append(step)
+    if len(saves) == 3:  # dies in stage 2, after its first iteration's checkpoint
+      raise Crash()
+
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', crash_after_three)
+  with pytest.raises(Crash):
+    experiment.run(config, workdir)
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', real_save)
+  assert len(report.read_metrics(workdir)) == 2  # the third line follows its checkpoint
+  resumed = experiment.run(config, workdir)
+
+  assert resumed['student']['spec'] == straight['student']['spec']
+  assert resumed['student']['params'] == straight['student']['params']
+  assert resumed['student']['test_accuracy'] == pytest.approx(straight['student']['test_accuracy'])
+  assert without_timing(report.read_metrics(workdir)) == without_timing(
+      report.read_metrics(str(tmp_path / 'a')))
+
+
+def test_resume_with_other_config_is_refused_unless_restart(config_factory, teacher_dir,
+                                                            tmp_path):
+  config = tiny(config_factory('digits'))
+  config.search.stage2_iterations = 0
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  experiment.run(config, workdir)
+  config.search.rollouts = 3
+  with pytest.raises(search.ResumeMismatch, match='search.rollouts: stored 2, now 3'):
+    experiment.run(config, workdir)
+  config.search.restart = True
+  summary = experiment.run(config, workdir)
+  assert all(len(r['rewards']) == 3 for r in report.read_metrics(workdir))
+  assert summary['stage2_best'] is None
+
+
+def test_init_from_without_policies_says_so(config_factory, teacher_dir, tmp_path):
+  config = tiny(config_factory('digits'))
+  config.policy.init_from = str(tmp_path / 'empty')
+  with pytest.raises(search.ResumeMismatch, match='holds no trained policies'):
+    experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'run'))
