@@ -1,12 +1,16 @@
-"""The embedded default: a small CNN teacher on scikit-learn's bundled 8x8 digits.
+"""The embedded default: the whole N2N pipeline on scikit-learn's bundled 8x8 digits.
 
 Command:
-  python -m n2n_jax.main --config=configs/digits.py --workdir=/tmp/n2n_digits
+  python -m n2n_jax.main --config=configs/digits.py --workdir=runs/digits
 
 Data: sklearn.datasets.load_digits (1,797 images, ships with scikit-learn; no
 network). 20 % is held out as the test split, 10 % of the rest for validation.
-Expected: teacher `digits_cnn` (140,778 params) at ~0.97-0.99 test accuracy,
-about 30 s on a 2-core CPU (first run; the compilation cache makes re-runs faster).
+Expected (measured on a 2-core CPU, 2026-11-27): teacher `digits_cnn` (140,778
+params) at 0.99 test accuracy in ~30 s; then 10 stage-1 and 6 stage-2 policy
+iterations of 5 students; the chosen student had 19,850 params (7.1x smaller)
+at 0.9916 test accuracy, equal to the teacher's; about 7 minutes in all (over
+half of it compiling new student architectures; the persistent compilation
+cache makes a re-run faster). Teacher only: --config.mode=teacher (~30 s).
 """
 
 from n2n_jax.config import base_config
@@ -21,4 +25,10 @@ def get_config():
   config.teacher.optimizer = 'sgd'
   config.teacher.learning_rate = 0.01
   config.teacher.decay_epochs = (20,)
+  # A search small enough for 2 CPU cores in under 10 minutes.
+  config.search.stage1_iterations = 10
+  config.search.stage2_iterations = 6
+  config.search.rollouts = 5
+  config.distill.epochs = 5
+  config.final.epochs = 40
   return config

@@ -1,8 +1,10 @@
 """Command line: python -m n2n_jax.main --config=configs/NAME.py --workdir=DIR
 [--config.key=value ...]
 
-Modes (--config.mode=): describe (print the teacher as JSON; needs no data),
-teacher (train the teacher, or load it from DIR, and write DIR/teacher.json).
+Modes (--config.mode=): compress (default: teacher, both N2N stages, final
+training and export, resumable), describe (print the teacher as JSON; needs no
+data), teacher (train the teacher, or load it from DIR, and write
+DIR/teacher.json). See README.md for what DIR receives.
 """
 
 import sys
@@ -17,7 +19,7 @@ from n2n_jax import runtime
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/digits.py.', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Folder for this run: teacher checkpoint, teacher.json, later results.')
+    'workdir', None, 'Folder for this run: teacher, search checkpoints, metrics, report, exported student.')
 
 
 def main(argv):

@@ -151,3 +151,24 @@ def test_init_from_without_policies_says_so(config_factory, teacher_dir, tmp_pat
   config.policy.init_from = str(tmp_path / 'empty')
   with pytest.raises(search.ResumeMismatch, match='holds no trained policies'):
     experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'run'))
+
+
+def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir, tmp_path):
+  config = tiny(config_factory('digits'))
+  config.search.stage2_iterations = 1
+  donor = workdir_with_teacher(teacher_dir, tmp_path / 'donor')
+  experiment.run(config, donor)
+  teacher = teacher_lib.load(donor)
+  stage1 = search.removal_stage(config, teacher.spec)
+  fresh = search._policy_states(config, stage1, jax.random.key(0), '')
+  seeded = search._policy_states(config, stage1, jax.random.key(0), donor)
+  trained, _ = checkpoint_lib.Checkpoints(donor).restore(fresh)
+  for name in ('removal', 'shrink'):
+    for a, b, c in zip(jax.tree_util.tree_leaves(seeded[name].params),
+                       jax.tree_util.tree_leaves(trained[name].params),
+                       jax.tree_util.tree_leaves(fresh[name].params)):
+      np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(b, c) for b, c in zip(
+        jax.tree_util.tree_leaves(trained[name].params),
+        jax.tree_util.tree_leaves(fresh[name].params)))
+    assert int(seeded[name].num_updates) == 0  # optimiser and baseline start afresh
