@@ -118,8 +118,7 @@ def _sample(stage: Stage, params, key, m: int):
 def _describe_student(student) -> str:
   if spec_lib.is_degenerate(student):
     return f'degenerate ({student.kind})'
-  kinds = [type(l).__name__ for l in student.layers]
-  return f'{len(kinds)} layers, {spec_lib.param_count(student):,} params'
+  return spec_lib.short_text(student)
 
 
 # ---- the search
@@ -298,6 +297,10 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
           best = meta['best_stage1']
           meta['stage2_source'] = best['spec'] if best else spec_lib.to_dict(teacher.spec)
         stage = shrink_stage(config, spec_lib.from_dict(meta['stage2_source']))
+        if stage.iterations and not len(stage.features):
+          # Nothing to shrink (only the class layer has a width): stage 2 has no actions.
+          tqdm.tqdm.write(f'stage 2 skipped: {stage.source.name} has no shrinkable layer')
+          break
       update = reinforce.make_update(stage.policy, reinforce.make_optimizer(stage.learning_rate),
                                      name, config.policy.method, config.policy.baseline,
                                      config.policy.baseline_decay)

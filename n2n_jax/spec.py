@@ -783,3 +783,27 @@ def iter_layers(layers) -> Iterator:
     elif isinstance(layer, Concat):
       for b in layer.branches:
         yield from iter_layers(b)
+
+
+def short_text(layers) -> str:
+  """A compact one-line picture of a layer sequence for logs and metrics, e.g.
+  'C32 B R M C64 B R M F L10' (C conv width, /2 stride, k5 kernel; B batch-norm;
+  R ReLU; M/A max/avg pool; G global pool; D dropout; F flatten; L dense;
+  Res[main|shortcut]; Cat[branch|branch])."""
+  if isinstance(layers, NetSpec):
+    layers = layers.layers
+  out = []
+  for l in layers:
+    if isinstance(l, Conv):
+      out.append(f'C{l.filters}' + (f'k{l.kernel}' if l.kernel != 3 else '')
+                 + (f'/{l.stride}' if l.stride != 1 else ''))
+    elif isinstance(l, Dense):
+      out.append(f'L{l.features}')
+    elif isinstance(l, Residual):
+      out.append(f'Res[{short_text(l.main)}|{short_text(l.shortcut)}]')
+    elif isinstance(l, Concat):
+      out.append('Cat[' + '|'.join(short_text(b) for b in l.branches) + ']')
+    else:
+      out.append({BatchNorm: 'B', ReLU: 'R', MaxPool: 'M', AvgPool: 'A', GlobalAvgPool: 'G',
+                  Dropout: 'D', Flatten: 'F'}[type(l)])
+  return ' '.join(out)

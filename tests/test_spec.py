@@ -815,3 +815,11 @@ def test_small_custom_teachers_are_what_they_claim():
   assert S.output_shape(q) == (5,)
   assert [st.out_shape for st in S.layer_stats(q)][2] == (3, 3, 8)
   assert S.layer_stats(q)[5].out_shape == (3, 3, 16)
+
+
+def test_short_text_pictures_the_layers():
+  assert S.short_text(zoo.get('digits_cnn', (8, 8, 1), 10)) == (
+      'C32 B R C32 B R M C64 B R C64 B R M C128 B R M D F L10')
+  block = zoo.basic_block(128, 2, 64)[0]
+  assert S.short_text((block,)) == 'Res[C128/2 B R C128 B|C128k1/2 B]'
+  assert S.short_text(zoo.fire(16, 64)) == 'C16k1 R Cat[C64k1 R|C64 R]'
