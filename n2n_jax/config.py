@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.batch_size = 64
   c.distill.learning_rate = 5e-4
   c.distill.weight_decay = 5e-4
+  c.distill.init = 'scratch'  # or 'teacher': inherit teacher weights where shapes match
+  c.distill.max_train_examples = 0  # distil on a fixed random subset of N (0 = all)
 
   # Constraints (section 3.3.1); 0 = no limit.
   c.constraints = ml_collections.ConfigDict()
@@ -187,6 +189,11 @@ def _validate_search(config) -> None:
     _positive(section.learning_rate, f'{name}.learning_rate', numbers.Real)
     if section.weight_decay < 0:
       raise ConfigError(f'{name}.weight_decay must be >= 0, got {section.weight_decay!r}')
+  _one_of(d.init, ('scratch', 'teacher'), 'distill.init')
+  if isinstance(d.max_train_examples, bool) or not isinstance(
+      d.max_train_examples, numbers.Integral) or d.max_train_examples < 0:
+    raise ConfigError(f'distill.max_train_examples must be an integer >= 0, '
+                      f'got {d.max_train_examples!r}')
   if f.soft_weight < 0:
     raise ConfigError(f'final.soft_weight must be >= 0, got {f.soft_weight!r}')
   if k.max_params < 0 or k.max_flops < 0:

@@ -30,6 +30,11 @@ class DistillSettings:
   weight_decay: float = 5e-4
   loss: str = 'l2'  # 'l2' on logits during search; 'hard_soft' for final training
   soft_weight: float = 1.0
+  init: str = 'scratch'  # or 'teacher': start from the teacher's weights where shapes match
+  max_train_examples: int = 0  # train on the first N training examples (0 = all)
+
+
+INITS = ('scratch', 'teacher')
 
 
 @dataclasses.dataclass
@@ -66,11 +71,24 @@ class Evaluator:
   dataset.train_images, computed once by the caller)."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
-               epoch_mode: str = 'auto'):
+               epoch_mode: str = 'auto', teacher_variables: dict | None = None):
+    if settings.init not in INITS:
+      raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
+    if settings.init == 'teacher' and teacher_variables is None:
+      raise ValueError("init='teacher' needs the teacher's variables")
     self.dataset = dataset
     self.settings = settings
     self.epoch_mode = train_lib.resolve_epoch_mode(epoch_mode)
-    self.data = train_lib.Data(dataset.train_images, dataset.train_labels, teacher_logits)
+    self.teacher_variables = teacher_variables
+    total = dataset.train_images.shape[0]
+    if settings.max_train_examples and settings.max_train_examples < total:
+      # A fixed random subset: splits keep their source's order, which may be sorted by class.
+      keep = np.sort(np.random.default_rng(0).permutation(total)[:settings.max_train_examples])
+      images, labels, teacher_logits = (dataset.train_images[keep], dataset.train_labels[keep],
+                                        teacher_logits[keep])
+    else:
+      images, labels = dataset.train_images, dataset.train_labels
+    self.data = train_lib.Data(images, labels, teacher_logits)
     self.compile_seconds = 0.0  # all compiling done so far, for the run's time split
 
   def _program(self, spec: spec_lib.NetSpec) -> tuple:
@@ -107,6 +125,8 @@ class Evaluator:
     try:
       program, compile_s = self._program(spec)
       variables = models.init_variables(program.model, student_seed(spec, seed), spec.input_shape)
+      if self.settings.init == 'teacher':
+        variables, _ = models.inherit_variables(variables, self.teacher_variables)
       state = train_lib.TrainState.create(variables, program.tx)
       for epoch in range(self.settings.epochs):
         state, metrics = program.runner.run(state, self.data, jax.random.fold_in(key, epoch),

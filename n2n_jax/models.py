@@ -138,3 +138,37 @@ def init_variables(model: SpecNet, seed: int, input_shape) -> dict:
   variables = jax.device_put(host)
   variables.setdefault('batch_stats', {})
   return dict(variables)
+
+
+def _network_order(name: str) -> tuple:
+  """Sort key putting variable names ('11_main_0_Conv') in network order."""
+  return tuple((0, int(p), '') if p.isdigit() else (1, 0, p) for p in name.split('_'))
+
+
+def inherit_variables(student: dict, teacher: dict) -> tuple:
+  """The student's variables with every layer whose type and shapes match a
+  teacher layer replaced by that layer's trained values; returns (variables,
+  number of layers copied).
+
+  Layers are matched in network order, each teacher layer at most once and
+  never out of order, so after layer removal each kept layer finds the
+  teacher layer it came from (or, where several in a row have the same
+  shapes, one of them); shrunk layers keep their fresh values."""
+  params, stats = dict(student['params']), dict(student.get('batch_stats', {}))
+  t_params, t_stats = teacher['params'], teacher.get('batch_stats', {})
+  teacher_names = sorted(t_params, key=_network_order)
+  shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
+  next_teacher, copied = 0, 0
+  for name in sorted(params, key=_network_order):
+    kind = name.rsplit('_', 1)[-1]
+    for j in range(next_teacher, len(teacher_names)):
+      t_name = teacher_names[j]
+      if (t_name.rsplit('_', 1)[-1] == kind
+          and shapes(t_params[t_name]) == shapes(params[name])
+          and shapes(t_stats.get(t_name)) == shapes(stats.get(name))):
+        params[name] = t_params[t_name]
+        if name in stats:
+          stats[name] = t_stats[t_name]
+        next_teacher, copied = j + 1, copied + 1
+        break
+  return {'params': params, 'batch_stats': stats}, copied

@@ -271,8 +271,9 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   d = config.distill
   evaluator = evaluator_lib.Evaluator(
       dataset, teacher_logits,
-      evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay),
-      config.runtime.epoch_mode)
+      evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay,
+                                    init=d.init, max_train_examples=d.max_train_examples),
+      config.runtime.epoch_mode, teacher.variables)
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
                  if (k.max_params or k.max_flops) else None)

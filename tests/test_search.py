@@ -172,3 +172,22 @@ def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir,
         jax.tree_util.tree_leaves(trained[name].params),
         jax.tree_util.tree_leaves(fresh[name].params)))
     assert int(seeded[name].num_updates) == 0  # optimiser and baseline start afresh
+
+
+def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoint(
+    config_factory, teacher_dir, tmp_path, monkeypatch):
+  from n2n_jax import reward as reward_lib
+  config = tiny(config_factory('digits'))
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  calls = []
+
+  def reward_then_nan(accuracy, teacher_accuracy, c):
+    calls.append(1)
+    # Fault injection: the second iteration's rewards are NaN.
+    return float('nan') if len(calls) > config.search.rollouts else c * (2 - c)
+
+  monkeypatch.setitem(reward_lib._REWARD_FNS, 'n2n', reward_then_nan)
+  with pytest.raises(search.SearchError, match='stage 1 iteration 2: the policy loss is nan'):
+    experiment.run(config, workdir)
+  assert checkpoint_lib.Checkpoints(workdir).latest_step() == 1
+  assert len(report.read_metrics(workdir)) == 1
