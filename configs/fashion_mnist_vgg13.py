@@ -9,10 +9,15 @@ folder with the four (Fashion-)MNIST IDX files works: --config.data.path=DIR).
 6,000 training images are held out for validation.
 Teacher schedule: the paper's MNIST one (appendix 10.2: 50 epochs, SGD lr 0.01,
 /10 at 30, batch 64).
-Expected: ~93-94 % test accuracy (typical for VGG on Fashion-MNIST; the paper
+Expected teacher: ~93-94 % test accuracy (typical for VGG on Fashion-MNIST; the paper
 has no Fashion-MNIST row). Runtime: a full-size VGG-13 step at batch 64 costs
 ~0.4 s on our 2-core CPU, so the 50 epochs take many hours there; for a quick
 look add --config.teacher.epochs=2 --config.data.max_train_examples=5000.
+
+The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
+iterations of 5 students, final training, export); --config.mode=teacher trains
+the teacher alone. Paper's compressed student: no paper row. The search's runtime is
+not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
 from n2n_jax.config import base_config, paper_teacher_schedule
