@@ -13,6 +13,8 @@ import os
 import ml_collections
 
 from n2n_jax import data as data_lib
+from n2n_jax import evaluator
+from n2n_jax import reinforce
 from n2n_jax import reward as reward_lib
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
@@ -173,8 +175,8 @@ def _validate_search(config) -> None:
   _positive(s.rollouts, 'search.rollouts')
   _positive(s.max_dense_inputs, 'search.max_dense_inputs')
   _one_of(s.reward, reward_lib.REWARDS, 'search.reward')
-  _one_of(p.method, ('reinforce', 'actor_critic'), 'policy.method')
-  _one_of(p.baseline, ('ema', 'running_mean'), 'policy.baseline')
+  _one_of(p.method, reinforce.METHODS, 'policy.method')
+  _one_of(p.baseline, tuple(reinforce.BASELINES), 'policy.baseline')
   if not 0 <= p.baseline_decay < 1:
     raise ConfigError(f'policy.baseline_decay must be in [0, 1), got {p.baseline_decay!r}')
   for name in ('removal_learning_rate', 'shrink_learning_rate'):
@@ -189,7 +191,7 @@ def _validate_search(config) -> None:
     _positive(section.learning_rate, f'{name}.learning_rate', numbers.Real)
     if section.weight_decay < 0:
       raise ConfigError(f'{name}.weight_decay must be >= 0, got {section.weight_decay!r}')
-  _one_of(d.init, ('scratch', 'teacher'), 'distill.init')
+  _one_of(d.init, evaluator.INITS, 'distill.init')
   if isinstance(d.max_train_examples, bool) or not isinstance(
       d.max_train_examples, numbers.Integral) or d.max_train_examples < 0:
     raise ConfigError(f'distill.max_train_examples must be an integer >= 0, '
@@ -200,6 +202,7 @@ def _validate_search(config) -> None:
     raise ConfigError('constraints.max_params and constraints.max_flops must be >= 0 (0 = none)')
   _one_of(k.epsilon_schedule, reward_lib.EPSILON_SCHEDULES, 'constraints.epsilon_schedule')
   _positive(k.epsilon_horizon, 'constraints.epsilon_horizon', numbers.Real)
+  _positive(k.epsilon_power, 'constraints.epsilon_power', numbers.Real)
 
 
 def input_of(config, need_data: bool = True) -> tuple:

@@ -76,6 +76,9 @@ class Evaluator:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
       raise ValueError("init='teacher' needs the teacher's variables")
+    if teacher_logits.shape[0] != dataset.train_images.shape[0]:
+      raise ValueError(f'teacher_logits has {teacher_logits.shape[0]} rows for '
+                       f'{dataset.train_images.shape[0]} training images')
     self.dataset = dataset
     self.settings = settings
     self.epoch_mode = train_lib.resolve_epoch_mode(epoch_mode)
@@ -93,8 +96,8 @@ class Evaluator:
 
   def _program(self, spec: spec_lib.NetSpec) -> tuple:
     """The compiled programs for `spec` (cached), and the seconds spent compiling."""
-    shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(self.data))
-    key = (spec, self.settings, self.epoch_mode, shapes)
+    data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(self.data))
+    key = (spec, self.settings, self.epoch_mode, data_shapes)
     if key in _PROGRAMS:
       _PROGRAMS.move_to_end(key)
       return _PROGRAMS[key], 0.0
@@ -145,8 +148,4 @@ class Evaluator:
                            compile_s)
     return StudentResult(accuracy, None, time.perf_counter() - start - compile_s, compile_s,
                          jax.device_get(state.variables) if keep_variables else None)
-
-  def evaluate(self, specs, key, seed: int) -> list:
-    """One StudentResult per spec, each trained with its own key."""
-    return [self.train(s, jax.random.fold_in(key, i), seed) for i, s in enumerate(specs)]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from n2n_jax import config as config_lib
 from n2n_jax import data as data_lib
@@ -16,7 +15,8 @@ from n2n_jax import teacher as teacher_lib
 # Errors that mean "fix your input" or "this run cannot go on", shown without
 # a traceback.
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
-               teacher_lib.WorkdirMismatch, search_lib.ResumeMismatch, search_lib.SearchError)
+               teacher_lib.WorkdirMismatch, teacher_lib.TrainingError, search_lib.ResumeMismatch,
+               search_lib.SearchError)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
@@ -57,15 +57,13 @@ def run(config, workdir: str | None, out=sys.stdout) -> dict:
         dataset = data_lib.load(config.data)
       return dataset
 
-    start = time.perf_counter()
     teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset,
                                         progress=config.runtime.progress)
-    teacher_seconds = time.perf_counter() - start
     if config.mode == 'teacher':
       result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
       result['workdir'] = workdir
     else:  # 'compress'
       result = search_lib.run(config, workdir, teacher, get_dataset(),
-                              progress=config.runtime.progress, teacher_seconds=teacher_seconds)
+                              progress=config.runtime.progress)
   print(json.dumps(result, indent=2), file=out)
   return result

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 
 import jax
@@ -32,6 +33,7 @@ from n2n_jax import reinforce
 from n2n_jax import report
 from n2n_jax import reward as reward_lib
 from n2n_jax import spec as spec_lib
+from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
 
 STUDENT_DIR = 'student'
@@ -54,6 +56,7 @@ RESULT_SECTIONS = ('seed', 'data', 'teacher', 'search', 'policy', 'distill', 'co
 def _search_origin(config) -> dict:
   d = config.to_dict()
   origin = {k: d[k] for k in RESULT_SECTIONS}
+  origin['data'] = teacher_lib.data_origin(config.data)
   origin['search'] = {k: v for k, v in origin['search'].items() if k != 'restart'}
   return json.loads(json.dumps(origin, default=list))
 
@@ -92,6 +95,13 @@ def removal_stage(config, teacher_spec) -> Stage:
                config.policy.removal_learning_rate)
 
 
+def shrink_policy(config) -> policies.ShrinkPolicy:
+  return policies.ShrinkPolicy(num_actions=len(config.policy.shrink_actions),
+                               hidden=config.policy.shrink_hidden,
+                               num_layers=config.policy.num_layers,
+                               critic=config.policy.method == 'actor_critic')
+
+
 def shrink_stage(config, source) -> Stage:
   """Features of stage 2: the site features of each shrinkable variable's
   layer plus a flag saying whether the variable is a kernel size."""
@@ -100,10 +110,7 @@ def shrink_stage(config, source) -> Stage:
   features = np.asarray([spec_lib.site_features(sites[v.site_index])
                          + (float(v.variable == 'kernel'),) for v in variables], np.float32)
   features = features.reshape(len(variables), len(spec_lib.FEATURE_NAMES) + 1)
-  policy = policies.ShrinkPolicy(num_actions=len(config.policy.shrink_actions),
-                                 hidden=config.policy.shrink_hidden,
-                                 num_layers=config.policy.num_layers,
-                                 critic=config.policy.method == 'actor_critic')
+  policy = shrink_policy(config)
   return Stage(2, source, features, np.ones(len(variables), bool), policy,
                config.search.stage2_iterations, config.policy.shrink_learning_rate)
 
@@ -135,6 +142,7 @@ class SearchContext:
   teacher_params: int
   teacher_accuracy: float  # validation accuracy: the reward's A_teacher
   constraints: reward_lib.Constraints | None
+  teacher_logits: jax.Array  # on the whole training split
 
 
 def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
@@ -177,10 +185,11 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
                           jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
   loss = float(metrics['loss'])
-  if not math.isfinite(loss):
-    raise SearchError(f'stage {stage.number} iteration {iteration}: the policy loss is {loss}; '
-                      'the run stops here and keeps the checkpoint of the previous iteration. '
-                      'Try a lower policy learning rate.')
+  if not bool(metrics['finite']):
+    raise SearchError(f'stage {stage.number} iteration {iteration}: the policy loss is {loss} '
+                      f'(gradient norm {float(metrics["grad_norm"])}); the run stops here and '
+                      'keeps the checkpoint of the previous iteration. Try a lower policy '
+                      'learning rate, with --config.search.restart=True.')
   record = {
       'stage': stage.number, 'iteration': iteration, 'rewards': rewards,
       'accuracies': accuracies, 'params': params,
@@ -199,8 +208,12 @@ def _better(candidate: dict | None, best: dict | None) -> bool:
 
 def _best_of(students, record) -> dict | None:
   best = None
-  for student, r, acc in zip(students, record['rewards'], record['accuracies']):
-    if spec_lib.is_degenerate(student) or acc is None or r <= reward_lib.DEGENERATE_REWARD:
+  for student, r, acc, broken in zip(students, record['rewards'], record['accuracies'],
+                                     record['violations']):
+    # A student that breaks a constraint may still score well while epsilon
+    # relaxes the penalty, but it must never be the answer.
+    if (spec_lib.is_degenerate(student) or acc is None or broken
+        or r <= reward_lib.DEGENERATE_REWARD):
       continue
     entry = {'reward': r, 'val_accuracy': acc, 'params': spec_lib.param_count(student),
              'spec': spec_lib.to_dict(student), 'stage': record['stage'],
@@ -215,10 +228,7 @@ def _policy_states(config, stage1, key, init_from: str) -> dict:
   the feature size and hidden sizes, never on the teacher, so both exist from
   the start, and `init_from` (another run's workdir) can seed them even when
   its teacher differs (paper section 4.6)."""
-  shrink = policies.ShrinkPolicy(num_actions=len(config.policy.shrink_actions),
-                                 hidden=config.policy.shrink_hidden,
-                                 num_layers=config.policy.num_layers,
-                                 critic=config.policy.method == 'actor_critic')
+  shrink = shrink_policy(config)
   states = {}
   for name, policy, features, lr in (
       ('removal', stage1.policy, stage1.features.shape[1], stage1.learning_rate),
@@ -226,10 +236,10 @@ def _policy_states(config, stage1, key, init_from: str) -> dict:
     params = policies.init_policy(policy, jax.random.fold_in(key, len(states)), features)
     states[name] = reinforce.PolicyState.create(params, reinforce.make_optimizer(lr))
   if init_from:
-    other = checkpoint_lib.Checkpoints(init_from)
-    if other.latest_step() is None:
-      raise ResumeMismatch(f'policy.init_from={init_from!r} holds no trained policies '
-                           f'({other.directory} is missing or empty)')
+    other = None if not os.path.isdir(init_from) else checkpoint_lib.Checkpoints(init_from)
+    if other is None or other.latest_step() is None:
+      raise ResumeMismatch(f'policy.init_from={init_from!r} holds no trained policies (no '
+                           f'{checkpoint_lib.SEARCH_DIR}/ with a checkpoint in it)')
     try:
       trained, _ = other.restore(states)
     except Exception as e:  # pylint: disable=broad-except
@@ -240,24 +250,36 @@ def _policy_states(config, stage1, key, init_from: str) -> dict:
   return states
 
 
-def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
-        teacher_seconds: float = 0.0) -> dict:
+# What a search writes besides its checkpoints; a restart removes it all.
+OUTPUTS = (report.METRICS_FILE, report.SUMMARY_FILE, report.TENSORBOARD_DIR, 'report.md',
+           'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png', STUDENT_DIR)
+
+
+def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dict:
   """The whole compression pipeline after the teacher; returns summary.json's content."""
-  wall_start = time.time()
   os.makedirs(workdir, exist_ok=True)
   ckpts = checkpoint_lib.Checkpoints(workdir)
   origin = _search_origin(config)
   if config.search.restart and ckpts.latest_step() is not None:
     ckpts.delete_all()
+    for name in OUTPUTS:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
     ckpts = checkpoint_lib.Checkpoints(workdir)
 
   stage1 = removal_stage(config, teacher.spec)
+  resuming = ckpts.latest_step() is not None
+  # A resumed run takes its policies from its own checkpoint, so init_from
+  # is only read (and must exist) when a search starts.
   states = _policy_states(config, stage1, jax.random.fold_in(jax.random.key(config.seed), 0),
-                          config.policy.init_from)
+                          '' if resuming else config.policy.init_from)
   meta = {'origin': origin, 'done': {'1': 0, '2': 0}, 'best_stage1': None, 'best_stage2': None,
           'best': None, 'records': [], 'stage2_source': None, 'compile_seconds': 0.0,
           'search_seconds': 0.0}
-  if ckpts.latest_step() is not None:
+  if resuming:
     stored = ckpts.restore_meta()
     diff = config_lib.differences(stored['origin'], origin)
     if diff:
@@ -279,7 +301,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
                  if (k.max_params or k.max_flops) else None)
   ctx = SearchContext(config, workdir, teacher, dataset, evaluator,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
-                      constraints)
+                      constraints, teacher_logits)
 
   writer = report.MetricsWriter(workdir, meta['records'])
   board = report.TensorBoardWriter(workdir, first_step=len(meta['records']))
@@ -329,12 +351,10 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   finally:
     bar.close()
     board.close()
-  return _finish(ctx, meta, teacher_seconds, meta['search_seconds'], meta['compile_seconds'],
-                 wall_start, progress)
+  return _finish(ctx, meta, progress)
 
 
-def _finish(ctx: SearchContext, meta, teacher_seconds, search_seconds, compile_seconds,
-            wall_start, progress) -> dict:
+def _finish(ctx: SearchContext, meta, progress) -> dict:
   """Train the best student to convergence, export it, write the summary and report."""
   config, workdir = ctx.config, ctx.workdir
   best = meta['best']
@@ -346,7 +366,7 @@ def _finish(ctx: SearchContext, meta, teacher_seconds, search_seconds, compile_s
   f = config.final
   final_start = time.perf_counter()
   finisher = evaluator_lib.Evaluator(
-      ctx.dataset, ctx.evaluator.data.teacher_logits,
+      ctx.dataset, ctx.teacher_logits,
       evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
                                     loss='hard_soft', soft_weight=f.soft_weight),
       config.runtime.epoch_mode)
@@ -362,6 +382,7 @@ def _finish(ctx: SearchContext, meta, teacher_seconds, search_seconds, compile_s
                                      ctx.dataset.test_labels)
   final_seconds = time.perf_counter() - final_start
   teacher_record = ctx.teacher.record
+  teacher_seconds = teacher_record['seconds']  # its training, whenever that ran
   student_params = spec_lib.param_count(spec)
   summary = {
       'teacher': {'name': ctx.teacher.spec.name, 'params': ctx.teacher_params,
@@ -374,9 +395,11 @@ def _finish(ctx: SearchContext, meta, teacher_seconds, search_seconds, compile_s
       'stage1_best': _brief(meta.get('best_stage1')),
       'stage2_best': _brief(meta.get('best_stage2')),
       'compression': ctx.teacher_params / student_params,
-      'wall_seconds': round(time.time() - wall_start + teacher_seconds, 2),
-      'time': {'teacher': round(teacher_seconds, 2), 'search': round(search_seconds, 2),
-               'compile': round(compile_seconds + finisher.compile_seconds, 2),
+      # Summed over every process a resumed run took. 'compile' is the part of
+      # search and final spent compiling student programs, not a fourth share.
+      'wall_seconds': round(teacher_seconds + meta['search_seconds'] + final_seconds, 2),
+      'time': {'teacher': round(teacher_seconds, 2), 'search': round(meta['search_seconds'], 2),
+               'compile': round(meta['compile_seconds'] + finisher.compile_seconds, 2),
                'final': round(final_seconds, 2)},
   }
   export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, result.variables, {

@@ -27,6 +27,20 @@ class WorkdirMismatch(ValueError):
   """The workdir holds a teacher made from a different config."""
 
 
+class TrainingError(RuntimeError):
+  """Teacher training diverged; the message says what to change."""
+
+
+# Data settings that say where data comes from, not what it is: changing
+# them (e.g. downloading once, then reading offline) must not make a stored
+# teacher or search stale.
+WHERE_NOT_WHAT = ('download', 'data_dir')
+
+
+def data_origin(data_config) -> dict:
+  return {k: v for k, v in data_config.to_dict().items() if k not in WHERE_NOT_WHAT}
+
+
 @dataclasses.dataclass
 class Teacher:
   spec: spec_lib.NetSpec
@@ -38,7 +52,7 @@ class Teacher:
 def _origin(config, spec) -> dict:
   """What decides the teacher: if any of it changes, a stored teacher is stale."""
   return {'spec': spec_lib.to_dict(spec), 'seed': config.seed,
-          'data': config.data.to_dict(),
+          'data': data_origin(config.data),
           'training': {k: config.teacher[k] for k in TRAINING_FIELDS}}
 
 
@@ -116,7 +130,7 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
     bar.set_postfix(loss=f'{metrics["loss"]:.4f}', train=f'{metrics["accuracy"]:.3f}',
                     val=f'{val:.3f}')
     if not train_lib.is_finite(metrics['loss']):
-      raise FloatingPointError(f'teacher loss became {metrics["loss"]} at epoch {epoch + 1}; '
+      raise TrainingError(f'teacher loss became {metrics["loss"]} at epoch {epoch + 1}; '
                                'lower teacher.learning_rate')
   bar.close()
 

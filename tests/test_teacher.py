@@ -42,6 +42,9 @@ def test_stored_teacher_round_trips_and_other_configs_are_refused(config_factory
   acc = train.accuracy(loaded.model, loaded.variables, ds.test_images, ds.test_labels)
   assert acc == pytest.approx(loaded.record['test_accuracy'])
 
+  config.data.download = True  # where data comes from does not make a teacher stale
+  assert teacher_lib.load(str(tmp_path), teacher_lib._origin(config, loaded.spec)) is not None
+
   config.teacher.learning_rate = 0.05
   with pytest.raises(teacher_lib.WorkdirMismatch, match='training.learning_rate: stored 0.01, now 0.05'):
     experiment.run(config, str(tmp_path))
