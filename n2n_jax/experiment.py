@@ -11,12 +11,13 @@ from n2n_jax import runtime
 from n2n_jax import search as search_lib
 from n2n_jax import spec as spec_lib
 from n2n_jax import teacher as teacher_lib
+from n2n_jax import workdir_lock
 
 # Errors that mean "fix your input" or "this run cannot go on", shown without
 # a traceback.
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
                teacher_lib.WorkdirMismatch, teacher_lib.TrainingError, search_lib.ResumeMismatch,
-               search_lib.SearchError)
+               search_lib.SearchError, workdir_lock.WorkdirBusy)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
@@ -48,22 +49,27 @@ def run(config, workdir: str | None, out=sys.stdout) -> dict:
   else:
     if not workdir:
       raise config_lib.ConfigError(f'--workdir is required for mode={config.mode!r}')
-    runtime.enable_compilation_cache(config.runtime.compilation_cache_dir)
-    dataset = None
-
-    def get_dataset():
-      nonlocal dataset
-      if dataset is None:
-        dataset = data_lib.load(config.data)
-      return dataset
-
-    teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset,
-                                        progress=config.runtime.progress)
-    if config.mode == 'teacher':
-      result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
-      result['workdir'] = workdir
-    else:  # 'compress'
-      result = search_lib.run(config, workdir, teacher, get_dataset(),
-                              progress=config.runtime.progress)
+    with workdir_lock.WorkdirLock(workdir):
+      result = _train(config, spec, workdir)
   print(json.dumps(result, indent=2), file=out)
   return result
+
+
+def _train(config, spec, workdir: str) -> dict:
+  """The teacher, and in compress mode the search after it, in `workdir`."""
+  runtime.enable_compilation_cache(config.runtime.compilation_cache_dir)
+  dataset = None
+
+  def get_dataset():
+    nonlocal dataset
+    if dataset is None:
+      dataset = data_lib.load(config.data)
+    return dataset
+
+  teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset,
+                                      progress=config.runtime.progress)
+  if config.mode == 'teacher':
+    result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
+    return dict(result, workdir=workdir)
+  return search_lib.run(config, workdir, teacher, get_dataset(),
+                        progress=config.runtime.progress)

@@ -148,3 +148,13 @@ def test_every_zoo_name_is_listed_in_errors():
     zoo.get('alexnet', (32, 32, 3), 10)
   for name in zoo.NAMES:
     assert name in str(err.value)
+
+
+def test_a_busy_workdir_is_refused(config_factory, tmp_path):
+  from n2n_jax import workdir_lock
+  config = config_factory('digits')
+  config.mode = 'teacher'
+  with workdir_lock.WorkdirLock(str(tmp_path)):
+    with pytest.raises(workdir_lock.WorkdirBusy, match=f'in use by pid {os.getpid()}'):
+      run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == [workdir_lock.LOCK_FILE]  # nothing was written
