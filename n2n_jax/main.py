@@ -36,6 +36,27 @@ def main(argv):
     sys.exit(2)
 
 
+def parse_flags(argv):
+  """absl's parsing, but a bad --config or --config.x=value (an unknown field,
+  a missing file, a value of the wrong type) ends with one line naming it
+  instead of a traceback from inside ml_collections."""
+  if not any(a.split('=')[0] in ('--config', '--help', '--helpfull', '-h') for a in argv[1:]):
+    _usage_error('--config=configs/NAME.py is required (configs/digits.py is the default job)')
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = str(e).replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip()
+    if len(message) > 1 and message[0] == message[-1] == "'":
+      message = message[1:-1]  # ml_collections wraps its KeyError text in quotes
+    _usage_error(message)
+
+
+def _usage_error(message: str):
+  print(f'error: {message}\nSee --help for the flags and configs/*.py for the fields.',
+        file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -158,3 +158,15 @@ def test_a_busy_workdir_is_refused(config_factory, tmp_path):
     with pytest.raises(workdir_lock.WorkdirBusy, match=f'in use by pid {os.getpid()}'):
       run(config, str(tmp_path))
   assert os.listdir(tmp_path) == [workdir_lock.LOCK_FILE]  # nothing was written
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=configs/digits.py', '--config.teacher.nme=x'], 'Did you mean "name"'),
+    (['--config=configs/nope.py'], "No such file or directory: 'configs/nope.py'"),
+    (['--config.mode=describe'], '--config=configs/NAME.py is required'),
+])
+def test_bad_flags_end_with_one_clear_line(args, message):
+  proc = subprocess.run([sys.executable, '-m', 'n2n_jax.main'] + args, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert message in proc.stderr and 'Traceback' not in proc.stderr
