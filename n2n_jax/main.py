@@ -30,7 +30,12 @@ def main(argv):
   runtime.set_cpu_flags()  # before the first JAX computation starts a backend
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
   try:
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.mode  # pylint: disable=pointless-statement  # a file that failed to load raises here
+  except _FLAG_ERRORS as e:
+    _usage_error(e)
+  try:
+    experiment.run(config, _WORKDIR.value)
   except experiment.USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -44,14 +49,19 @@ def parse_flags(argv):
     _usage_error('--config=configs/NAME.py is required (configs/digits.py is the default job)')
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    message = str(e).replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip()
-    if len(message) > 1 and message[0] == message[-1] == "'":
-      message = message[1:-1]  # ml_collections wraps its KeyError text in quotes
-    _usage_error(message)
+  except _FLAG_ERRORS as e:
+    _usage_error(e)
 
 
-def _usage_error(message: str):
+# What ml_collections and absl raise for a bad config file or override, at
+# parse time or (for a config file that fails to load) on first access.
+_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
+
+
+def _usage_error(error):
+  message = str(error).replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip()
+  if len(message) > 1 and message[0] == message[-1] == "'":
+    message = message[1:-1]  # ml_collections wraps its KeyError text in quotes
   print(f'error: {message}\nSee --help for the flags and configs/*.py for the fields.',
         file=sys.stderr)
   sys.exit(2)
