@@ -19,16 +19,9 @@ from n2n_jax.config import base_config
 def get_config():
   config = base_config()
   config.data.source = 'digits'
-  config.teacher.name = 'digits_cnn'
-  config.teacher.epochs = 30
-  config.teacher.batch_size = 64
-  config.teacher.optimizer = 'sgd'
-  config.teacher.learning_rate = 0.01
-  config.teacher.decay_epochs = (20,)
+  config.teacher.name = 'digits_cnn'  # base_config's teacher schedule suits it as is
   # A search small enough for 2 CPU cores in under 10 minutes.
   config.search.stage1_iterations = 10
   config.search.stage2_iterations = 6
-  config.search.rollouts = 5
-  config.distill.epochs = 5
   config.final.epochs = 40
   return config

@@ -7,6 +7,7 @@ Experiment files in configs/ start from `base_config()` and override fields;
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 
@@ -246,6 +247,12 @@ def teacher_spec(config, input_shape, num_classes) -> spec_lib.NetSpec:
     raise ConfigError(f'teacher {spec.name!r} outputs {spec_lib.output_shape(spec)} but the '
                       f'data has {num_classes} classes')
   return spec
+
+
+def as_json(x):
+  """`x` as it reads back from JSON (tuples become lists), so a stored run
+  origin and the current one compare equal when they mean the same."""
+  return json.loads(json.dumps(x, default=list))
 
 
 def differences(old: dict, new: dict, prefix: str = '') -> list:

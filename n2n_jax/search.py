@@ -13,7 +13,6 @@ same result as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -58,7 +57,7 @@ def _search_origin(config) -> dict:
   origin = {k: d[k] for k in RESULT_SECTIONS}
   origin['data'] = teacher_lib.data_origin(config.data)
   origin['search'] = {k: v for k, v in origin['search'].items() if k != 'restart'}
-  return json.loads(json.dumps(origin, default=list))
+  return config_lib.as_json(origin)
 
 
 # ---- the two stages as (features, mask, actions -> student)

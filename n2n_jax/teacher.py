@@ -56,10 +56,6 @@ def _origin(config, spec) -> dict:
           'training': {k: config.teacher[k] for k in TRAINING_FIELDS}}
 
 
-def _jsonable(x):
-  return json.loads(json.dumps(x, default=list))
-
-
 def load(workdir: str, expected_origin: dict | None = None) -> Teacher | None:
   """The teacher stored in workdir, or None if there is none. With
   expected_origin, a teacher made from another config is refused."""
@@ -69,7 +65,7 @@ def load(workdir: str, expected_origin: dict | None = None) -> Teacher | None:
   with open(path) as f:
     record = json.load(f)
   if expected_origin is not None:
-    diff = config_lib.differences(record['origin'], _jsonable(expected_origin))
+    diff = config_lib.differences(record['origin'], config_lib.as_json(expected_origin))
     if diff:
       raise WorkdirMismatch(
           f'{path} was trained with a different config:\n  ' + '\n  '.join(diff)
@@ -150,7 +146,7 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
       'seconds': round(time.time() - start, 2),
       'device': jax.devices()[0].device_kind,
       'history': history,
-      'origin': _jsonable(_origin(config, spec)),
+      'origin': config_lib.as_json(_origin(config, spec)),
   }
   return Teacher(spec, model, variables, record)
 

@@ -2,7 +2,6 @@
 N2N transforms (remove, shrink), including property tests over every zoo
 teacher. Small students are also built and run through models.SpecNet."""
 
-import dataclasses
 import json
 import math
 
