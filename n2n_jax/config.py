@@ -8,6 +8,7 @@ Experiment files in configs/ start from `base_config()` and override fields;
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 
@@ -107,6 +108,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.runtime.compilation_cache_dir = os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'n2n_jax', 'jax')
   c.runtime.progress = True  # progress bars on stderr
+  # Teacher training saves its progress (weights, optimiser state, history) at
+  # the end of an epoch at most this often, and always on SIGTERM or Ctrl-C, so
+  # a stopped run resumes it; 0 saves after every epoch.
+  c.runtime.teacher_checkpoint_seconds = 60.0
+  # A student whose estimated training memory exceeds this many MB scores -1
+  # (reason recorded) instead of being compiled; 0 uses the device's own limit
+  # where JAX reports one (GPUs, TPUs), none on CPUs.
+  c.runtime.student_memory_limit_mb = 0.0
   return c
 
 
@@ -130,22 +139,107 @@ def paper_teacher_schedule(config, which: str) -> None:
   config.teacher.update(TEACHER_SCHEDULES[which])
 
 
+# Counts (epochs, batch sizes, widths, ...) end up in int32 JAX arrays, and the
+# seed in a 64-bit JAX key; anything larger fails deep inside JAX (OverflowError)
+# instead of here with the field's name.
+MAX_COUNT = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+MAX_SPEC_FILE_BYTES = 16 * 2**20
+
+
+def _short(value) -> str:
+  try:
+    text = repr(value)
+  except ValueError:  # an integer over Python's 4,300-digit conversion limit
+    return f'<{type(value).__name__} too long to print>'
+  return text if len(text) <= 80 else text[:77] + '...'
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _int_in(value, field, low, high=MAX_COUNT, what=None):
+  if not _is_int(value) or value < low:
+    what = what or ('a positive integer' if low == 1 else f'an integer >= {low}')
+    raise ConfigError(f'{field} must be {what}, got {_short(value)}')
+  if value > high:
+    raise ConfigError(f'{field} is {_short(value)}, over the limit of {high:,}')
+
+
 def _positive(value, field, kind=numbers.Integral):
-  if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-    what = 'a positive integer' if kind is numbers.Integral else 'a positive number'
-    raise ConfigError(f'{field} must be {what}, got {value!r}')
+  if kind is numbers.Integral:
+    _int_in(value, field, 1)
+  elif not _is_number(value) or not 0 < value < math.inf:
+    raise ConfigError(f'{field} must be a positive number, got {_short(value)}')
+
+
+def _non_negative(value, field):
+  # `not value >= 0` also catches NaN, which compares false with everything.
+  if not _is_number(value) or not 0 <= value < math.inf:
+    raise ConfigError(f'{field} must be a finite number >= 0, got {_short(value)}')
 
 
 def _one_of(value, valid, field):
-  if value not in valid:
-    raise ConfigError(f'{field}={value!r} is not valid; choose one of {", ".join(valid)}')
+  if not isinstance(value, str) or value not in valid:
+    raise ConfigError(f'{field}={_short(value)} is not valid; choose one of {", ".join(valid)}')
+
+
+def _kind(reference) -> tuple:
+  """(check, description) for values that may replace `reference`."""
+  if isinstance(reference, bool):
+    return (lambda v: isinstance(v, bool)), 'True or False'
+  if isinstance(reference, int):
+    return _is_int, 'an integer'
+  if isinstance(reference, float):
+    return _is_number, 'a number'
+  if isinstance(reference, str):
+    return (lambda v: isinstance(v, str)), 'a string'
+  if isinstance(reference, (tuple, list)):
+    return (lambda v: isinstance(v, (tuple, list))), 'a tuple'
+  return (lambda v: True), ''
+
+
+def _check_structure(config, reference, prefix='') -> None:
+  """Every field of base_config() is there with a value of the right kind.
+
+  ml_collections checks types when one field is overridden, but a whole section
+  can be replaced (--config.teacher="{'name': 'vgg11'}"), which drops its other
+  fields; without this check that surfaces as an AttributeError later.
+  """
+  for key, ref in reference.items():
+    field = prefix + key
+    try:
+      value = config[key]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(
+          f'{field} is missing; set fields one at a time (--config.{field}=...) rather than '
+          f'replacing the section --config.{prefix[:-1] or key}') from None
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f'{field} must be a section of fields, got {_short(value)}')
+      _check_structure(value, ref, field + '.')
+      continue
+    ok, what = _kind(ref)
+    if not ok(value):
+      raise ConfigError(f'{field} must be {what}, got {_short(value)}')
+
+
+_REFERENCE = base_config()
 
 
 def validate(config) -> None:
   """Checks that need no data: names, ranges and types."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'the config must be an ml_collections.ConfigDict, got '
+                      f'{type(config).__name__}')
+  _check_structure(config, _REFERENCE)
   _one_of(config.mode, MODES, 'mode')
-  if not isinstance(config.seed, numbers.Integral) or config.seed < 0:
-    raise ConfigError(f'seed must be a non-negative integer, got {config.seed!r}')
+  _int_in(config.seed, 'seed', 0, MAX_INT64, 'a non-negative integer')
   try:
     data_lib.validate_data_config(config.data)
   except data_lib.DataError as e:
@@ -157,13 +251,26 @@ def validate(config) -> None:
   _positive(t.batch_size, 'teacher.batch_size')
   _positive(t.learning_rate, 'teacher.learning_rate', numbers.Real)
   _one_of(t.optimizer, train_lib.OPTIMIZERS, 'teacher.optimizer')
-  if any(not isinstance(e, numbers.Integral) or e < 0 for e in t.decay_epochs):
-    raise ConfigError(f'teacher.decay_epochs must be non-negative integers, got {t.decay_epochs!r}')
-  if t.weight_decay < 0 or not 0 <= t.momentum < 1:
-    raise ConfigError('teacher.weight_decay must be >= 0 and teacher.momentum in [0, 1)')
-  if t.input_shape and (len(t.input_shape) != 3 or min(t.input_shape) < 1):
-    raise ConfigError(f'teacher.input_shape must be (H, W, C) or empty, got {t.input_shape!r}')
-  _one_of(config.runtime.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
+  if any(not _is_int(e) or not 0 <= e <= MAX_COUNT for e in t.decay_epochs):
+    raise ConfigError(f'teacher.decay_epochs must be non-negative integers, '
+                      f'got {_short(t.decay_epochs)}')
+  _positive(t.decay_factor, 'teacher.decay_factor', numbers.Real)
+  _non_negative(t.weight_decay, 'teacher.weight_decay')
+  if not _is_number(t.momentum) or not 0 <= t.momentum < 1:
+    raise ConfigError(f'teacher.momentum must be in [0, 1), got {_short(t.momentum)}')
+  if t.input_shape and (len(t.input_shape) != 3 or not all(
+      _is_int(d) and 1 <= d <= MAX_COUNT for d in t.input_shape)):
+    raise ConfigError(f'teacher.input_shape must be (H, W, C) or empty, got '
+                      f'{_short(t.input_shape)}')
+  _int_in(t.num_classes, 'teacher.num_classes', 0, what='an integer >= 0 (0 = from the data)')
+  r = config.runtime
+  _one_of(r.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
+  _non_negative(r.teacher_checkpoint_seconds, 'runtime.teacher_checkpoint_seconds')
+  _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
+  if r.student_memory_limit_mb > MAX_INT64 >> 20:
+    # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.
+    raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '
+                      f'over the limit of {MAX_INT64 >> 20:,}')
   _validate_search(config)
 
 
@@ -171,36 +278,32 @@ def _validate_search(config) -> None:
   s, p, d, f, k = config.search, config.policy, config.distill, config.final, config.constraints
   for value, field in ((s.stage1_iterations, 'search.stage1_iterations'),
                        (s.stage2_iterations, 'search.stage2_iterations')):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-      raise ConfigError(f'{field} must be a non-negative integer, got {value!r}')
+    _int_in(value, field, 0, what='a non-negative integer')
   _positive(s.rollouts, 'search.rollouts')
   _positive(s.max_dense_inputs, 'search.max_dense_inputs')
   _one_of(s.reward, reward_lib.REWARDS, 'search.reward')
   _one_of(p.method, reinforce.METHODS, 'policy.method')
   _one_of(p.baseline, tuple(reinforce.BASELINES), 'policy.baseline')
-  if not 0 <= p.baseline_decay < 1:
-    raise ConfigError(f'policy.baseline_decay must be in [0, 1), got {p.baseline_decay!r}')
+  if not _is_number(p.baseline_decay) or not 0 <= p.baseline_decay < 1:
+    raise ConfigError(f'policy.baseline_decay must be in [0, 1), got {_short(p.baseline_decay)}')
   for name in ('removal_learning_rate', 'shrink_learning_rate'):
     _positive(p[name], f'policy.{name}', numbers.Real)
   for name in ('removal_hidden', 'shrink_hidden', 'num_layers', 'round_to'):
     _positive(p[name], f'policy.{name}')
-  if not p.shrink_actions or any(not 0 < a <= 1 for a in p.shrink_actions):
-    raise ConfigError(f'policy.shrink_actions must be factors in (0, 1], got {p.shrink_actions!r}')
+  if not p.shrink_actions or any(not _is_number(a) or not 0 < a <= 1 for a in p.shrink_actions):
+    raise ConfigError(f'policy.shrink_actions must be factors in (0, 1], '
+                      f'got {_short(p.shrink_actions)}')
   for section, name in ((d, 'distill'), (f, 'final')):
     _positive(section.epochs, f'{name}.epochs')
     _positive(section.batch_size, f'{name}.batch_size')
     _positive(section.learning_rate, f'{name}.learning_rate', numbers.Real)
-    if section.weight_decay < 0:
-      raise ConfigError(f'{name}.weight_decay must be >= 0, got {section.weight_decay!r}')
+    _non_negative(section.weight_decay, f'{name}.weight_decay')
   _one_of(d.init, evaluator.INITS, 'distill.init')
-  if isinstance(d.max_train_examples, bool) or not isinstance(
-      d.max_train_examples, numbers.Integral) or d.max_train_examples < 0:
-    raise ConfigError(f'distill.max_train_examples must be an integer >= 0, '
-                      f'got {d.max_train_examples!r}')
-  if f.soft_weight < 0:
-    raise ConfigError(f'final.soft_weight must be >= 0, got {f.soft_weight!r}')
-  if k.max_params < 0 or k.max_flops < 0:
-    raise ConfigError('constraints.max_params and constraints.max_flops must be >= 0 (0 = none)')
+  _int_in(d.max_train_examples, 'distill.max_train_examples', 0, what='an integer >= 0')
+  _non_negative(f.soft_weight, 'final.soft_weight')
+  for name in ('max_params', 'max_flops'):
+    # Converted to floats for the constraint rows: beyond 2**63 is no real limit.
+    _int_in(k[name], f'constraints.{name}', 0, MAX_INT64, 'an integer >= 0 (0 = none)')
   _one_of(k.epsilon_schedule, reward_lib.EPSILON_SCHEDULES, 'constraints.epsilon_schedule')
   _positive(k.epsilon_horizon, 'constraints.epsilon_horizon', numbers.Real)
   _positive(k.epsilon_power, 'constraints.epsilon_power', numbers.Real)
@@ -230,10 +333,20 @@ def teacher_spec(config, input_shape, num_classes) -> spec_lib.NetSpec:
   t = config.teacher
   if t.spec_file:
     try:
-      with open(t.spec_file) as f:
-        spec = spec_lib.from_json(f.read())
+      # Binary and bounded: a spec file pointed at /dev/zero or a dataset must
+      # fail with its name, not read forever or die decoding.
+      with open(t.spec_file, 'rb') as f:
+        text = f.read(MAX_SPEC_FILE_BYTES + 1)
     except OSError as e:
-      raise ConfigError(f'teacher.spec_file: cannot read {t.spec_file!r}: {e.strerror}') from None
+      raise ConfigError(f'teacher.spec_file: cannot read {t.spec_file!r}: '
+                        f'{e.strerror or e}') from None
+    if len(text) > MAX_SPEC_FILE_BYTES:
+      raise ConfigError(f'teacher.spec_file {t.spec_file!r} is over {MAX_SPEC_FILE_BYTES:,} '
+                        'bytes; it is not a JSON spec (spec.to_json writes a few KB)')
+    try:
+      spec = spec_lib.from_json(text)
+    except spec_lib.SpecError as e:
+      raise spec_lib.SpecError(f'teacher.spec_file {t.spec_file!r}: {e}') from None
     if spec.input_shape != tuple(input_shape):
       raise ConfigError(f'teacher.spec_file {t.spec_file!r} is for input {spec.input_shape}, '
                         f'but the data is {tuple(input_shape)}')

@@ -66,12 +66,35 @@ _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _MAX_PROGRAMS = 512
 
 
+def training_memory_bytes(spec: spec_lib.NetSpec, batch_size: int) -> int:
+  """A rough upper estimate of the device memory one training step of `spec`
+  needs in float32: parameters, gradients and two Adam moments, plus each
+  layer's activations kept for the backward pass and their gradients (x3 for
+  what XLA holds alongside, e.g. inside residual blocks)."""
+  stats = spec_lib.layer_stats(spec)
+  activations = sum(int(np.prod(s.out_shape)) for s in stats) + int(np.prod(spec.input_shape))
+  return 4 * (4 * spec_lib.param_count(spec) + 3 * batch_size * activations)
+
+
+def device_memory_limit() -> int | None:
+  """Bytes the default device may allocate, where JAX reports it (GPU, TPU);
+  None on CPUs."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except  # not every backend implements it
+    return None
+  return int(stats['bytes_limit']) if stats and 'bytes_limit' in stats else None
+
+
 class Evaluator:
   """Distils students from `teacher_logits` (the teacher's logits on
-  dataset.train_images, computed once by the caller)."""
+  dataset.train_images, computed once by the caller). A student whose
+  estimated training memory exceeds `memory_limit_bytes` (default: the
+  device's own limit, if known) fails without being compiled."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
-               epoch_mode: str = 'auto', teacher_variables: dict | None = None):
+               epoch_mode: str = 'auto', teacher_variables: dict | None = None,
+               memory_limit_bytes: int | None = None):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -83,6 +106,7 @@ class Evaluator:
     self.settings = settings
     self.epoch_mode = train_lib.resolve_epoch_mode(epoch_mode)
     self.teacher_variables = teacher_variables
+    self.memory_limit_bytes = memory_limit_bytes or device_memory_limit()
     total = dataset.train_images.shape[0]
     if settings.max_train_examples and settings.max_train_examples < total:
       # A fixed random subset: splits keep their source's order, which may be sorted by class.
@@ -126,6 +150,12 @@ class Evaluator:
     start = time.perf_counter()
     compile_s = 0.0
     try:
+      if self.memory_limit_bytes:
+        need = training_memory_bytes(spec, self.settings.batch_size)
+        if need > self.memory_limit_bytes:
+          return StudentResult(float('nan'), f'too large for device memory: training needs '
+                               f'about {need / 2**20:.0f} MB, the limit is '
+                               f'{self.memory_limit_bytes / 2**20:.0f} MB')
       program, compile_s = self._program(spec)
       variables = models.init_variables(program.model, student_seed(spec, seed), spec.input_shape)
       if self.settings.init == 'teacher':
@@ -139,11 +169,16 @@ class Evaluator:
                                f'{epoch + 1}', time.perf_counter() - start - compile_s, compile_s)
         if progress is not None:
           progress(epoch + 1, metrics)
-      accuracy = train_lib.accuracy(program.model, state.variables, self.dataset.val_images,
-                                    self.dataset.val_labels)
+      logits = train_lib.predict(program.model, state.variables, self.dataset.val_images)
+      if not train_lib.is_finite(logits):
+        return StudentResult(float('nan'), 'validation logits are not finite (NaN or Inf)',
+                             time.perf_counter() - start - compile_s, compile_s)
+      accuracy = train_lib.accuracy_of(logits, self.dataset.val_labels)
     except Exception as e:  # pylint: disable=broad-except
       # One broken student must not end a search of hundreds: record why.
       reason = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+      if 'RESOURCE_EXHAUSTED' in reason or 'Out of memory' in reason:
+        reason = 'out of device memory: ' + reason
       return StudentResult(float('nan'), reason, time.perf_counter() - start - compile_s,
                            compile_s)
     return StudentResult(accuracy, None, time.perf_counter() - start - compile_s, compile_s,

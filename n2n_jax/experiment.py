@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
 from n2n_jax import data as data_lib
 from n2n_jax import runtime
@@ -17,7 +18,8 @@ from n2n_jax import workdir_lock
 # a traceback.
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
                teacher_lib.WorkdirMismatch, teacher_lib.TrainingError, search_lib.ResumeMismatch,
-               search_lib.SearchError, workdir_lock.WorkdirBusy)
+               search_lib.SearchError, workdir_lock.WorkdirBusy, teacher_lib.TeacherDamaged,
+               checkpoint_lib.CheckpointDamaged)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
@@ -69,7 +71,8 @@ def _train(config, spec, workdir: str) -> dict:
   teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset,
                                       progress=config.runtime.progress)
   if config.mode == 'teacher':
-    result = {k: v for k, v in teacher.record.items() if k not in ('history', 'origin')}
+    result = {k: v for k, v in teacher.record.items()
+              if k not in ('history', 'origin', 'variables_sha256')}
     return dict(result, workdir=workdir)
   return search_lib.run(config, workdir, teacher, get_dataset(),
                         progress=config.runtime.progress)

@@ -7,6 +7,8 @@ data), teacher (train the teacher, or load it from DIR, and write
 DIR/teacher.json). See README.md for what DIR receives.
 """
 
+import ast
+import re
 import sys
 
 from absl import app
@@ -14,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from n2n_jax import preemption
 from n2n_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,40 +31,99 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   runtime.set_cpu_flags()  # before the first JAX computation starts a backend
+  preemption.install()
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
-  try:
-    config = _CONFIG.value
-    config.mode  # pylint: disable=pointless-statement  # a file that failed to load raises here
-  except _FLAG_ERRORS as e:
-    _usage_error(e)
+  config = loaded_config()
   try:
     experiment.run(config, _WORKDIR.value)
   except experiment.USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except preemption.Preempted as e:
+    # The teacher saved its last finished epoch on the way out; the search
+    # saved its last finished iteration when it ended.
+    print(f'{e}: progress is saved in {_WORKDIR.value}; run the same command again to '
+          'resume', file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values=flags.FLAGS):
   """absl's parsing, but a bad --config or --config.x=value (an unknown field,
   a missing file, a value of the wrong type) ends with one line naming it
-  instead of a traceback from inside ml_collections."""
+  instead of a traceback from inside ml_collections. `flag_values` is for tests,
+  which parse into a fresh FlagValues."""
   if not any(a.split('=')[0] in ('--config', '--help', '--helpfull', '-h') for a in argv[1:]):
     _usage_error('--config=configs/NAME.py is required (configs/digits.py is the default job)')
   try:
-    return flags.FLAGS(argv)
+    return flag_values(argv)
+  except flags.Error as e:  # absl's own errors name the flag already
+    _usage_error(e)
+  except _FLAG_ERRORS as e:
+    _usage_error(_name_the_override(_clean(e), argv))
+  except (RecursionError, MemoryError):
+    # ml_collections reads override values with ast.literal_eval, and CPython's
+    # parser reports a value nested too deeply (e.g. '~~~~...1') as one of these.
+    _usage_error(f'{_too_deep(argv)} is nested too deeply to read as a Python literal')
+
+
+def loaded_config(config_flag=_CONFIG):
+  """The parsed --config, or the one-line exit of a file that failed to load."""
+  try:
+    config = config_flag.value
+    config.mode  # pylint: disable=pointless-statement  # a file that failed to load raises here
   except _FLAG_ERRORS as e:
     _usage_error(e)
+  return config
 
 
 # What ml_collections and absl raise for a bad config file or override, at
 # parse time or (for a config file that fails to load) on first access.
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
+_MAX_MESSAGE_CHARS = 500
+
+
+def _too_deep(argv) -> str:
+  """The override whose value the parser cannot take, as '--config.x', for the message."""
+  for arg in argv[1:]:
+    name, _, value = arg.partition('=')
+    try:
+      ast.literal_eval(value)
+    except (RecursionError, MemoryError):
+      return name
+    except Exception:  # pylint: disable=broad-except  # any other verdict is not ours to give
+      pass
+  return 'a --config.x=value override'
+
+
+def _clean(error) -> str:
+  message = str(error).replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip()
+  # ml_collections wraps its KeyError text in quotes, sometimes twice ("'nosuch'").
+  while len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':
+    message = message[1:-1]
+  return message
+
+
+def _name_the_override(message: str, argv) -> str:
+  """ml_collections reports a bad override path as a bare KeyError ('nosuch') or
+  TypeError ('string indices must be integers'); say which --config.x it was."""
+  paths = [a.split('=', 1)[0] for a in argv[1:] if re.match(r'--(no)?config\.', a)]
+  key = re.match(r"'?([^' ]+)'?(?: |$)", message)
+  if key:
+    named = [p for p in paths if key.group(1) in p.split('.')[1:]]
+    if named:
+      rest = message[key.end():].strip()
+      return (f'{named[-1]}: the config has no field {key.group(1)!r}'
+              + (f'. {rest}' if rest else ''))
+  if 'indices must be' in message and paths:
+    return (f'cannot apply {", ".join(paths)}: {message} (a field holding a value was given '
+            'sub-fields)')
+  return message
 
 
 def _usage_error(error):
-  message = str(error).replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip()
-  if len(message) > 1 and message[0] == message[-1] == "'":
-    message = message[1:-1]  # ml_collections wraps its KeyError text in quotes
+  message = _clean(error)
+  if len(message) > _MAX_MESSAGE_CHARS:  # absl quotes the whole value, however long
+    message = message[:_MAX_MESSAGE_CHARS - 3] + '...'
   print(f'error: {message}\nSee --help for the flags and configs/*.py for the fields.',
         file=sys.stderr)
   sys.exit(2)

@@ -279,13 +279,16 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
           'best': None, 'records': [], 'stage2_source': None, 'compile_seconds': 0.0,
           'search_seconds': 0.0}
   if resuming:
-    stored = ckpts.restore_meta()
-    diff = config_lib.differences(stored['origin'], origin)
-    if diff:
-      raise ResumeMismatch(
-          f'{workdir} holds a search made with a different config:\n  ' + '\n  '.join(diff)
-          + '\nRun with --config.search.restart=True to discard it, or use another --workdir.')
-    states, meta = ckpts.restore(states)
+    def same_config(stored):
+      diff = config_lib.differences(stored['origin'], origin)
+      if diff:
+        raise ResumeMismatch(
+            f'{workdir} holds a search made with a different config:\n  ' + '\n  '.join(diff)
+            + '\nRun with --config.search.restart=True to discard it, or use another '
+            '--workdir.')
+    states, meta = ckpts.restore_latest_good(
+        states, same_config,
+        remedy='Rerun with --config.search.restart=True to start the search over.')
     states = dict(states)
 
   teacher_logits = train_lib.predict(teacher.model, teacher.variables, dataset.train_images)
@@ -294,7 +297,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
       dataset, teacher_logits,
       evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay,
                                     init=d.init, max_train_examples=d.max_train_examples),
-      config.runtime.epoch_mode, teacher.variables)
+      config.runtime.epoch_mode, teacher.variables,
+      memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20))
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
                  if (k.max_params or k.max_flops) else None)

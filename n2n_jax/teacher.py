@@ -7,18 +7,22 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
 import tqdm
 
+from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
 from n2n_jax import models
+from n2n_jax import preemption
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
 
 RECORD_FILE = 'teacher.json'
 CHECKPOINT_DIR = 'teacher_checkpoint'
+PROGRESS_DIR = 'teacher_progress'  # training in progress, removed once the teacher is saved
 TRAINING_FIELDS = ('epochs', 'batch_size', 'optimizer', 'learning_rate', 'decay_epochs',
                    'decay_factor', 'momentum', 'weight_decay')
 
@@ -29,6 +33,10 @@ class WorkdirMismatch(ValueError):
 
 class TrainingError(RuntimeError):
   """Teacher training diverged; the message says what to change."""
+
+
+class TeacherDamaged(RuntimeError):
+  """teacher.json exists but the teacher it describes cannot be read back intact."""
 
 
 # Data settings that say where data comes from, not what it is: changing
@@ -62,8 +70,15 @@ def load(workdir: str, expected_origin: dict | None = None) -> Teacher | None:
   path = os.path.join(workdir, RECORD_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    record = json.load(f)
+  fix = (f'Delete {path} and {os.path.join(workdir, CHECKPOINT_DIR)} to train the teacher '
+         'again (training is deterministic on the same machine and software, so a stored '
+         'search can continue with it).')
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    record['origin']['spec']  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError) as e:
+    raise TeacherDamaged(f'{path} is damaged ({type(e).__name__}: {e}). {fix}') from None
   if expected_origin is not None:
     diff = config_lib.differences(record['origin'], config_lib.as_json(expected_origin))
     if diff:
@@ -73,28 +88,43 @@ def load(workdir: str, expected_origin: dict | None = None) -> Teacher | None:
   spec = spec_lib.from_dict(record['origin']['spec'])
   model = models.build(spec)
   target = models.variable_shapes(model, spec.input_shape)
-  checkpointer = ocp.StandardCheckpointer()
-  variables = checkpointer.restore(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                   target)
-  return Teacher(spec, model, dict(variables), record)
+  checkpoint = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  try:
+    variables = dict(ocp.StandardCheckpointer().restore(checkpoint, target))
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax raises many types for a missing or truncated checkpoint.
+    raise TeacherDamaged(f'{checkpoint} cannot be read ({checkpoint_lib.why(e)}). {fix}') from None
+  stored = record.get('variables_sha256')
+  if stored is not None and stored != checkpoint_lib.checksum(variables, {}):
+    raise TeacherDamaged(f'{checkpoint} does not hold the weights {path} describes (checksum '
+                         f'mismatch: changed after it was written). {fix}')
+  return Teacher(spec, model, variables, record)
 
 
 def save(workdir: str, teacher: Teacher) -> None:
   os.makedirs(workdir, exist_ok=True)
   ckpt = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(ckpt, teacher.variables, force=True)
-  checkpointer.wait_until_finished()
-  # The record goes last and atomically: its presence means the params are complete.
-  tmp = os.path.join(workdir, RECORD_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(teacher.record, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, RECORD_FILE))
+  record = dict(teacher.record, variables_sha256=checkpoint_lib.checksum(teacher.variables, {}))
+  with preemption.deferred():
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(ckpt, teacher.variables, force=True)
+    checkpointer.wait_until_finished()
+    # The record goes last and atomically: its presence means the params are complete.
+    tmp = os.path.join(workdir, RECORD_FILE + '.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=2)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(workdir, RECORD_FILE))
+  teacher.record = record
 
 
-def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = True) -> Teacher:
+def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = True,
+                  workdir: str | None = None) -> Teacher:
   """Train `spec` on `dataset` with config.teacher's schedule; returns the
-  teacher with its validation and test accuracy in `record`."""
+  teacher with its validation and test accuracy in `record`. With `workdir`,
+  progress is saved to WORKDIR/teacher_progress (see runtime.teacher_checkpoint_seconds)
+  and a stopped training resumes from it with the same result."""
   t = config.teacher
   start = time.time()
   model = models.build(spec)
@@ -116,19 +146,32 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
   state = train_lib.TrainState.create(variables, tx)
   data = train_lib.Data(dataset.train_images, dataset.train_labels)
 
-  bar = tqdm.trange(t.epochs, desc=f'teacher {spec.name}', unit='epoch',
+  origin = config_lib.as_json(_origin(config, spec))
+  saver = _ProgressSaver(workdir, origin, config.runtime.teacher_checkpoint_seconds)
+  state, history, seconds_before = saver.resume(state)
+  bar = tqdm.trange(t.epochs, desc=f'teacher {spec.name}', unit='epoch', initial=len(history),
                     disable=not progress, dynamic_ncols=True)
-  history = []
-  for epoch in bar:
-    state, metrics = runner.run(state, data, jax.random.fold_in(key, epoch), t.batch_size)
-    val = train_lib.accuracy(model, state.variables, dataset.val_images, dataset.val_labels)
-    history.append({'epoch': epoch + 1, **metrics, 'val_accuracy': val})
-    bar.set_postfix(loss=f'{metrics["loss"]:.4f}', train=f'{metrics["accuracy"]:.3f}',
-                    val=f'{val:.3f}')
-    if not train_lib.is_finite(metrics['loss']):
-      raise TrainingError(f'teacher loss became {metrics["loss"]} at epoch {epoch + 1}; '
-                               'lower teacher.learning_rate')
-  bar.close()
+  try:
+    for epoch in range(len(history), t.epochs):
+      # SIGTERM waits for the epoch to end: then weights and history agree
+      # and the handler below saves them.
+      with preemption.deferred():
+        state, metrics = runner.run(state, data, jax.random.fold_in(key, epoch), t.batch_size)
+        val = train_lib.accuracy(model, state.variables, dataset.val_images, dataset.val_labels)
+        history.append({'epoch': epoch + 1, **metrics, 'val_accuracy': val})
+      bar.update(1)
+      bar.set_postfix(loss=f'{metrics["loss"]:.4f}', train=f'{metrics["accuracy"]:.3f}',
+                      val=f'{val:.3f}')
+      if not train_lib.is_finite(metrics['loss']):
+        raise TrainingError(f'teacher loss became {metrics["loss"]} at epoch {epoch + 1}; '
+                            'lower teacher.learning_rate')
+      if epoch + 1 < t.epochs:
+        saver.maybe_save(state, history, seconds_before + time.time() - start)
+  except (preemption.Preempted, KeyboardInterrupt):
+    saver.save(state, history, seconds_before + time.time() - start)
+    raise
+  finally:
+    bar.close()
 
   variables = jax.device_get(state.variables)
   record = {
@@ -143,7 +186,7 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
       'val_examples': int(dataset.val_images.shape[0]),
       'test_examples': int(dataset.test_images.shape[0]),
       'normalisation': {'mean': dataset.mean, 'std': dataset.std},
-      'seconds': round(time.time() - start, 2),
+      'seconds': round(seconds_before + time.time() - start, 2),
       'device': jax.devices()[0].device_kind,
       'history': history,
       'origin': config_lib.as_json(_origin(config, spec)),
@@ -157,6 +200,67 @@ def train_or_load(config, spec, workdir: str, get_dataset, *, progress: bool = T
   existing = load(workdir, _origin(config, spec))
   if existing is not None:
     return existing
-  teacher = train_teacher(config, get_dataset(), spec, progress=progress)
+  teacher = train_teacher(config, get_dataset(), spec, progress=progress, workdir=workdir)
   save(workdir, teacher)
+  _ProgressSaver.discard(workdir)
   return teacher
+
+
+class _ProgressSaver:
+  """Teacher training's resumable state: TrainState + history, saved with
+  orbax in WORKDIR/teacher_progress at epoch ends (at most every
+  `every_seconds`, and on SIGTERM / Ctrl-C)."""
+
+  def __init__(self, workdir: str | None, origin: dict, every_seconds: float):
+    self.origin = origin
+    self.every_seconds = every_seconds
+    self.ckpts = (None if workdir is None else
+                  checkpoint_lib.Checkpoints(workdir, subdir=PROGRESS_DIR))
+    self.saved_epochs = 0
+    self.last_save = time.monotonic()
+
+  def resume(self, state) -> tuple:
+    """(state, history, seconds trained so far) from saved progress, or the
+    fresh `state` with no history."""
+    if self.ckpts is None or self.ckpts.latest_step() is None:
+      return state, [], 0.0
+
+    def same_teacher(meta):
+      diff = config_lib.differences(meta['origin'], self.origin)
+      if diff:
+        raise _Stale('it was made with a different config: ' + '; '.join(diff))
+
+    try:
+      restored, meta = self.ckpts.restore_latest_good(state, same_teacher)
+    except (_Stale, checkpoint_lib.CheckpointDamaged) as e:
+      warnings.warn(f'teacher training starts over: the progress saved in '
+                    f'{self.ckpts.directory} is not usable ({e})', stacklevel=3)
+      self.ckpts.delete_all()
+      self.ckpts = checkpoint_lib.Checkpoints(self.ckpts.workdir, subdir=PROGRESS_DIR)
+      return state, [], 0.0
+    self.saved_epochs = len(meta['history'])
+    tqdm.tqdm.write(f'teacher training resumes after epoch {self.saved_epochs} '
+                    f'(saved in {self.ckpts.directory})')
+    return restored, meta['history'], meta['seconds']
+
+  def maybe_save(self, state, history, seconds) -> None:
+    if time.monotonic() - self.last_save >= self.every_seconds:
+      self.save(state, history, seconds)
+
+  def save(self, state, history, seconds) -> None:
+    if self.ckpts is None or len(history) <= self.saved_epochs:
+      return
+    if any(getattr(x, 'is_deleted', lambda: False)() for x in jax.tree_util.tree_leaves(state)):
+      return  # Ctrl-C inside an epoch: its input state was donated to the step
+    self.ckpts.save(len(history), state, {'origin': self.origin, 'history': history,
+                                          'seconds': seconds})
+    self.saved_epochs = len(history)
+    self.last_save = time.monotonic()
+
+  @staticmethod
+  def discard(workdir: str) -> None:
+    checkpoint_lib.Checkpoints(workdir, subdir=PROGRESS_DIR).delete_all()
+
+
+class _Stale(Exception):
+  """Saved teacher progress from another config."""

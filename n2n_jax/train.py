@@ -228,7 +228,10 @@ def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000) -
 
 
 def accuracy(model, variables: dict, images, labels, batch_size: int = 1000) -> float:
-  logits = predict(model, variables, images, batch_size)
+  return accuracy_of(predict(model, variables, images, batch_size), labels)
+
+
+def accuracy_of(logits: jax.Array, labels: jax.Array) -> float:
   return float(jnp.mean(jnp.argmax(logits, -1) == labels))
 
 

@@ -1,5 +1,7 @@
+import collections
 import importlib.util
 import pathlib
+import shutil
 
 import pytest
 
@@ -25,3 +27,61 @@ def config_factory(tmp_path):
     config.runtime.progress = False
     return config
   return make
+
+
+def tiny_search(config):
+  """A complete compress run on a tiny budget (seconds, not minutes)."""
+  config.mode = 'compress'
+  config.data.max_train_examples = 256
+  config.teacher.epochs = 3
+  config.search.stage1_iterations = 2
+  config.search.stage2_iterations = 2
+  config.search.rollouts = 2
+  config.distill.epochs = 1
+  config.final.epochs = 2
+  return config
+
+
+@pytest.fixture(scope='session')
+def teacher_dir(tmp_path_factory):
+  """A tiny digits teacher trained once; copy it into a workdir with
+  `workdir_with_teacher`."""
+  from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = tiny_search(load_config('digits'))
+  config.mode = 'teacher'
+  config.runtime.compilation_cache_dir = ''
+  config.runtime.progress = False
+  path = tmp_path_factory.mktemp('teacher')
+  experiment.run(config, str(path))
+  return path
+
+
+def workdir_with_teacher(teacher_dir, path):
+  shutil.copytree(teacher_dir, path)
+  return str(path)
+
+
+def without_timing(records):
+  return [{k: v for k, v in r.items() if k != 'seconds'} for r in records]
+
+
+# Fuzz tests (tests/test_fuzz.py) count every case they try here, by target and
+# outcome, and the summary at the end of the run prints the totals, so a run
+# shows how much was tried and not only that nothing failed.
+_FUZZ_CASES = collections.defaultdict(collections.Counter)
+
+
+@pytest.fixture(scope='session')
+def fuzz_cases():
+  """{target: Counter(outcome -> cases)}; add one per case tried."""
+  return _FUZZ_CASES
+
+
+def pytest_terminal_summary(terminalreporter):
+  if not _FUZZ_CASES:
+    return
+  parts = []
+  for target, outcomes in _FUZZ_CASES.items():
+    detail = ', '.join(f'{n} {outcome}' for outcome, n in outcomes.most_common())
+    parts.append(f'{target} {sum(outcomes.values())} cases ({detail})')
+  terminalreporter.write_line('fuzzed: ' + '; '.join(parts))

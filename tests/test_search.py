@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -16,44 +15,11 @@ from n2n_jax import report
 from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
-
-
-def tiny(config):
-  config.mode = 'compress'
-  config.data.max_train_examples = 256
-  config.teacher.epochs = 3
-  config.search.stage1_iterations = 2
-  config.search.stage2_iterations = 2
-  config.search.rollouts = 2
-  config.distill.epochs = 1
-  config.final.epochs = 2
-  return config
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  """A tiny digits teacher trained once and copied into each test's workdir."""
-  import conftest
-  config = tiny(conftest.load_config('digits'))
-  config.mode = 'teacher'
-  config.runtime.compilation_cache_dir = ''
-  config.runtime.progress = False
-  path = tmp_path_factory.mktemp('teacher')
-  experiment.run(config, str(path))
-  return path
-
-
-def workdir_with_teacher(teacher_dir, path):
-  shutil.copytree(teacher_dir, path)
-  return str(path)
-
-
-def without_timing(records):
-  return [{k: v for k, v in r.items() if k != 'seconds'} for r in records]
+from conftest import tiny_search, workdir_with_teacher, without_timing
 
 
 def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
-  config = tiny(config_factory('digits'))
+  config = tiny_search(config_factory('digits'))
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   summary = experiment.run(config, workdir)
 
@@ -104,7 +70,7 @@ class Crash(Exception):
 
 def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_dir, tmp_path,
                                                        monkeypatch):
-  config = tiny(config_factory('digits'))
+  config = tiny_search(config_factory('digits'))
   straight = experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'a'))
 
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'b')
@@ -133,7 +99,7 @@ def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_d
 
 def test_resume_with_other_config_is_refused_unless_restart(config_factory, teacher_dir,
                                                             tmp_path):
-  config = tiny(config_factory('digits'))
+  config = tiny_search(config_factory('digits'))
   config.search.stage2_iterations = 0
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   experiment.run(config, workdir)
@@ -147,14 +113,14 @@ def test_resume_with_other_config_is_refused_unless_restart(config_factory, teac
 
 
 def test_init_from_without_policies_says_so(config_factory, teacher_dir, tmp_path):
-  config = tiny(config_factory('digits'))
+  config = tiny_search(config_factory('digits'))
   config.policy.init_from = str(tmp_path / 'empty')
   with pytest.raises(search.ResumeMismatch, match='holds no trained policies'):
     experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'run'))
 
 
 def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir, tmp_path):
-  config = tiny(config_factory('digits'))
+  config = tiny_search(config_factory('digits'))
   config.search.stage2_iterations = 1
   donor = workdir_with_teacher(teacher_dir, tmp_path / 'donor')
   experiment.run(config, donor)
@@ -177,7 +143,7 @@ def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir,
 def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoint(
     config_factory, teacher_dir, tmp_path, monkeypatch):
   from n2n_jax import reward as reward_lib
-  config = tiny(config_factory('digits'))
+  config = tiny_search(config_factory('digits'))
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   calls = []
 

@@ -1,0 +1,297 @@
+"""Damaged state and numerical faults: a run falls back to the last good
+checkpoint with a warning, or refuses with a clear message, and a broken
+student scores -1 with its reason while the search goes on."""
+
+import collections
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from n2n_jax import checkpoint as checkpoint_lib
+from n2n_jax import data as data_lib
+from n2n_jax import evaluator as E
+from n2n_jax import experiment
+from n2n_jax import models
+from n2n_jax import preemption
+from n2n_jax import report
+from n2n_jax import search
+from n2n_jax import spec as S
+from n2n_jax import teacher as teacher_lib
+from n2n_jax import train as train_lib
+from n2n_jax import zoo
+from conftest import tiny_search, workdir_with_teacher, without_timing
+
+
+def search_config(config_factory):
+  config = tiny_search(config_factory('digits'))
+  config.search.stage2_iterations = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory, teacher_dir):
+  """A finished tiny search: its workdir (copied per test) and its summary."""
+  import conftest
+  config = search_config(lambda name: _quiet(conftest.load_config(name)))
+  path = tmp_path_factory.mktemp('finished') / 'run'
+  summary = experiment.run(config, workdir_with_teacher(teacher_dir, path))
+  return path, summary
+
+
+def _quiet(config):
+  config.runtime.compilation_cache_dir = ''
+  config.runtime.progress = False
+  return config
+
+
+def copy_of(finished, tmp_path):
+  path = tmp_path / 'run'
+  shutil.copytree(finished[0], path)
+  return str(path)
+
+
+def step_dir(workdir, step):
+  return os.path.join(workdir, checkpoint_lib.SEARCH_DIR, str(step))
+
+
+def flip_bytes(path):
+  with open(path, 'r+b') as f:
+    data = bytearray(f.read())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(255 - b for b in data[middle:middle + 8])
+    f.seek(0)
+    f.write(data)
+
+
+def largest_file(folder):
+  files = [os.path.join(root, f) for root, _, names in os.walk(folder) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+def same_result(a, b):
+  assert a['student']['spec'] == b['student']['spec']
+  assert a['student']['params'] == b['student']['params']
+  assert a['student']['val_accuracy'] == b['student']['val_accuracy']
+  assert a['student']['test_accuracy'] == b['student']['test_accuracy']
+
+
+def test_damaged_latest_search_checkpoint_falls_back_to_the_one_before(
+    config_factory, finished, tmp_path):
+  workdir = copy_of(finished, tmp_path)
+  ckpts = checkpoint_lib.Checkpoints(workdir)
+  latest = ckpts.latest_step()
+  ckpts.close()
+  # Bytes flipped inside the array data: orbax reads it without complaint, the checksum does not.
+  flip_bytes(largest_file(os.path.join(step_dir(workdir, latest), 'arrays')))
+  with pytest.warns(UserWarning, match=rf'{checkpoint_lib.SEARCH_DIR}/{latest} is damaged .*'
+                    rf'resuming from step {latest - 1}'):
+    summary = experiment.run(search_config(config_factory), workdir)
+  same_result(summary, finished[1])
+  assert without_timing(report.read_metrics(workdir)) == without_timing(
+      report.read_metrics(str(finished[0])))
+  moved = os.listdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR))
+  assert moved and moved[0].startswith(f'{checkpoint_lib.SEARCH_DIR}-{latest}-')
+
+
+def test_edited_checkpoint_record_is_caught_by_its_checksum(config_factory, finished, tmp_path):
+  workdir = copy_of(finished, tmp_path)
+  latest = checkpoint_lib.Checkpoints(workdir).latest_step()
+  path = os.path.join(step_dir(workdir, latest), 'meta', 'metadata')
+  with open(path) as f:
+    meta = json.load(f)
+  meta['best']['reward'] += 0.5  # still valid JSON, but not what was written
+  with open(path, 'w') as f:
+    json.dump(meta, f)
+  with pytest.warns(UserWarning, match='checksum mismatch'):
+    summary = experiment.run(search_config(config_factory), workdir)
+  same_result(summary, finished[1])
+
+
+def test_every_checkpoint_damaged_is_refused_with_the_remedy(config_factory, finished,
+                                                             tmp_path):
+  workdir = copy_of(finished, tmp_path)
+  steps = checkpoint_lib.Checkpoints(workdir)._manager.all_steps()
+  assert len(steps) == 2
+  for step in steps:
+    with open(os.path.join(step_dir(workdir, step), 'meta', 'metadata'), 'r+') as f:
+      f.truncate(100)  # cut mid-write
+  with pytest.raises(checkpoint_lib.CheckpointDamaged,
+                     match=r'can be read back intact .*step \d+: .*search.restart=True'):
+    experiment.run(search_config(config_factory), workdir)
+  # Nothing was moved or deleted: the user decides.
+  assert sorted(checkpoint_lib.Checkpoints(workdir)._manager.all_steps()) == sorted(steps)
+  config = search_config(config_factory)
+  config.search.restart = True
+  same_result(experiment.run(config, workdir), finished[1])
+
+
+def test_metrics_cut_mid_line_is_rewritten_from_the_checkpoint(config_factory, finished,
+                                                               tmp_path):
+  workdir = copy_of(finished, tmp_path)
+  path = os.path.join(workdir, report.METRICS_FILE)
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) - 40])
+  with pytest.warns(UserWarning, match='cut'):
+    assert len(report.read_metrics(workdir)) == len(data.splitlines()) - 1
+  experiment.run(search_config(config_factory), workdir)
+  with open(path, 'rb') as f:
+    assert f.read() == data  # the checkpoint's records, byte for byte
+
+
+@pytest.mark.parametrize('damage', ['no_checkpoint', 'flipped_weights', 'cut_record'])
+def test_damaged_teacher_is_refused_naming_the_file_and_the_fix(config_factory, teacher_dir,
+                                                                 tmp_path, damage):
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  checkpoint = os.path.join(workdir, teacher_lib.CHECKPOINT_DIR)
+  record = os.path.join(workdir, teacher_lib.RECORD_FILE)
+  if damage == 'no_checkpoint':
+    shutil.rmtree(checkpoint)
+    expected = 'teacher_checkpoint cannot be read'
+  elif damage == 'flipped_weights':
+    flip_bytes(largest_file(os.path.join(checkpoint, 'ocdbt.process_0')))
+    expected = 'checksum mismatch|cannot be read'
+  else:
+    with open(record, 'r+') as f:
+      f.truncate(os.path.getsize(record) // 2)
+    expected = 'teacher.json is damaged'
+  with pytest.raises(teacher_lib.TeacherDamaged, match=expected) as error:
+    experiment.run(search_config(config_factory), workdir)
+  assert f'Delete {record}' in str(error.value)
+  assert isinstance(error.value, experiment.USER_ERRORS)  # one line from the CLI, exit 2
+
+
+def test_teacher_training_resumes_from_saved_progress(config_factory, tmp_path, monkeypatch):
+  """SIGTERM inside epoch 2 of 4: the epoch finishes, is saved, the run stops;
+  the rerun trains epochs 3 and 4 and ends with the same teacher as an
+  uninterrupted run."""
+  config = tiny_search(config_factory('digits'))
+  config.mode = 'teacher'
+  config.teacher.epochs = 4
+  config.runtime.teacher_checkpoint_seconds = 0
+  straight = experiment.run(config, str(tmp_path / 'straight'))
+
+  real_accuracy = train_lib.accuracy
+  calls = []
+
+  def sigterm_in_second_epoch(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the validation pass inside epoch 2
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_accuracy(*args, **kwargs)
+
+  workdir = str(tmp_path / 'stopped')
+  monkeypatch.setattr(train_lib, 'accuracy', sigterm_in_second_epoch)
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.install()
+  try:
+    with pytest.raises(preemption.Preempted):
+      experiment.run(config, workdir)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  monkeypatch.undo()
+  saved = checkpoint_lib.Checkpoints(workdir, subdir=teacher_lib.PROGRESS_DIR)
+  assert saved.latest_step() == 2  # epoch 2 finished before the exit, and was saved
+  saved.close()
+  assert not os.path.exists(os.path.join(workdir, teacher_lib.RECORD_FILE))
+
+  resumed = experiment.run(config, workdir)
+  for key in ('val_accuracy', 'test_accuracy', 'train_accuracy'):
+    assert resumed[key] == straight[key]
+  with open(os.path.join(workdir, teacher_lib.RECORD_FILE)) as f:
+    history = json.load(f)['history']
+  with open(str(tmp_path / 'straight' / teacher_lib.RECORD_FILE)) as f:
+    assert history == json.load(f)['history']
+  assert not os.path.exists(os.path.join(workdir, teacher_lib.PROGRESS_DIR))
+
+
+# ---- numerical faults: reward -1 with the reason, the search goes on
+
+TEACHER = zoo.get('digits_cnn', (8, 8, 1), 10)
+
+
+@pytest.fixture(scope='module')
+def digits():
+  ds = data_lib.load(data_lib.default_data_config())
+  variables = models.init_variables(models.build(TEACHER), 0, (8, 8, 1))
+  return ds, train_lib.predict(models.build(TEACHER), variables, ds.train_images)
+
+
+def test_student_over_the_memory_limit_fails_before_compiling(digits):
+  ds, logits = digits
+  need = E.training_memory_bytes(TEACHER, 64)
+  assert need > 4 * 4 * 140_778  # at least parameters, gradients and Adam's two moments
+  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1), memory_limit_bytes=need - 1)
+  result = ev.train(TEACHER, jax.random.key(0), 0)
+  assert re.fullmatch(r'too large for device memory: training needs about \d+ MB, the limit '
+                      r'is \d+ MB', result.error)
+  assert result.compile_seconds == 0.0 and ev.compile_seconds == 0.0
+  fits = E.Evaluator(ds, logits, E.DistillSettings(epochs=1), memory_limit_bytes=need)
+  assert fits.train(TEACHER, jax.random.key(0), 0).error is None
+
+
+def test_non_finite_validation_logits_are_a_failure_not_an_accuracy(digits):
+  ds, logits = digits
+  # One corrupt validation image (NaN pixels) gives a linear student NaN
+  # logits, which argmax would quietly call class 0. (ReLU networks map NaN
+  # inputs to finite logits on XLA's CPU backend.)
+  val = np.asarray(ds.val_images).copy()
+  val[0] = np.nan
+  broken = dataclasses.replace(ds, val_images=jax.numpy.asarray(val))
+  linear = S.NetSpec('linear', (8, 8, 1), (S.Flatten(), S.Dense(10)))
+  result = E.Evaluator(broken, logits, E.DistillSettings(epochs=1)).train(
+      linear, jax.random.key(0), 0)
+  assert result.error == 'validation logits are not finite (NaN or Inf)'
+  assert np.isnan(result.accuracy)
+
+
+def test_failing_students_score_minus_one_and_the_search_goes_on(config_factory, teacher_dir,
+                                                                  tmp_path, monkeypatch):
+  config = search_config(config_factory)
+  config.search.stage2_iterations = 0
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  real_build = models.build
+  teacher_spec = teacher_lib.load(workdir).spec
+  students = []
+
+  def build_fails_for_the_first_student(spec):
+    # Fault injection: an exception while building one student.
+    if spec != teacher_spec:
+      students.append(spec)
+      if len(students) == 1:
+        raise RuntimeError('injected build failure')
+    return real_build(spec)
+
+  monkeypatch.setattr(models, 'build', build_fails_for_the_first_student)
+  # Programs compiled by earlier tests would skip the build.
+  monkeypatch.setattr(E, '_PROGRAMS', collections.OrderedDict())
+  experiment.run(config, workdir)
+  records = report.read_metrics(workdir)
+  assert len(records) == config.search.stage1_iterations  # the search went on
+  first = records[0]
+  failed = [i for i, why in enumerate(first['degenerate'])
+            if why == 'RuntimeError: injected build failure']
+  assert failed and all(first['rewards'][i] == -1.0 for i in failed)
+
+  # A memory limit no student fits: every one scores -1 with the reason, every
+  # iteration runs, and the run ends saying no usable student was found.
+  config.runtime.student_memory_limit_mb = 0.001
+  config.search.restart = True
+  monkeypatch.undo()
+  with pytest.raises(search.SearchError, match='no usable student'):
+    experiment.run(config, workdir)
+  records = report.read_metrics(workdir)
+  assert len(records) == config.search.stage1_iterations
+  for r in records:
+    for reward, why in zip(r['rewards'], r['degenerate']):
+      assert reward == -1.0
+      assert why.startswith(('too large for device memory', 'empty', 'dense_input',
+                             'invalid_shape', 'not_smaller'))
