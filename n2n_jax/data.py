@@ -109,6 +109,9 @@ _FOLDER_HINT = (
     "(the one holding 001.ak47/, 002.american-flag/, ...).")
 _IMAGE_SIZE_HINT = "e.g. 224 (the paper's Caltech-256 input) or 64 (fits a CPU machine)"
 _MAX_DECODE_THREADS = 8
+# Far above any input a network here is built for; beyond it one image alone needs over
+# 50 MB and the uint8 array of the whole split is allocated up front.
+MAX_IMAGE_SIZE = 4096
 
 _STD_FLOOR = 1e-6
 # Statistics are accumulated in float64 over chunks of about this many values, so a large
@@ -218,6 +221,10 @@ def validate_data_config(data_config) -> None:
       raise DataError(
           "data.image_size is 0, but data.source='folder' resizes every image to an "
           f"image_size x image_size square; set it, {_IMAGE_SIZE_HINT}.")
+    if image_size > MAX_IMAGE_SIZE:
+      raise DataError(
+          f"data.image_size={image_size} is over the limit of {MAX_IMAGE_SIZE}; every image "
+          f"is resized to an image_size x image_size square, {_IMAGE_SIZE_HINT}.")
   else:
     # Silently ignoring these would train on something other than what the config says.
     if image_size:
@@ -253,8 +260,13 @@ def describe_source(data_config) -> tuple[tuple[int, int, int], int]:
   if source == "idx":
     files = _idx_files(_field(data_config, "path"))
     header = read_idx_header(files["train_images"])
-    _, rows, cols = _expect_idx_rank(files["train_images"], header, 3)
+    count, rows, cols = _expect_idx_rank(files["train_images"], header, 3)
+    # Only the header is read, but a shape the file cannot hold must not pass for the input.
+    _check_declared_size(files["train_images"], header)
     labels = read_idx(files["train_labels"])
+    # The same checks load() makes, so a folder describe accepts is one load can read.
+    _expect_idx_rank(files["train_labels"], labels.shape, 1)
+    _expect_same_count(files["train_images"], count, files["train_labels"], len(labels))
     return (rows, cols, 1), _num_classes(labels, files["train_labels"])
   if source == "folder":
     size = _field(data_config, "image_size")
@@ -386,7 +398,13 @@ def _to_unit_nhwc(images: np.ndarray, max_value: float) -> np.ndarray:
 def _num_classes(labels: np.ndarray, where: str) -> int:
   if labels.size == 0:
     raise DataError(f"{where} holds no labels.")
-  return int(labels.max()) + 1
+  num_classes = int(labels.max()) + 1
+  if num_classes < 2:
+    # Every label 0: a one-class "classifier" would train to 100 % and compress to nothing.
+    raise DataError(
+        f"{where} labels every example 0, so there is only one class; a classifier needs at "
+        "least two. The file is damaged or is not the training labels.")
+  return num_classes
 
 
 # --------------------------------------------------------------------------- digits
@@ -441,6 +459,16 @@ def _max_payload_bytes(path: str, header_bytes: int) -> int:
   return size - header_bytes
 
 
+def _check_declared_size(path: str, dims: tuple[int, ...]) -> int:
+  """The data bytes the header declares, once the file is known to be big enough to hold them."""
+  num_bytes = math.prod(dims)
+  if num_bytes > _max_payload_bytes(path, 4 + 4 * len(dims)):
+    raise DataError(
+        f"IDX file {path} declares shape {dims} ({num_bytes} bytes), more than the file "
+        f"can hold ({os.path.getsize(path)} bytes on disk); it is truncated or corrupt.")
+  return num_bytes
+
+
 def _read_exactly(stream: typing.BinaryIO, num_bytes: int, path: str) -> bytearray:
   # Grows with what the stream really holds, so a lying header cannot make us
   # allocate its declared size up front (BufferedReader.read(n) would).
@@ -480,12 +508,7 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with _open_idx(path) as stream:
       dims = _parse_idx_header(stream, path)
-      num_bytes = math.prod(dims)
-      header_bytes = 4 + 4 * len(dims)
-      if num_bytes > _max_payload_bytes(path, header_bytes):
-        raise DataError(
-            f"IDX file {path} declares shape {dims} ({num_bytes} bytes), more than the file "
-            f"can hold ({os.path.getsize(path)} bytes on disk); it is truncated or corrupt.")
+      num_bytes = _check_declared_size(path, dims)
       payload = _read_exactly(stream, num_bytes, path)
   except (OSError, EOFError, zlib.error) as error:
     raise _unreadable_error(path, error) from error
@@ -518,11 +541,16 @@ def _read_idx_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.
   labels = read_idx(labels_path)
   _expect_idx_rank(images_path, images.shape, 3)
   _expect_idx_rank(labels_path, labels.shape, 1)
-  if len(images) != len(labels):
-    raise DataError(
-        f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
-        "labels; the files do not belong together.")
+  _expect_same_count(images_path, len(images), labels_path, len(labels))
   return images, labels
+
+
+def _expect_same_count(images_path: str, num_images: int, labels_path: str,
+                       num_labels: int) -> None:
+  if num_images != num_labels:
+    raise DataError(
+        f"{images_path} holds {num_images} images but {labels_path} holds {num_labels} "
+        "labels; the files do not belong together.")
 
 
 def _load_idx_folder(folder: str) -> tuple[tuple[Split, Split], int]:

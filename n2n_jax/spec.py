@@ -24,6 +24,8 @@ import dataclasses
 import json
 import math
 import numbers
+import reprlib
+import sys
 from typing import Any, Iterator, Sequence, Union
 
 # --------------------------------------------------------------------------
@@ -148,32 +150,82 @@ def layer_to_dict(layer) -> dict:
   return d
 
 
-def layer_from_dict(d: dict, where: str = 'layer'):
+# Limits on what a spec may declare. They are far beyond any real network, and
+# they keep a hostile or mistyped spec from reaching code that cannot cope:
+# XLA indexes array dimensions with int32 (and the policies turn sizes into
+# floats), a JSON text nested thousands deep would exhaust Python's stack, and a
+# Python dict reused at every level of a nest would expand exponentially.
+MAX_SIZE = 2**31 - 1  # any width, kernel, stride, padding or input dimension
+MAX_DEPTH = 32  # Residual/Concat blocks nested in one another
+MAX_LAYERS = 100_000  # layers in the whole spec, container contents included
+
+# Error messages quote user values through this, so a huge or deeply nested value
+# gives a short message instead of a megabyte of text (or a RecursionError).
+class _ShortRepr(reprlib.Repr):
+
+  def repr_int(self, x, level):
+    # repr() itself refuses integers over 4,300 digits (ValueError).
+    if x.bit_length() > 128:
+      return f'<an integer of {int(x.bit_length() * math.log10(2)) + 1:,} digits>'
+    return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+
+
+def _short(value) -> str:
+  return _SHORT.repr(value)
+
+
+class _Budget:
+  """Counts the layers `from_dict` builds, against MAX_LAYERS."""
+
+  def __init__(self):
+    self.layers = 0
+
+  def take(self, where):
+    self.layers += 1
+    if self.layers > MAX_LAYERS:
+      raise SpecError(f'{where}: the spec has more than {MAX_LAYERS:,} layers; '
+                      'that is no real network')
+
+
+def layer_from_dict(d: dict, where: str = 'layer', *, _depth: int = 0, _budget=None):
+  budget = _Budget() if _budget is None else _budget
+  budget.take(where)
   if not isinstance(d, dict) or 'type' not in d:
-    raise SpecError(f'{where}: expected an object with a "type" field, got {d!r:.80}')
+    raise SpecError(f'{where}: expected an object with a "type" field, got {_short(d)}')
   kind = d['type']
   if not isinstance(kind, str) or kind not in _BY_NAME:
-    raise SpecError(f'{where}: unknown layer type {kind!r}; valid types: '
+    raise SpecError(f'{where}: unknown layer type {_short(kind)}; valid types: '
                     f'{", ".join(sorted(_BY_NAME))}')
   cls = _BY_NAME[kind]
   fields = {k: v for k, v in d.items() if k != 'type'}
   known = {f.name: f for f in dataclasses.fields(cls)}
   unknown = set(fields) - set(known)
   if unknown:
-    raise SpecError(f'{where}: {kind} has no field(s) {sorted(unknown)}; '
+    # key=repr: keys of a Python dict need not be strings, nor comparable.
+    names = ', '.join(_short(k) for k in sorted(unknown, key=repr)[:10])
+    raise SpecError(f'{where}: {kind} has no field(s) [{names}]; '
                     f'valid fields: {sorted(known)}')
+  if cls in _CONTAINERS and _depth >= MAX_DEPTH:
+    raise SpecError(f'{where}: {kind} blocks are nested more than {MAX_DEPTH} deep')
+  sub = dict(_depth=_depth + 1, _budget=budget)
   if cls is Residual:
     return Residual(*(
-        tuple(layer_from_dict(l, f'{where}.{part}[{i}]')
+        tuple(layer_from_dict(l, f'{where}.{part}[{i}]', **sub)
               for i, l in enumerate(_json_list(fields.get(part, []), f'{where}: Residual.{part}')))
         for part in ('main', 'shortcut')))
   if cls is Concat:
     branches = _json_list(fields.get('branches', []), f'{where}: Concat.branches')
     if not all(isinstance(b, list) for b in branches):
       raise SpecError(f'{where}: Concat.branches must be a list of lists of layers, '
-                      f'got {branches!r:.80}')
+                      f'got {_short(branches)}')
     return Concat(tuple(
-        tuple(layer_from_dict(l, f'{where}.branches[{b}][{i}]') for i, l in enumerate(branch))
+        tuple(layer_from_dict(l, f'{where}.branches[{b}][{i}]', **sub)
+              for i, l in enumerate(branch))
         for b, branch in enumerate(branches)))
   try:
     layer = cls(**fields)
@@ -185,7 +237,7 @@ def layer_from_dict(d: dict, where: str = 'layer'):
 
 def _json_list(value, what):
   if not isinstance(value, list):
-    raise SpecError(f'{what} must be a list of layers, got {value!r:.80}')
+    raise SpecError(f'{what} must be a list of layers, got {_short(value)}')
   return value
 
 
@@ -194,6 +246,9 @@ def _check_field_types(layer, where):
     value = getattr(layer, f.name)
     if f.type in ('int', int):
       ok = isinstance(value, int) and not isinstance(value, bool)
+      if ok and abs(value) > MAX_SIZE:
+        raise SpecError(f'{where}: {type(layer).__name__}.{f.name} is {_short(value)}, '
+                        f'beyond the limit of {MAX_SIZE:,}')
     elif f.type in ('bool', bool):
       ok = isinstance(value, bool)
     elif f.type in ('float', float):
@@ -202,7 +257,15 @@ def _check_field_types(layer, where):
       ok = True
     if not ok:
       raise SpecError(f'{where}: {type(layer).__name__}.{f.name} must be '
-                      f'{f.type}, got {value!r}')
+                      f'{f.type}, got {_short(value)}')
+
+
+def _check_input_shape(shape, what):
+  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+      or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                 and 0 < s <= MAX_SIZE for s in shape)):
+    raise SpecError(f'{what} must be three positive integers (H, W, C) of at most '
+                    f'{MAX_SIZE:,}, got {_short(shape)}')
 
 
 def to_dict(spec: NetSpec) -> dict:
@@ -216,14 +279,22 @@ def from_dict(d: dict) -> NetSpec:
   missing = {'input_shape', 'layers'} - set(d)
   if missing:
     raise SpecError(f'spec is missing field(s) {sorted(missing)}')
-  shape = d['input_shape']
-  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-      or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-    raise SpecError(f'input_shape must be three positive integers (H, W, C), got {shape!r}')
+  unknown = set(d) - {'name', 'input_shape', 'layers'}
+  if unknown:
+    # A misspelt "layers" or "name" would otherwise be dropped without a word.
+    names = ', '.join(_short(k) for k in sorted(unknown, key=repr)[:10])
+    raise SpecError(f'spec has unknown field(s) [{names}]; valid fields: '
+                    "['input_shape', 'layers', 'name']")
+  name = d.get('name', 'custom')
+  if not isinstance(name, str):
+    raise SpecError(f'name must be a string, got {type(name).__name__}')
+  _check_input_shape(d['input_shape'], 'input_shape')
   if not isinstance(d['layers'], list):
-    raise SpecError('layers must be a list')
-  layers = tuple(layer_from_dict(l, f'layers[{i}]') for i, l in enumerate(d['layers']))
-  return NetSpec(str(d.get('name', 'custom')), tuple(shape), layers)
+    raise SpecError(f'layers must be a list, got {type(d["layers"]).__name__}')
+  budget = _Budget()
+  layers = tuple(layer_from_dict(l, f'layers[{i}]', _budget=budget)
+                 for i, l in enumerate(d['layers']))
+  return NetSpec(name, tuple(d['input_shape']), layers)
 
 
 def to_json(spec: NetSpec, **kwargs) -> str:
@@ -231,11 +302,27 @@ def to_json(spec: NetSpec, **kwargs) -> str:
 
 
 def from_json(text: str) -> NetSpec:
+  if not isinstance(text, (str, bytes, bytearray)):
+    raise SpecError(f'a spec must be JSON text, got {type(text).__name__}')
   try:
     d = json.loads(text)
   except json.JSONDecodeError as e:
-    raise SpecError(f'spec is not valid JSON: {e}') from None
+    raise SpecError(f'spec is not valid JSON: {_short_text(e)}') from None
+  except UnicodeDecodeError as e:
+    raise SpecError(f'spec is not UTF-8 text: {_short_text(e)}') from None
+  except ValueError:
+    # The one other ValueError json.loads raises: an integer too long to convert.
+    raise SpecError('spec is not usable JSON: it holds an integer of more than '
+                    f'{sys.get_int_max_str_digits():,} digits') from None
+  except RecursionError:
+    raise SpecError('spec is not usable JSON: its arrays and objects are nested too deeply '
+                    f'to parse (a spec nests at most {MAX_DEPTH} blocks)') from None
   return from_dict(d)
+
+
+def _short_text(error) -> str:
+  text = str(error)
+  return text if len(text) <= 200 else text[:200] + '...'
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +345,10 @@ def _check_positive(layer, where, *names):
   for n in names:
     v = getattr(layer, n)
     if v < 1:
-      raise SpecError(f'{where} ({type(layer).__name__}): {n} must be >= 1, got {v}')
+      raise SpecError(f'{where} ({type(layer).__name__}): {n} must be >= 1, got {_short(v)}')
+    if v > MAX_SIZE:  # specs built in Python skip from_dict's check
+      raise SpecError(f'{where} ({type(layer).__name__}): {n} is {_short(v)}, beyond the '
+                      f'limit of {MAX_SIZE:,}')
 
 
 def _layer_stats(layer, shape: tuple, where: str) -> LayerStats:
@@ -352,8 +442,7 @@ def _sequence_stats(layers, shape, where) -> list:
 def layer_stats(spec: NetSpec, input_shape: Sequence[int] | None = None) -> list:
   """Per top-level layer: input/output shape, params and FLOPs. Raises SpecError."""
   shape = tuple(input_shape) if input_shape is not None else spec.input_shape
-  if len(shape) != 3 or min(shape) < 1:
-    raise SpecError(f'input shape must be (H, W, C) with positive sizes, got {shape}')
+  _check_input_shape(shape, 'input shape')
   return _sequence_stats(spec.layers, shape, 'layers')
 
 

@@ -166,14 +166,14 @@ def check_shrunk(student, teacher, round_to, kernels):
 
 def check_residuals_aligned(spec):
   shape = spec.input_shape
-  for layer, st in zip(spec.layers, S.layer_stats(spec)):
+  for layer, stats in zip(spec.layers, S.layer_stats(spec)):
     if isinstance(layer, Residual):
       main = S.layer_stats(NetSpec('m', shape, layer.main)) if layer.main else []
       short = S.layer_stats(NetSpec('s', shape, layer.shortcut)) if layer.shortcut else []
       main_out = main[-1].out_shape if main else shape
       short_out = short[-1].out_shape if short else shape
-      assert main_out == short_out == st.out_shape
-    shape = st.out_shape
+      assert main_out == short_out == stats.out_shape
+    shape = stats.out_shape
 
 
 def check_model(student, run_forward):
