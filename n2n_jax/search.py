@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -169,11 +170,13 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   sample_key, train_key = jax.random.split(key)
   actions = np.asarray(_sample(stage, state.params, sample_key, config.search.rollouts))
   students = [stage.to_student(a, config, ctx.teacher_params) for a in actions]
+  trainable = [i for i, s in enumerate(students) if not spec_lib.is_degenerate(s)]
+  trained = ctx.evaluator.train_many(
+      [(students[i], jax.random.fold_in(train_key, i)) for i in trainable], config.seed)
+  results = dict(zip(trainable, trained))
   rewards, accuracies, params, degenerate, violations = [], [], [], [], []
   for i, student in enumerate(students):
-    result = evaluator_lib.StudentResult(float('nan'), None)
-    if not spec_lib.is_degenerate(student):
-      result = ctx.evaluator.train(student, jax.random.fold_in(train_key, i), config.seed)
+    result = results.get(i, evaluator_lib.StudentResult(float('nan'), None))
     r, why, broken = _score(ctx, student, result, iteration - 1)
     rewards.append(float(r))
     accuracies.append(None if math.isnan(result.accuracy) else float(result.accuracy))
@@ -249,6 +252,13 @@ def _policy_states(config, stage1, key, init_from: str) -> dict:
   return states
 
 
+def student_devices(count: int) -> list:
+  """The devices an iteration's students are spread over: the first `count`
+  local devices (0 = all of them)."""
+  local = jax.local_devices()
+  return local[:count] if count else local
+
+
 # What a search writes besides its checkpoints; a restart removes it all.
 OUTPUTS = (report.METRICS_FILE, report.SUMMARY_FILE, report.TENSORBOARD_DIR, 'report.md',
            'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png', STUDENT_DIR)
@@ -298,7 +308,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
       evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay,
                                     init=d.init, max_train_examples=d.max_train_examples),
       config.runtime.epoch_mode, teacher.variables,
-      memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20))
+      memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
+      devices=student_devices(config.runtime.student_devices))
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
                  if (k.max_params or k.max_flops) else None)
@@ -325,7 +336,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
         stage = shrink_stage(config, spec_lib.from_dict(meta['stage2_source']))
         if stage.iterations and not len(stage.features):
           # Nothing to shrink (only the class layer has a width): stage 2 has no actions.
-          tqdm.tqdm.write(f'stage 2 skipped: {stage.source.name} has no shrinkable layer')
+          tqdm.tqdm.write(f'stage 2 skipped: {stage.source.name} has no shrinkable layer',
+                          file=sys.stderr)
           break
       update = reinforce.make_update(stage.policy, reinforce.make_optimizer(stage.learning_rate),
                                      name, config.policy.method, config.policy.baseline,

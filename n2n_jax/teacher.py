@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import warnings
 
@@ -240,7 +241,7 @@ class _ProgressSaver:
       return state, [], 0.0
     self.saved_epochs = len(meta['history'])
     tqdm.tqdm.write(f'teacher training resumes after epoch {self.saved_epochs} '
-                    f'(saved in {self.ckpts.directory})')
+                    f'(saved in {self.ckpts.directory})', file=sys.stderr)
     return restored, meta['history'], meta['seconds']
 
   def maybe_save(self, state, history, seconds) -> None:

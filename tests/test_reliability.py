@@ -9,6 +9,9 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -211,6 +214,59 @@ def test_teacher_training_resumes_from_saved_progress(config_factory, tmp_path, 
   with open(str(tmp_path / 'straight' / teacher_lib.RECORD_FILE)) as f:
     assert history == json.load(f)['history']
   assert not os.path.exists(os.path.join(workdir, teacher_lib.PROGRESS_DIR))
+
+
+def test_sigterm_during_a_search_keeps_the_last_iteration(config_factory, finished, teacher_dir,
+                                                          tmp_path, monkeypatch):
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  real_train_many = E.Evaluator.train_many
+  iterations = []
+
+  def sigterm_in_second_iteration(self, jobs, seed):
+    iterations.append(1)
+    if len(iterations) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # a preemption while students train
+    return real_train_many(self, jobs, seed)
+
+  monkeypatch.setattr(E.Evaluator, 'train_many', sigterm_in_second_iteration)
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.install()
+  try:
+    with pytest.raises(preemption.Preempted):
+      experiment.run(search_config(config_factory), workdir)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  monkeypatch.undo()
+  assert checkpoint_lib.Checkpoints(workdir).latest_step() == 1
+  assert len(report.read_metrics(workdir)) == 1
+  same_result(experiment.run(search_config(config_factory), workdir), finished[1])
+
+
+def test_cli_exits_143_on_sigterm_and_the_rerun_resumes(tmp_path):
+  command = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
+             f'--workdir={tmp_path}', '--config.mode=teacher', '--config.teacher.epochs=6',
+             '--config.data.max_train_examples=256',
+             '--config.runtime.teacher_checkpoint_seconds=0', '--config.runtime.progress=False',
+             '--config.runtime.compilation_cache_dir=']
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  process = subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True)
+  progress = tmp_path / teacher_lib.PROGRESS_DIR
+  deadline = time.monotonic() + 300
+  while not (progress.is_dir() and any(p.name.isdigit() for p in progress.iterdir())):
+    assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == preemption.EXIT_CODE, stderr
+  assert 'stopped by signal SIGTERM: progress is saved in' in stderr
+  assert 'run the same command again to resume' in stderr
+  assert 'Traceback' not in stderr
+
+  done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  assert re.search(r'teacher training resumes after epoch \d+', done.stderr)
+  with open(tmp_path / teacher_lib.RECORD_FILE) as f:
+    assert len(json.load(f)['history']) == 6
 
 
 # ---- numerical faults: reward -1 with the reason, the search goes on
