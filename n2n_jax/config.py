@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (reason recorded) instead of being compiled; 0 uses the device's own limit
   # where JAX reports one (GPUs, TPUs), none on CPUs.
   c.runtime.student_memory_limit_mb = 0.0
+  # The search trains an iteration's students concurrently, one per device,
+  # over this many local devices (0 = all); results do not depend on it.
+  c.runtime.student_devices = 0
   return c
 
 
@@ -266,6 +269,7 @@ def validate(config) -> None:
   r = config.runtime
   _one_of(r.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
   _non_negative(r.teacher_checkpoint_seconds, 'runtime.teacher_checkpoint_seconds')
+  _int_in(r.student_devices, 'runtime.student_devices', 0, what='an integer >= 0 (0 = all)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.

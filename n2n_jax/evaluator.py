@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import time
 import zlib
 
@@ -64,6 +65,7 @@ def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
 # student seen during the search, or a second search reuses them.
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _MAX_PROGRAMS = 512
+_PROGRAMS_LOCK = threading.Lock()  # students on several devices compile in threads
 
 
 def training_memory_bytes(spec: spec_lib.NetSpec, batch_size: int) -> int:
@@ -90,11 +92,17 @@ class Evaluator:
   """Distils students from `teacher_logits` (the teacher's logits on
   dataset.train_images, computed once by the caller). A student whose
   estimated training memory exceeds `memory_limit_bytes` (default: the
-  device's own limit, if known) fails without being compiled."""
+  device's own limit, if known) fails without being compiled.
+
+  `train_many` spreads students over `devices` (default: the first device
+  only), one thread per device, each device holding its own copy of the data:
+  the students of an iteration train concurrently, and each result is the
+  same as on one device, because a student's result depends only on its spec,
+  its key and the seed."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
-               memory_limit_bytes: int | None = None):
+               memory_limit_bytes: int | None = None, devices=None):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -116,15 +124,30 @@ class Evaluator:
     else:
       images, labels = dataset.train_images, dataset.train_labels
     self.data = train_lib.Data(images, labels, teacher_logits)
+    self.devices = list(devices) if devices else jax.devices()[:1]
+    self._copies = {}  # device -> (Data, val images, val labels) resident there
+    self._lock = threading.Lock()
     self.compile_seconds = 0.0  # all compiling done so far, for the run's time split
 
-  def _program(self, spec: spec_lib.NetSpec) -> tuple:
-    """The compiled programs for `spec` (cached), and the seconds spent compiling."""
-    data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(self.data))
-    key = (spec, self.settings, self.epoch_mode, data_shapes)
-    if key in _PROGRAMS:
-      _PROGRAMS.move_to_end(key)
-      return _PROGRAMS[key], 0.0
+  def _resident(self, device) -> tuple:
+    """(training Data, validation images, labels) on `device`, copied once."""
+    with self._lock:
+      if device not in self._copies:
+        self._copies[device] = jax.device_put(
+            (self.data, self.dataset.val_images, self.dataset.val_labels), device)
+      return self._copies[device]
+
+  def _program(self, spec: spec_lib.NetSpec, device=None) -> tuple:
+    """The compiled programs for `spec` on `device` (cached), and the seconds
+    spent compiling. A compiled program serves only the device it was built for."""
+    device = device or self.devices[0]
+    data = self._resident(device)[0]
+    data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(data))
+    key = (spec, self.settings, self.epoch_mode, data_shapes, device)
+    with _PROGRAMS_LOCK:
+      if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key], 0.0
     s = self.settings
     model = models.build(spec)
     steps = max(1, self.data.images.shape[0] // s.batch_size)
@@ -134,19 +157,49 @@ class Evaluator:
     runner = train_lib.EpochRunner(step, self.epoch_mode)
     shapes = models.variable_shapes(model, spec.input_shape)
     abstract_state = jax.eval_shape(lambda v: train_lib.TrainState.create(v, tx), shapes)
-    seconds = runner.compile(abstract_state, self.data, s.batch_size)
+    with jax.default_device(device):
+      seconds = runner.compile(abstract_state, data, s.batch_size)
     program = _Program(model, tx, runner)
-    _PROGRAMS[key] = program
-    if len(_PROGRAMS) > _MAX_PROGRAMS:
-      _PROGRAMS.popitem(last=False)
-    self.compile_seconds += seconds
+    with _PROGRAMS_LOCK:
+      _PROGRAMS[key] = program
+      if len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    with self._lock:
+      self.compile_seconds += seconds
     return program, seconds
 
+  def train_many(self, jobs, seed: int) -> list:
+    """StudentResults for [(spec, key), ...], in order: job i runs on
+    devices[i % len(devices)], the devices concurrently."""
+    if len(self.devices) == 1 or len(jobs) <= 1:
+      return [self.train(spec, key, seed) for spec, key in jobs]
+    results = [None] * len(jobs)
+
+    def work(d):
+      for i in range(d, len(jobs), len(self.devices)):
+        results[i] = self.train(*jobs[i], seed, device=self.devices[d])
+
+    # Daemon threads: a SIGTERM in the main thread ends the process without
+    # waiting for students still training (their work is redone on resume).
+    threads = [threading.Thread(target=work, args=(d,), daemon=True)
+               for d in range(min(len(self.devices), len(jobs)))]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    return results
+
   def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
-            progress=None) -> StudentResult:
-    """Train one student for settings.epochs and measure validation accuracy.
-    Failures (a spec that cannot be built, a non-finite loss, an error while
-    compiling or running) come back as StudentResult.error, never as exceptions."""
+            progress=None, device=None) -> StudentResult:
+    """Train one student for settings.epochs on `device` (default: the first
+    of `devices`) and measure validation accuracy. Failures (a spec that
+    cannot be built, a non-finite loss, an error while compiling or running)
+    come back as StudentResult.error, never as exceptions."""
+    device = device or self.devices[0]
+    with jax.default_device(device):
+      return self._train(spec, key, seed, keep_variables, progress, device)
+
+  def _train(self, spec, key, seed, keep_variables, progress, device) -> StudentResult:
     start = time.perf_counter()
     compile_s = 0.0
     try:
@@ -156,24 +209,26 @@ class Evaluator:
           return StudentResult(float('nan'), f'too large for device memory: training needs '
                                f'about {need / 2**20:.0f} MB, the limit is '
                                f'{self.memory_limit_bytes / 2**20:.0f} MB')
-      program, compile_s = self._program(spec)
+      program, compile_s = self._program(spec, device)
+      data, val_images, val_labels = self._resident(device)
       variables = models.init_variables(program.model, student_seed(spec, seed), spec.input_shape)
       if self.settings.init == 'teacher':
         variables, _ = models.inherit_variables(variables, self.teacher_variables)
-      state = train_lib.TrainState.create(variables, program.tx)
+      # Teacher weights live on the first device; the program runs on `device`.
+      state = train_lib.TrainState.create(jax.device_put(variables, device), program.tx)
       for epoch in range(self.settings.epochs):
-        state, metrics = program.runner.run(state, self.data, jax.random.fold_in(key, epoch),
+        state, metrics = program.runner.run(state, data, jax.random.fold_in(key, epoch),
                                             self.settings.batch_size)
         if not np.isfinite(metrics['loss']):
           return StudentResult(float('nan'), f'training loss is {metrics["loss"]} at epoch '
                                f'{epoch + 1}', time.perf_counter() - start - compile_s, compile_s)
         if progress is not None:
           progress(epoch + 1, metrics)
-      logits = train_lib.predict(program.model, state.variables, self.dataset.val_images)
+      logits = train_lib.predict(program.model, state.variables, val_images)
       if not train_lib.is_finite(logits):
         return StudentResult(float('nan'), 'validation logits are not finite (NaN or Inf)',
                              time.perf_counter() - start - compile_s, compile_s)
-      accuracy = train_lib.accuracy_of(logits, self.dataset.val_labels)
+      accuracy = train_lib.accuracy_of(logits, val_labels)
     except Exception as e:  # pylint: disable=broad-except
       # One broken student must not end a search of hundreds: record why.
       reason = f'{type(e).__name__}: {e}'.splitlines()[0][:300]

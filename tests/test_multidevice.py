@@ -1,0 +1,84 @@
+"""Several devices give the same results as one.
+
+XLA fixes the device count when the backend starts, so the checks run in a
+child process with four CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4): this file is both the
+test and, run as a script, the child.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+DEVICES = 4
+
+
+def test_four_devices_give_the_same_results_as_one(tmp_path):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES}',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert report['devices'] == DEVICES
+  # The three students of each iteration trained concurrently on three devices
+  # (the final training on the first), and the search ended exactly where the
+  # one-device search does: same rewards, accuracies and student.
+  assert report['parallel_devices'] == [0, 1, 2]
+  assert report['single_devices'] == [0]
+  assert report['parallel']['records'] == report['single']['records']
+  assert report['parallel']['student'] == report['single']['student']
+  assert any(a is not None for r in report['single']['records'] for a in r['accuracies'])
+
+
+def _child(workdir):
+  import jax  # pylint: disable=g-import-not-at-top
+  here = os.path.dirname(os.path.abspath(__file__))
+  sys.path[:0] = [here, os.path.dirname(here)]  # conftest, and n2n_jax without an install
+  import conftest  # pylint: disable=g-import-not-at-top
+  from n2n_jax import evaluator as E, experiment, report  # pylint: disable=g-import-not-at-top,multiple-imports
+
+  def tiny_config(mode='compress'):
+    config = conftest.tiny_search(conftest.load_config('digits'))
+    config.search.stage2_iterations = 0
+    config.search.rollouts = 3
+    config.final.epochs = 1
+    config.mode = mode
+    config.runtime.compilation_cache_dir = ''
+    config.runtime.progress = False
+    return config
+
+  teacher_dir = os.path.join(workdir, 'teacher')
+  experiment.run(tiny_config('teacher'), teacher_dir)
+
+  # Which device each student of the search trained on.
+  placed = []
+  real_train = E.Evaluator._train
+
+  def record_device(self, spec, key, seed, keep, progress, device):
+    placed.append(jax.devices().index(device))
+    return real_train(self, spec, key, seed, keep, progress, device)
+
+  E.Evaluator._train = record_device
+
+  def search(student_devices, name):
+    placed.clear()
+    config = tiny_config()
+    config.runtime.student_devices = student_devices
+    summary = experiment.run(config, conftest.workdir_with_teacher(
+        teacher_dir, os.path.join(workdir, name)))
+    records = [{k: v for k, v in r.items() if k != 'seconds'}
+               for r in report.read_metrics(os.path.join(workdir, name))]
+    return {'student': {k: summary['student'][k] for k in
+                        ('spec', 'params', 'val_accuracy', 'test_accuracy')},
+            'records': records}, sorted(set(placed))
+
+  parallel, parallel_devices = search(0, 'parallel')
+  single, single_devices = search(1, 'single')
+  print(json.dumps({'devices': len(jax.devices()), 'parallel': parallel, 'single': single,
+                    'parallel_devices': parallel_devices, 'single_devices': single_devices}))
+
+
+if __name__ == '__main__':
+  _child(sys.argv[1])
