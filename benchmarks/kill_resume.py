@@ -61,13 +61,9 @@ JOB_OVERRIDES = (
 
 
 def job_overrides() -> tuple[str, ...]:
-  """JOB_OVERRIDES, plus teacher progress saved after every epoch where the
-  config has that setting, so that teacher training has checkpoints to hit too."""
-  sys.path.insert(0, ROOT)
-  from n2n_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  if 'teacher_checkpoint_seconds' in config_lib.base_config().runtime:
-    return JOB_OVERRIDES + ('--config.runtime.teacher_checkpoint_seconds=0',)
-  return JOB_OVERRIDES
+  """JOB_OVERRIDES, plus teacher progress saved after every epoch, so that
+  teacher training has checkpoints to hit too."""
+  return JOB_OVERRIDES + ('--config.runtime.teacher_checkpoint_seconds=0',)
 
 
 TMP_MARK = 'orbax-checkpoint-tmp'
