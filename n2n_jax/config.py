@@ -119,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The search trains an iteration's students concurrently, one per device,
   # over this many local devices (0 = all); results do not depend on it.
   c.runtime.student_devices = 0
+  # Teacher training splits each batch over this many local devices (0 = all;
+  # fewer when the batch size does not divide evenly).
+  c.runtime.teacher_devices = 0
   return c
 
 
@@ -269,7 +272,8 @@ def validate(config) -> None:
   r = config.runtime
   _one_of(r.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
   _non_negative(r.teacher_checkpoint_seconds, 'runtime.teacher_checkpoint_seconds')
-  _int_in(r.student_devices, 'runtime.student_devices', 0, what='an integer >= 0 (0 = all)')
+  for name in ('student_devices', 'teacher_devices'):
+    _int_in(r[name], f'runtime.{name}', 0, what='an integer >= 0 (0 = all)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.

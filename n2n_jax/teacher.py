@@ -141,15 +141,19 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
   if config.data.augment:
     from n2n_jax.data import augment_batch  # pylint: disable=g-import-not-at-top
     augment = augment_batch
+  # Data parallel over the local devices (as many as divide the batch size).
+  devices = jax.local_devices()[:config.runtime.teacher_devices or None]
+  mesh = train_lib.data_parallel_mesh(devices, t.batch_size)
   runner = train_lib.EpochRunner(
-      train_lib.make_step(model, tx, train_lib.cross_entropy, augment),
-      config.runtime.epoch_mode)
+      train_lib.make_step(model, tx, train_lib.cross_entropy, augment, mesh),
+      config.runtime.epoch_mode, mesh)
   state = train_lib.TrainState.create(variables, tx)
-  data = train_lib.Data(dataset.train_images, dataset.train_labels)
+  data = train_lib.replicate(train_lib.Data(dataset.train_images, dataset.train_labels), mesh)
 
   origin = config_lib.as_json(_origin(config, spec))
   saver = _ProgressSaver(workdir, origin, config.runtime.teacher_checkpoint_seconds)
   state, history, seconds_before = saver.resume(state)
+  state = train_lib.replicate(state, mesh)
   bar = tqdm.trange(t.epochs, desc=f'teacher {spec.name}', unit='epoch', initial=len(history),
                     disable=not progress, dynamic_ncols=True)
   try:
@@ -189,6 +193,7 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
       'normalisation': {'mean': dataset.mean, 'std': dataset.std},
       'seconds': round(seconds_before + time.time() - start, 2),
       'device': jax.devices()[0].device_kind,
+      'devices': 1 if mesh is None else mesh.size,  # data parallel over this many
       'history': history,
       'origin': config_lib.as_json(_origin(config, spec)),
   }

@@ -108,11 +108,15 @@ def _batch(data: Data, idx):
 
 
 def make_step(model, tx: optax.GradientTransformation, loss_fn: Callable,
-              augment: Callable | None = None) -> Callable:
-  """The un-jitted train step (state, data, idx, key) -> (state, metrics)."""
+              augment: Callable | None = None, mesh=None) -> Callable:
+  """The un-jitted train step (state, data, idx, key) -> (state, metrics).
+  With `mesh` (see data_parallel_mesh) the batch is split over its devices
+  and XLA sums the gradients across them: state and data are replicated."""
 
   def step(state: TrainState, data: Data, idx, key):
     images, labels, teacher = _batch(data, idx)
+    if mesh is not None:
+      images = jax.lax.with_sharding_constraint(images, batch_sharding(mesh, images.ndim))
     aug_key, dropout_key = jax.random.split(key)
     if augment is not None:
       images = augment(aug_key, images)
@@ -151,12 +155,36 @@ def epoch_indices(key, num_examples: int, batch_size: int) -> jax.Array:
   return perm[:steps * batch_size].reshape(steps, batch_size)
 
 
+# ---- data parallelism: one model, its batch split over several devices
+
+def data_parallel_mesh(devices, batch_size: int):
+  """A 1-D mesh named 'batch' over as many of `devices` as divide
+  `batch_size` evenly; None when that is only one."""
+  count = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
+  if count == 1:
+    return None
+  return jax.sharding.Mesh(np.asarray(devices[:count]), ('batch',))
+
+
+def batch_sharding(mesh, ndim: int):
+  """Leading axis split over the mesh, the rest whole."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch', *[None] * (ndim - 1)))
+
+
+def replicate(tree, mesh):
+  """Every array of `tree` whole on every device of `mesh` (no-op without one)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 @dataclasses.dataclass
 class EpochRunner:
   """Runs whole epochs of `step` in the chosen mode; compiled once per
   (model, shapes) and reused for every epoch."""
   step: Callable
   mode: str = 'auto'
+  mesh: Any = None  # the step's data-parallel mesh: batch indices are split over it
 
   def __post_init__(self):
     self.mode = resolve_epoch_mode(self.mode)
@@ -192,6 +220,9 @@ class EpochRunner:
     """One epoch; returns (state, {'loss': mean loss, 'accuracy': train accuracy})."""
     perm_key, step_key = jax.random.split(key)
     indices = epoch_indices(perm_key, data.images.shape[0], batch_size)
+    if self.mesh is not None:
+      indices = jax.device_put(indices, jax.sharding.NamedSharding(
+          self.mesh, jax.sharding.PartitionSpec(None, 'batch')))
     if self.mode == 'scan':
       state, sums = self._jit_scan(state, data, indices, step_key)
     else:

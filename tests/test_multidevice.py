@@ -22,6 +22,14 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.loads(done.stdout.strip().splitlines()[-1])
   assert report['devices'] == DEVICES
+  # Data-parallel teacher training follows the one-device run up to the order
+  # of floating-point sums.
+  assert report['teacher_devices'] == [DEVICES, 1]
+  parallel_history, single_history = report['teacher_histories']
+  assert len(parallel_history) == len(single_history) == 3
+  for (loss_p, val_p), (loss_s, val_s) in zip(parallel_history, single_history):
+    assert abs(loss_p - loss_s) <= 1e-3 * abs(loss_s)
+    assert abs(val_p - val_s) <= 0.01
   # The three students of each iteration trained concurrently on three devices
   # (the final training on the first), and the search ended exactly where the
   # one-device search does: same rewards, accuracies and student.
@@ -49,8 +57,16 @@ def _child(workdir):
     config.runtime.progress = False
     return config
 
+  # The teacher's batches split over four devices (data parallel), and on one.
   teacher_dir = os.path.join(workdir, 'teacher')
-  experiment.run(tiny_config('teacher'), teacher_dir)
+  teachers = [experiment.run(tiny_config('teacher'), teacher_dir)]
+  config = tiny_config('teacher')
+  config.runtime.teacher_devices = 1
+  teachers.append(experiment.run(config, os.path.join(workdir, 'teacher_one_device')))
+  histories = []
+  for path in (teacher_dir, os.path.join(workdir, 'teacher_one_device')):
+    with open(os.path.join(path, 'teacher.json')) as f:
+      histories.append([(h['loss'], h['val_accuracy']) for h in json.load(f)['history']])
 
   # Which device each student of the search trained on.
   placed = []
@@ -77,6 +93,8 @@ def _child(workdir):
   parallel, parallel_devices = search(0, 'parallel')
   single, single_devices = search(1, 'single')
   print(json.dumps({'devices': len(jax.devices()), 'parallel': parallel, 'single': single,
+                    'teacher_histories': histories,
+                    'teacher_devices': [t['devices'] for t in teachers],
                     'parallel_devices': parallel_devices, 'single_devices': single_devices}))
 
 
