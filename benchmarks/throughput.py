@@ -1,0 +1,707 @@
+"""Accelerator throughput: what one N2N policy iteration costs, how fast
+students train once compiled, how long a new architecture takes to come up,
+and how much of a real search goes to compiling.
+
+  python benchmarks/throughput.py [--quick] [--torch [--torch-threads=N]] [--json-only]
+                                  [--data=synthetic|fashion_mnist]
+
+Figures (each printed with what it measures, then all of them as ONE JSON line,
+always the last line of stdout):
+
+* iteration_seconds: one stage-1 policy iteration, cold (empty program cache,
+  persistent compilation cache off): an untrained removal policy (the fresh
+  parameters a search with seed 0 starts from) samples 5 students from the
+  MNIST VGG-13 teacher; each non-degenerate one is built, initialised,
+  compiled, distilled for 100 steps at batch 64 on the untrained teacher's
+  logits and scored on 1,000 validation images; then one policy update.
+  Degenerate students cost nothing, as in the search.
+* student_steps_per_second: steady-state train steps per second at batch 64
+  (after compile, epochs run the way the search runs them: a Python loop of
+  jitted steps on CPUs, one lax.scan on accelerators) for students with every
+  width at 0.25 (small) and 0.5 (medium) of the teacher's, and the teacher.
+* new_architecture_seconds_cold / _warm: build + host init + compile of one new
+  student's train program (the medium one): first with nothing compiled in
+  memory and an empty persistent compilation cache (which this compile fills,
+  as a first run of the command line does), then again with the in-memory
+  caches cleared, as in a new process, and that persistent cache warm.
+* compile_fraction: summary['time']['compile'] / (search + final seconds) of a
+  short real compress run on the bundled digits (configs/digits.py).
+* train_gflops / matmul_peak_gflops / train_vs_matmul_peak: achieved training
+  FLOP/s of the teacher-sized student (convention: 3 x forward FLOPs per image
+  from spec.flops x batch x steps/s) against a large float32 jnp.dot timed in
+  the same run.
+* With --torch and PyTorch importable: the same three students as plain
+  PyTorch nn.Sequential models (Adam, squared L2 on logits, batch 64):
+  torch_steps_per_second and torch_train_gflops; null otherwise.
+
+Data is synthetic (random normal images, random labels, the untrained
+teacher's logits) unless --data=fashion_mnist reads Debian's Fashion-MNIST IDX
+files (`apt-get install dataset-fashion-mnist`). --quick shrinks everything
+(the digits_cnn teacher on 8x8 inputs, or Conv4 with Fashion-MNIST; 3
+rollouts, 10 steps, 200 validation images, a one-iteration search of one
+student); its time then goes mostly to its ten or so compiles of train steps
+and policy updates. tests/test_benchmarks.py runs it. XLA CPU flags are set as
+the command line sets them (runtime.set_cpu_flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the package from this checkout, installed or not
+
+from n2n_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+runtime.set_cpu_flags()  # before the first JAX computation, as the command line does
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging as absl_logging
+import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
+import jax.numpy as jnp
+import numpy as np
+
+from n2n_jax import config as config_lib
+from n2n_jax import data as data_lib
+from n2n_jax import evaluator as evaluator_lib
+from n2n_jax import experiment
+from n2n_jax import models
+from n2n_jax import policies
+from n2n_jax import reinforce
+from n2n_jax import reward as reward_lib
+from n2n_jax import search as search_lib
+from n2n_jax import spec as spec_lib
+from n2n_jax import train as train_lib
+from n2n_jax import zoo
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+FASHION_MNIST_PATH = '/usr/share/datasets/fashion-mnist'
+SIZES = (('small', 0.25), ('medium', 0.5), ('teacher', 1.0))
+# The new-architecture figures use the medium student: nothing compiled before
+# them has its shapes, and where steps/s trains it on data of the same shape
+# (--quick) it reuses the program instead of compiling it again.
+NEW_ARCH_FACTOR = 0.5
+# What JAX reports for each XLA compile (jax._src.dispatch.BACKEND_COMPILE_EVENT).
+# Its tracing and lowering events nest (a jit inside a jit), so they would
+# count some seconds twice.
+BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """How big each measurement is."""
+  teacher: str
+  input_shape: tuple
+  steps: int  # distillation steps per student in the iteration
+  eval_images: int
+  rollouts: int
+  epoch_steps: int  # steps per timed epoch for steps/s
+  min_seconds: float  # time each steps/s figure for at least this long
+  matmul_size: int  # on CPUs; accelerators use ACCEL_MATMUL_SIZE
+  search: dict  # config overrides of the short digits search
+
+
+FULL = Profile('vgg13', (28, 28, 1), steps=100, eval_images=1000, rollouts=5, epoch_steps=10,
+               min_seconds=3.0, matmul_size=2048,
+               search={'search.stage1_iterations': 2, 'search.stage2_iterations': 1,
+                       'search.rollouts': 3, 'distill.epochs': 1, 'teacher.epochs': 3,
+                       'final.epochs': 1})
+# Compiling one train step takes seconds on a CPU, so --quick keeps their
+# number down (about 10) as well as the sizes: 3 rollouts (seed 0 samples two
+# students and one degenerate) and a search of one student.
+QUICK = Profile('digits_cnn', (8, 8, 1), steps=10, eval_images=200, rollouts=3, epoch_steps=10,
+                min_seconds=0.3, matmul_size=1024,
+                search={'search.stage1_iterations': 1, 'search.stage2_iterations': 0,
+                        'search.rollouts': 1, 'distill.epochs': 1, 'teacher.epochs': 1,
+                        'final.epochs': 1, 'data.max_train_examples': 256})
+ACCEL_MATMUL_SIZE = 4096
+BATCH = 64
+NUM_CLASSES = 10
+
+
+class Printer:
+  """Human-readable lines on stdout, unless --json-only."""
+
+  def __init__(self, quiet: bool):
+    self.quiet = quiet
+
+  def __call__(self, text: str = '') -> None:
+    if not self.quiet:
+      print(text, flush=True)
+
+
+def cold_caches() -> None:
+  """Forget every compiled program this process holds: the evaluator's
+  process-wide cache and JAX's in-memory (tracing and executable) caches."""
+  evaluator_lib._PROGRAMS.clear()  # pylint: disable=protected-access
+  jax.clear_caches()
+
+
+def persistent_cache(cache_dir: str | None) -> None:
+  """Turn JAX's persistent compilation cache on (in cache_dir) or off. JAX
+  decides whether to use it once, at the first compile of the process, so the
+  decision is reset here; runtime.enable_compilation_cache alone does not do
+  that."""
+  if cache_dir:
+    jax.config.update('jax_enable_compilation_cache', True)
+    runtime.enable_compilation_cache(cache_dir)
+  else:
+    jax.config.update('jax_enable_compilation_cache', False)
+    jax.config.update('jax_compilation_cache_dir', None)
+  jax_cache.reset_cache()
+
+
+# ---- data and teacher
+
+
+def synthetic_dataset(input_shape, num_train: int, num_val: int, seed: int) -> data_lib.Dataset:
+  """Random normal images and random labels; the validation images double as
+  test images (nothing here reads them)."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    images = rng.standard_normal((n,) + tuple(input_shape), np.float32)
+    return jax.device_put(images), jax.device_put(rng.integers(0, NUM_CLASSES, n, np.int32))
+
+  (train_x, train_y), (val_x, val_y) = split(num_train), split(num_val)
+  channels = input_shape[-1]
+  return data_lib.Dataset('synthetic', train_x, train_y, val_x, val_y, val_x, val_y,
+                          NUM_CLASSES, (0.0,) * channels, (1.0,) * channels)
+
+
+def fashion_mnist_dataset(num_train: int, num_val: int) -> data_lib.Dataset:
+  config = data_lib.default_data_config()
+  config.source, config.path, config.name = 'idx', FASHION_MNIST_PATH, 'fashion_mnist'
+  config.max_train_examples = num_train
+  dataset = data_lib.load(config)
+  return dataclasses.replace(dataset, val_images=dataset.val_images[:num_val],
+                             val_labels=dataset.val_labels[:num_val])
+
+
+def distill_settings(steps: int) -> evaluator_lib.DistillSettings:
+  """One epoch of `steps` steps at batch 64 (the search's own distillation
+  settings otherwise)."""
+  return evaluator_lib.DistillSettings(epochs=1, batch_size=BATCH,
+                                       max_train_examples=steps * BATCH)
+
+
+def shrunk(teacher: spec_lib.NetSpec, factor: float) -> spec_lib.NetSpec:
+  if factor == 1.0:
+    return teacher
+  student = spec_lib.shrink(teacher, [factor] * len(spec_lib.shrink_vars(teacher)))
+  if spec_lib.is_degenerate(student):
+    raise RuntimeError(f'{teacher.name} at width factor {factor} is degenerate: {student.reason}')
+  return student
+
+
+# ---- the figures
+
+
+def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, say) -> dict:
+  """One cold stage-1 iteration, as search._iteration runs it (same keys,
+  same per-student calls), timed from sampling to the policy update."""
+  seed = config.seed
+  teacher_params = spec_lib.param_count(teacher)
+  cold_caches()
+  # Set up once per search, not per iteration: left out of the figure.
+  evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps),
+                                      config.runtime.epoch_mode)
+  start = time.perf_counter()
+  stage = search_lib.removal_stage(config, teacher)
+  policy_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0), 0)
+  params = policies.init_policy(stage.policy, policy_key, stage.features.shape[1])
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage.number), 1)
+  sample_key, train_key = jax.random.split(key)
+  actions = np.asarray(reinforce.sample_removal(stage.policy, params, jnp.asarray(stage.features),
+                                                jnp.asarray(stage.mask), sample_key, rollouts))
+  sample_seconds = time.perf_counter() - start
+  students, rewards = [], []
+  for i, a in enumerate(actions):
+    student = stage.to_student(a, config, teacher_params)
+    row = {'rollout': i + 1}
+    if spec_lib.is_degenerate(student):
+      row['degenerate'] = student.kind
+      rewards.append(reward_lib.DEGENERATE_REWARD)
+      say(f'  rollout {i + 1}: degenerate ({student.kind}), not trained')
+    else:
+      t0 = time.perf_counter()
+      result = evaluator.train(student, jax.random.fold_in(train_key, i), seed)
+      row.update(params=spec_lib.param_count(student), seconds=time.perf_counter() - t0,
+                 compile_seconds=result.compile_seconds, error=result.error)
+      # The update's cost does not depend on the reward's value: A_teacher = 1.
+      rewards.append(reward_lib.score(result.accuracy, row['params'], teacher_params, 1.0).reward
+                     if result.error is None else reward_lib.DEGENERATE_REWARD)
+      say(f'  rollout {i + 1}: {row["params"]:,} params, '
+          f'{spec_lib.flops(student) / 1e9:.3f} GFLOPs/image: {row["seconds"]:.1f} s in all '
+          f'(build + init + compile + {steps} steps + evaluation), of it '
+          f'{result.compile_seconds:.1f} s compiling the train step'
+          + (f'; FAILED: {result.error}' if result.error else ''))
+    students.append(row)
+  update_start = time.perf_counter()
+  optimizer = reinforce.make_optimizer(stage.learning_rate)
+  update = reinforce.make_update(stage.policy, optimizer, 'removal', config.policy.method,
+                                 config.policy.baseline, config.policy.baseline_decay)
+  state = reinforce.PolicyState.create(params, optimizer)
+  state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
+                          jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
+  jax.block_until_ready((state, metrics))
+  end = time.perf_counter()
+  return {'seconds': end - start, 'sample_seconds': sample_seconds,
+          'update_seconds': end - update_start, 'students': students,
+          'trained': sum('params' in s for s in students)}
+
+
+def bring_up(dataset, teacher_logits, steps: int, student, seed: int) -> tuple:
+  """(seconds, compile seconds) to build, compile and initialise `student`'s
+  train program the way Evaluator.train does before its first step."""
+  evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps))
+  start = time.perf_counter()
+  # Evaluator has no public way to prepare a program without training it.
+  program, compile_seconds = evaluator._program(student)  # pylint: disable=protected-access
+  variables = models.init_variables(program.model, evaluator_lib.student_seed(student, seed),
+                                    student.input_shape)
+  state = train_lib.TrainState.create(variables, program.tx)
+  jax.block_until_ready(state)
+  return time.perf_counter() - start, compile_seconds
+
+
+def steps_per_second(dataset, teacher_logits, student, epoch_steps: int,
+                     min_seconds: float) -> float:
+  """Steady-state train steps/s at batch 64: whole epochs of `epoch_steps`
+  steps after one untimed warm-up epoch, for at least min_seconds."""
+  evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(epoch_steps))
+  program, _ = evaluator._program(student)  # pylint: disable=protected-access
+  state = train_lib.TrainState.create(
+      models.init_variables(program.model, 0, student.input_shape), program.tx)
+  key = jax.random.key(1)
+  state, _ = program.runner.run(state, evaluator.data, key, BATCH)
+  jax.block_until_ready(state)
+  epochs, start = 0, time.perf_counter()
+  while True:
+    epochs += 1
+    state, _ = program.runner.run(state, evaluator.data, jax.random.fold_in(key, epochs), BATCH)
+    jax.block_until_ready(state)
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return epochs * epoch_steps / elapsed
+
+
+def matmul_peak_gflops(n: int, min_seconds: float) -> float:
+  """Best GFLOP/s of an n x n float32 jnp.dot (JAX's default precision, as
+  training uses), over batches of back-to-back calls."""
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  start = time.perf_counter()
+  jax.block_until_ready(dot(a, b))
+  calls = max(1, int(0.1 / max(time.perf_counter() - start, 1e-6)))  # ~0.1 s per batch
+  best, begin = math.inf, time.perf_counter()
+  while time.perf_counter() - begin < min_seconds or not math.isfinite(best):
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(calls):
+      out = dot(a, b)
+    jax.block_until_ready(out)
+    best = min(best, (time.perf_counter() - t0) / calls)
+  return 2 * n ** 3 / best / 1e9
+
+
+def load_config(name: str):
+  """configs/NAME.py's get_config(), loaded by path as the command line does."""
+  path = os.path.join(ROOT, 'configs', f'{name}.py')
+  module_spec = importlib.util.spec_from_file_location(f'config_{name}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def short_search(overrides: dict, workroot: str) -> dict:
+  """A short compress run on the digits config, in process, persistent cache
+  off. Returns its summary['time'] plus 'xla': the seconds JAX reports for
+  XLA compiles during the compress part, which also covers what
+  summary['time']['compile'] leaves out (evaluation, policy and teacher-logit
+  programs) but not tracing or lowering."""
+  xla = []
+
+  def listen(event, duration, **kwargs):
+    del kwargs
+    if event == BACKEND_COMPILE_EVENT:
+      xla.append(duration)
+
+  # A sampled batch of students can all be degenerate, and then the search
+  # ends without a summary; another seed samples others.
+  for seed in range(3):
+    config = load_config('digits')
+    for dotted, value in overrides.items():
+      section, field = dotted.split('.')
+      config[section][field] = value
+    config.seed = seed
+    config.runtime.compilation_cache_dir = ''
+    config.runtime.progress = False
+    workdir = os.path.join(workroot, f'search_seed{seed}')
+    cold_caches()
+    # experiment.run prints its result (to `out`) and the search may print
+    # a note (to stdout): neither belongs in this benchmark's output.
+    with contextlib.redirect_stdout(io.StringIO()):
+      config.mode = 'teacher'  # trained first, so that the compiles counted below are the search's
+      experiment.run(config, workdir, out=io.StringIO())
+      config.mode = 'compress'
+      xla.clear()
+      jax.monitoring.register_event_duration_secs_listener(listen)
+      try:
+        summary = experiment.run(config, workdir, out=io.StringIO())
+      except search_lib.SearchError:
+        continue
+      finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return dict(summary['time'], xla=sum(xla), seed=seed)
+  raise RuntimeError('three short searches in a row found no usable student')
+
+
+# ---- PyTorch
+
+
+def torch_model(student: spec_lib.NetSpec):
+  """`student` as a plain PyTorch model with models.SpecNet's semantics
+  (NCHW inside; Flatten flattens in NHWC order as Flax does)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  class Lambda(nn.Module):
+
+    def __init__(self, fn):
+      super().__init__()
+      self.fn = fn
+
+    def forward(self, x):
+      return self.fn(x)
+
+  class Residual(nn.Module):
+
+    def __init__(self, main, shortcut):
+      super().__init__()
+      self.main, self.shortcut = main, shortcut
+
+    def forward(self, x):
+      return self.main(x) + self.shortcut(x)
+
+  class Concat(nn.Module):
+
+    def __init__(self, branches):
+      super().__init__()
+      self.branches = nn.ModuleList(branches)
+
+    def forward(self, x):
+      return torch.cat([b(x) for b in self.branches], dim=1)
+
+  class ChannelsDense(nn.Module):
+    """Flax's Dense on an image acts on the channel axis."""
+
+    def __init__(self, features, bias):
+      super().__init__()
+      self.linear = nn.LazyLinear(features, bias=bias)
+
+    def forward(self, x):
+      return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+  def sequence(layers, flat):
+    out = []
+    for layer in layers:
+      if isinstance(layer, spec_lib.Conv):
+        out.append(nn.LazyConv2d(layer.filters, layer.kernel, layer.stride, layer.padding,
+                                 bias=layer.use_bias))
+      elif isinstance(layer, spec_lib.BatchNorm):
+        bn = nn.LazyBatchNorm1d if flat else nn.LazyBatchNorm2d
+        # PyTorch's momentum weighs the new batch, Flax's the running average.
+        out.append(bn(eps=models.BN_EPSILON, momentum=round(1 - models.BN_MOMENTUM, 6)))
+      elif isinstance(layer, spec_lib.ReLU):
+        out.append(nn.ReLU())
+      elif isinstance(layer, spec_lib.MaxPool):
+        out.append(nn.MaxPool2d(layer.window, layer.stride, layer.padding))
+      elif isinstance(layer, spec_lib.AvgPool):
+        out.append(nn.AvgPool2d(layer.window, layer.stride))
+      elif isinstance(layer, spec_lib.GlobalAvgPool):
+        out.append(Lambda(lambda x: x.mean(dim=(2, 3), keepdim=True)))
+      elif isinstance(layer, spec_lib.Dropout):
+        out.append(nn.Dropout(layer.rate))
+      elif isinstance(layer, spec_lib.Flatten):
+        out.append(Lambda(lambda x: x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x))
+        flat = True
+      elif isinstance(layer, spec_lib.Dense):
+        out.append(nn.LazyLinear(layer.features, bias=layer.use_bias) if flat
+                   else ChannelsDense(layer.features, layer.use_bias))
+      elif isinstance(layer, spec_lib.Residual):
+        out.append(Residual(nn.Sequential(*sequence(layer.main, flat)),
+                            nn.Sequential(*sequence(layer.shortcut, flat))))
+      elif isinstance(layer, spec_lib.Concat):
+        out.append(Concat([nn.Sequential(*sequence(b, flat)) for b in layer.branches]))
+      else:
+        raise ValueError(f'no PyTorch equivalent for {layer!r}')
+    return out
+
+  model = nn.Sequential(*sequence(student.layers, False))
+  h, w, c = student.input_shape
+  with torch.no_grad():
+    model.eval()(torch.zeros(2, c, h, w))  # materialises the lazy layers
+  return model
+
+
+def torch_steps_per_second(student, epoch_steps: int, min_seconds: float) -> tuple:
+  """(steps/s, device) of a plain PyTorch training loop: Adam with coupled
+  weight decay as optax's chain, squared L2 on logits, batch 64."""
+  import torch  # pylint: disable=g-import-not-at-top
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  model = torch_model(student)
+  torch_params = sum(p.numel() for p in model.parameters())
+  if torch_params != spec_lib.param_count(student):
+    raise RuntimeError(f'PyTorch model has {torch_params:,} parameters, the spec '
+                       f'{spec_lib.param_count(student):,}')
+  model = model.to(device).train()
+  s = evaluator_lib.DistillSettings()
+  opt = torch.optim.Adam(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+  h, w, c = student.input_shape
+  n = epoch_steps * BATCH
+  images = torch.randn(n, c, h, w, device=device)
+  targets = torch.randn(n, NUM_CLASSES, device=device)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+  def epoch():
+    loss = None
+    for idx in torch.randperm(n, device=device).view(epoch_steps, BATCH):
+      opt.zero_grad(set_to_none=True)
+      loss = (model(images[idx]) - targets[idx]).square().sum(-1).mean()
+      loss.backward()
+      opt.step()
+    return loss.item()  # waits for the last step
+
+  epoch()  # warm-up
+  sync()
+  epochs, start = 0, time.perf_counter()
+  while True:
+    epochs += 1
+    epoch()
+    sync()
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return epochs * epoch_steps / elapsed, device
+
+
+# ---- main
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--quick', action='store_true', help='tiny sizes (tests/test_benchmarks.py)')
+  parser.add_argument('--torch', action='store_true', help='also time PyTorch, if importable')
+  parser.add_argument('--json-only', action='store_true', help='print only the JSON line')
+  parser.add_argument('--data', choices=('synthetic', 'fashion_mnist'), default='synthetic')
+  parser.add_argument('--torch-threads', type=int, default=0,
+                      help="PyTorch's intra-op threads (0: its default, one per core)")
+  args = parser.parse_args(argv)
+  say = Printer(args.json_only)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  profile = QUICK if args.quick else FULL
+  if args.data == 'fashion_mnist' and args.quick:
+    profile = dataclasses.replace(profile, teacher='conv4', input_shape=(28, 28, 1))
+  # No persistent cache, whatever the environment says, except where a figure
+  # asks for one (in a folder of its own).
+  persistent_cache(None)
+  workroot = tempfile.mkdtemp(prefix='n2n_throughput_')
+  try:
+    return _run(args, profile, workroot, say)
+  finally:
+    shutil.rmtree(workroot, ignore_errors=True)
+
+
+def _run(args, profile: Profile, workroot: str, say) -> dict:
+  wall_start = time.perf_counter()
+  backend = jax.default_backend()
+  out = {'backend': backend, 'device_kind': jax.devices()[0].device_kind,
+         'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+         'jax_version': jax.__version__, 'command': shlex.join([sys.executable] + sys.argv),
+         'machine': platform.platform(), 'quick': args.quick, 'data': args.data,
+         'teacher': profile.teacher, 'batch_size': BATCH}
+  say(f'device: {backend} ({out["device_kind"]}) x{out["device_count"]}, '
+      f'{out["cpu_count"]} CPU cores, jax {jax.__version__}, {out["machine"]}')
+  sections = {}  # wall seconds each part of this benchmark took
+
+  @contextlib.contextmanager
+  def section(name):
+    start = time.perf_counter()
+    yield
+    sections[name] = time.perf_counter() - start
+
+  config = config_lib.base_config()
+  teacher = zoo.get(profile.teacher, profile.input_shape, NUM_CLASSES)
+  num_train = profile.steps * BATCH
+  with section('setup'):
+    if args.data == 'fashion_mnist':
+      dataset = fashion_mnist_dataset(num_train, profile.eval_images)
+    else:
+      dataset = synthetic_dataset(profile.input_shape, num_train, profile.eval_images,
+                                  config.seed)
+    teacher_model = models.build(teacher)
+    teacher_logits = train_lib.predict(
+        teacher_model, models.init_variables(teacher_model, config.seed, profile.input_shape),
+        dataset.train_images)
+    jax.block_until_ready(teacher_logits)
+  teacher_flops = spec_lib.flops(teacher)
+  say(f'setup (in no figure): {args.data} data, {num_train} training and '
+      f'{profile.eval_images} validation images of {"x".join(map(str, profile.input_shape))}; '
+      f'untrained {teacher.name} teacher ({spec_lib.param_count(teacher):,} params, '
+      f'{teacher_flops / 1e9:.4f} GFLOPs/image forward); {sections["setup"]:.1f} s')
+
+  say(f'stage-1 iteration: {profile.rollouts} rollouts of an untrained removal policy, each '
+      f'student distilled {profile.steps} steps at batch {BATCH} and scored on '
+      f'{profile.eval_images} validation images, cold caches:')
+  with section('iteration'):
+    it = stage1_iteration(config, teacher, dataset, teacher_logits, profile.steps,
+                          profile.rollouts, say)
+  out.update(iteration_seconds=it['seconds'], iteration_students_trained=it['trained'],
+             iteration_rollouts=profile.rollouts,
+             iteration_compile_seconds=sum(s.get('compile_seconds', 0.0) for s in it['students']),
+             iteration_policy_seconds=it['sample_seconds'] + it['update_seconds'])
+  say(f'iteration_seconds {it["seconds"]:.2f}: one cold stage-1 iteration, {it["trained"]} of '
+      f'{profile.rollouts} students trained (degenerate ones cost nothing); '
+      f'{out["iteration_compile_seconds"]:.2f} s of it compiling train steps, '
+      f'{out["iteration_policy_seconds"]:.2f} s sampling and updating the policy')
+
+  new_student = shrunk(teacher, NEW_ARCH_FACTOR)
+  cache_dir = os.path.join(workroot, 'jax_cache')
+  with section('new_architecture_cold'):
+    # Reading an empty cache finds nothing; writing the programs to it is
+    # what a first run of the command line does too, and the warm figure
+    # below then needs no compile of its own to fill it.
+    persistent_cache(cache_dir)
+    try:
+      cold_caches()
+      cold, cold_compile = bring_up(dataset, teacher_logits, profile.steps, new_student,
+                                    config.seed)
+    finally:
+      persistent_cache(None)
+  out['new_architecture_seconds_cold'] = cold
+  say(f'new_architecture_seconds_cold {cold:.2f}: build + init + compile of one new '
+      f"student's train program ({spec_lib.param_count(new_student):,} params, widths "
+      f'x{NEW_ARCH_FACTOR}), nothing compiled in memory and an empty persistent cache '
+      f'({cold_compile:.2f} s of it compiling)')
+
+  sps, flops = {}, {}
+  with section('steps_per_second'):
+    for name, factor in SIZES:
+      student = shrunk(teacher, factor)
+      flops[name] = spec_lib.flops(student)
+      sps[name] = steps_per_second(dataset, teacher_logits, student, profile.epoch_steps,
+                                   profile.min_seconds)
+      say(f'student_steps_per_second[{name}] {sps[name]:.2f}: train steps/s at batch {BATCH} '
+          f'after compile, {spec_lib.param_count(student):,}-param student (widths x{factor}, '
+          f'{flops[name] / 1e9:.4f} GFLOPs/image): '
+          f'{3 * flops[name] * BATCH * sps[name] / 1e9:.2f} GFLOP/s')
+  out.update(student_steps_per_second=sps, student_flops_per_image=flops,
+             epoch_mode=train_lib.resolve_epoch_mode(config.runtime.epoch_mode))
+
+  n = profile.matmul_size if backend == 'cpu' else ACCEL_MATMUL_SIZE
+  with section('matmul'):
+    peak = matmul_peak_gflops(n, profile.min_seconds)
+  train_gflops = 3 * teacher_flops * BATCH * sps['teacher'] / 1e9
+  out.update(train_gflops=train_gflops, matmul_peak_gflops=peak,
+             train_vs_matmul_peak=train_gflops / peak, matmul_size=n)
+  say(f'matmul_peak_gflops {peak:.2f}: best {n}x{n} float32 jnp.dot (default precision)')
+  say(f'train_gflops {train_gflops:.2f}: teacher-sized student training, counted as 3 x '
+      f'forward FLOPs per image (spec.flops) x batch {BATCH} x steps/s; '
+      f'train_vs_matmul_peak {train_gflops / peak:.3f}')
+
+  out.update(torch_steps_per_second=None, torch_train_gflops=None, torch_version=None,
+             torch_threads=None)
+  if not args.torch:
+    say('torch: not asked for (--torch)')
+  elif importlib.util.find_spec('torch') is None:
+    say('torch: skipped, PyTorch is not importable (pip install torch)')
+  else:
+    with section('torch'):
+      out.update(torch_figures(teacher, sps, profile, args.torch_threads, say))
+
+  with section('search'):
+    times = short_search(profile.search, workroot)
+  spent = times['search'] + times['final']
+  out.update(compile_fraction=times['compile'] / spent,
+             compile_fraction_xla=times['xla'] / spent,
+             search_seconds=times['search'], final_seconds=times['final'],
+             search_compile_seconds=times['compile'],
+             search_overrides=dict(profile.search, seed=times['seed']))
+  say(f'compile_fraction {out["compile_fraction"]:.3f}: short digits search '
+      f'({", ".join(f"{k}={v}" for k, v in profile.search.items())}): search '
+      f'{times["search"]:.1f} s + final {times["final"]:.1f} s, of which '
+      f'{times["compile"]:.1f} s compiling student train steps (summary time.compile)')
+  say(f'compile_fraction_xla {out["compile_fraction_xla"]:.3f}: XLA compile time JAX '
+      f'reports for every program of that compress run ({times["xla"]:.1f} s: evaluation, '
+      'policy and teacher-logit programs too; tracing and lowering not included)')
+
+  with section('new_architecture_warm'):
+    persistent_cache(cache_dir)
+    try:
+      cold_caches()
+      warm, _ = bring_up(dataset, teacher_logits, profile.steps, new_student, config.seed)
+    finally:
+      persistent_cache(None)
+  out.update(new_architecture_seconds_warm=warm,
+             new_architecture_cache_entries=len(os.listdir(cache_dir)))
+  say(f'new_architecture_seconds_warm {warm:.2f}: the same student with the in-memory caches '
+      f'cleared and JAX\'s persistent compilation cache warm '
+      f'({out["new_architecture_cache_entries"]} programs)')
+
+  out['section_seconds'] = sections
+  out['wall_seconds'] = time.perf_counter() - wall_start
+  say(f'wall_seconds {out["wall_seconds"]:.1f}: this whole benchmark (by part: '
+      + ', '.join(f'{k} {v:.1f} s' for k, v in sections.items()) + ')')
+  print(json.dumps(_rounded(out)), flush=True)
+  return out
+
+
+def torch_figures(teacher, jax_sps: dict, profile: Profile, threads: int, say) -> dict:
+  """torch_steps_per_second for the same students, and torch_train_gflops."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if threads:
+    torch.set_num_threads(threads)
+  torch_sps = {}
+  for name, factor in SIZES:
+    torch_sps[name], device = torch_steps_per_second(
+        shrunk(teacher, factor), profile.epoch_steps, profile.min_seconds)
+    say(f'torch_steps_per_second[{name}] {torch_sps[name]:.2f}: the same student in plain '
+        f'PyTorch {torch.__version__} ({device}, {torch.get_num_threads()} threads), '
+        f'JAX {jax_sps[name]:.2f}')
+  gflops = 3 * spec_lib.flops(teacher) * BATCH * torch_sps['teacher'] / 1e9
+  say(f'torch_train_gflops {gflops:.2f}: teacher-sized student in PyTorch, same convention, '
+      f'JAX {3 * spec_lib.flops(teacher) * BATCH * jax_sps["teacher"] / 1e9:.2f}')
+  return {'torch_steps_per_second': torch_sps, 'torch_train_gflops': gflops,
+          'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads()}
+
+
+def _rounded(x):
+  """Floats to 4 significant digits, so the JSON line stays readable."""
+  if isinstance(x, float):
+    return float(f'{x:.4g}') if math.isfinite(x) else None
+  if isinstance(x, dict):
+    return {k: _rounded(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_rounded(v) for v in x]
+  return x
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,64 @@
+"""benchmarks/throughput.py --quick runs end to end on a fresh install and
+ends with one JSON line holding every figure issue #4 asks for."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPT = ROOT / 'benchmarks' / 'throughput.py'
+SIZES = ('small', 'medium', 'teacher')
+
+
+def _positive(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  # --torch without PyTorch must skip it (null figures), with it time it.
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--quick', '--json-only', '--torch'],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1, proc.stdout  # --json-only: nothing but the JSON line
+  r = json.loads(lines[-1])
+
+  assert _positive(r['iteration_seconds'])
+  assert isinstance(r['iteration_students_trained'], int)
+  assert 1 <= r['iteration_students_trained'] <= r['iteration_rollouts']
+  assert set(r['student_steps_per_second']) == set(SIZES)
+  assert all(_positive(v) for v in r['student_steps_per_second'].values())
+  assert _positive(r['new_architecture_seconds_cold'])
+  assert _positive(r['new_architecture_seconds_warm'])
+  assert r['new_architecture_cache_entries'] > 0  # the warm figure did read a cache
+  assert 0 <= r['compile_fraction'] <= 1
+  assert r['compile_fraction_xla'] >= 0
+  assert _positive(r['train_gflops']) and _positive(r['matmul_peak_gflops'])
+  assert r['train_vs_matmul_peak'] == pytest.approx(r['train_gflops'] / r['matmul_peak_gflops'],
+                                                    rel=1e-2)
+  # The stated convention: 3 x forward FLOPs per image x batch x steps/s.
+  assert r['train_gflops'] == pytest.approx(
+      3 * r['student_flops_per_image']['teacher'] * r['batch_size']
+      * r['student_steps_per_second']['teacher'] / 1e9, rel=1e-2)
+
+  if importlib.util.find_spec('torch') is None:
+    assert r['torch_steps_per_second'] is None and r['torch_train_gflops'] is None
+  else:
+    assert set(r['torch_steps_per_second']) == set(SIZES)
+    assert all(_positive(v) for v in r['torch_steps_per_second'].values())
+    assert _positive(r['torch_train_gflops'])
+
+  assert r['backend'] and r['device_kind'] and r['machine']
+  assert r['device_count'] >= 1 and r['cpu_count'] >= 1
+  assert r['jax_version'].count('.') >= 1
+  assert 'throughput.py' in r['command'] and '--quick' in r['command']
+  assert r['quick'] is True
