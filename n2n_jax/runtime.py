@@ -28,6 +28,10 @@ def enable_compilation_cache(cache_dir: str) -> None:
     return
   os.makedirs(cache_dir, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', cache_dir)
+  # JAX decides whether to use the cache at its first compile; a library or
+  # notebook user may already have compiled something, so let it decide again.
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.reset_cache()
   # Students are small and compile fast; cache them all, not only slow ones.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
