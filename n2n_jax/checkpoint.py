@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from n2n_jax import distributed
 from n2n_jax import preemption
 
 SEARCH_DIR = 'search_checkpoints'
@@ -68,7 +69,12 @@ class Checkpoints:
   def save(self, step: int, arrays, meta: dict) -> None:
     # Orbax writes into a temporary folder and renames it when complete, so a
     # crash mid-save leaves the previous checkpoint as the latest; SIGTERM
-    # waits until the write is done.
+    # waits until the write is done. Saving is collective in a run of several
+    # processes: all call it and orbax writes process 0's copy. As NumPy:
+    # orbax refuses single-device jax.Arrays there (it cannot tell that the
+    # processes' copies are one and the same), and restore() gives back
+    # jax.Arrays either way.
+    arrays = jax.device_get(arrays)
     meta = dict(meta, **{_CHECKSUM: checksum(arrays, meta)})
     with preemption.deferred():
       self._manager.save(step, args=ocp.args.Composite(
@@ -87,7 +93,7 @@ class Checkpoints:
     stored = meta.pop(_CHECKSUM, None)
     if stored is not None and stored != checksum(arrays, meta):
       raise ValueError('checksum mismatch: its contents changed after it was written')
-    return arrays, meta
+    return jax.device_put(arrays), meta
 
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
@@ -126,23 +132,29 @@ class Checkpoints:
     """Move damaged steps out of orbax's folder (so the next save of that step
     number starts clean), keeping them for inspection."""
     self._manager.close()
-    damaged = os.path.join(self.workdir, DAMAGED_DIR)
-    os.makedirs(damaged, exist_ok=True)
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    for step, reason in skipped:
-      target = os.path.join(damaged, f'{os.path.basename(self.directory)}-{step}-{stamp}')
-      shutil.move(os.path.join(self.directory, str(step)), target)
-      warnings.warn(f'checkpoint {self.directory}/{step} is damaged ({reason}); moved to '
-                    f'{target}; resuming from step {kept}, so the work after it is redone',
-                    stacklevel=3)
+
+    def move():
+      damaged = os.path.join(self.workdir, DAMAGED_DIR)
+      os.makedirs(damaged, exist_ok=True)
+      stamp = time.strftime('%Y%m%d-%H%M%S')
+      for step, reason in skipped:
+        target = os.path.join(damaged, f'{os.path.basename(self.directory)}-{step}-{stamp}')
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        warnings.warn(f'checkpoint {self.directory}/{step} is damaged ({reason}); moved to '
+                      f'{target}; resuming from step {kept}, so the work after it is redone',
+                      stacklevel=5)  # the caller of restore_latest_good
+
+    distributed.on_primary(f'quarantine {self.directory}', move)
     self._manager = self._open()
 
   def close(self):
     self._manager.close()
 
   def delete_all(self):
+    """Collective in a run of several processes, like save()."""
     self.close()
-    shutil.rmtree(self.directory, ignore_errors=True)
+    distributed.on_primary(f'delete {self.directory}',
+                           lambda: shutil.rmtree(self.directory, ignore_errors=True))
 
 
 def why(error: Exception) -> str:

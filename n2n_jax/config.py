@@ -15,6 +15,7 @@ import os
 import ml_collections
 
 from n2n_jax import data as data_lib
+from n2n_jax import distributed
 from n2n_jax import evaluator
 from n2n_jax import reinforce
 from n2n_jax import reward as reward_lib
@@ -122,6 +123,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Teacher training splits each batch over this many local devices (0 = all;
   # fewer when the batch size does not divide evenly).
   c.runtime.teacher_devices = 0
+  # Joining the other processes of a multi-host run (jax.distributed): 'auto'
+  # when the environment says there are several (Slurm, Open MPI,
+  # JAX_NUM_PROCESSES; see n2n_jax/distributed.py), 'on' always (Cloud TPU
+  # slices), 'off' never.
+  c.runtime.distributed = 'auto'
   return c
 
 
@@ -275,6 +281,7 @@ def validate(config) -> None:
   for name in ('student_devices', 'teacher_devices'):
     _int_in(r[name], f'runtime.{name}', 0, what='an integer >= 0 (0 = all)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
+  _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.
     raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '

@@ -82,7 +82,7 @@ def device_memory_limit() -> int | None:
   """Bytes the default device may allocate, where JAX reports it (GPU, TPU);
   None on CPUs."""
   try:
-    stats = jax.devices()[0].memory_stats()
+    stats = jax.local_devices()[0].memory_stats()
   except Exception:  # pylint: disable=broad-except  # not every backend implements it
     return None
   return int(stats['bytes_limit']) if stats and 'bytes_limit' in stats else None
@@ -124,7 +124,7 @@ class Evaluator:
     else:
       images, labels = dataset.train_images, dataset.train_labels
     self.data = train_lib.Data(images, labels, teacher_logits)
-    self.devices = list(devices) if devices else jax.devices()[:1]
+    self.devices = list(devices) if devices else jax.local_devices()[:1]
     self._copies = {}  # device -> (Data, val images, val labels) resident there
     self._lock = threading.Lock()
     self.compile_seconds = 0.0  # all compiling done so far, for the run's time split

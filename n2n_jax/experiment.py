@@ -8,6 +8,7 @@ import sys
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
 from n2n_jax import data as data_lib
+from n2n_jax import distributed
 from n2n_jax import runtime
 from n2n_jax import search as search_lib
 from n2n_jax import spec as spec_lib
@@ -19,7 +20,7 @@ from n2n_jax import workdir_lock
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
                teacher_lib.WorkdirMismatch, teacher_lib.TrainingError, search_lib.ResumeMismatch,
                search_lib.SearchError, workdir_lock.WorkdirBusy, teacher_lib.TeacherDamaged,
-               checkpoint_lib.CheckpointDamaged)
+               checkpoint_lib.CheckpointDamaged, distributed.DistributedError)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
@@ -51,15 +52,17 @@ def run(config, workdir: str | None, out=sys.stdout) -> dict:
   else:
     if not workdir:
       raise config_lib.ConfigError(f'--workdir is required for mode={config.mode!r}')
-    with workdir_lock.WorkdirLock(workdir):
+    with workdir_lock.job_lock(workdir):
       result = _train(config, spec, workdir)
-  print(json.dumps(result, indent=2), file=out)
+  if distributed.is_primary():  # one copy of the answer from a run of several processes
+    print(json.dumps(result, indent=2), file=out)
   return result
 
 
 def _train(config, spec, workdir: str) -> dict:
   """The teacher, and in compress mode the search after it, in `workdir`."""
   runtime.enable_compilation_cache(config.runtime.compilation_cache_dir)
+  progress = config.runtime.progress and distributed.is_primary()
   dataset = None
 
   def get_dataset():
@@ -68,11 +71,9 @@ def _train(config, spec, workdir: str) -> dict:
       dataset = data_lib.load(config.data)
     return dataset
 
-  teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset,
-                                      progress=config.runtime.progress)
+  teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset, progress=progress)
   if config.mode == 'teacher':
     result = {k: v for k, v in teacher.record.items()
               if k not in ('history', 'origin', 'variables_sha256')}
     return dict(result, workdir=workdir)
-  return search_lib.run(config, workdir, teacher, get_dataset(),
-                        progress=config.runtime.progress)
+  return search_lib.run(config, workdir, teacher, get_dataset(), progress=progress)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
+from n2n_jax import distributed
 from n2n_jax import models
 from n2n_jax import spec as spec_lib
 
@@ -18,14 +20,20 @@ VARIABLES_DIR = 'variables'
 def save_student(directory: str, spec: spec_lib.NetSpec, variables: dict,
                  info: dict | None = None) -> None:
   """Write DIR/spec.json (the spec plus `info`, e.g. accuracies and the data
-  normalisation a user needs to feed it) and DIR/variables/ (orbax)."""
-  os.makedirs(directory, exist_ok=True)
+  normalisation a user needs to feed it) and DIR/variables/ (orbax).
+
+  In a run of several processes all call it (orbax's save is collective and
+  writes process 0's variables, which must be NumPy there; see
+  checkpoint.Checkpoints.save) and process 0 alone writes spec.json."""
+  if distributed.is_primary():
+    os.makedirs(directory, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(os.path.join(directory, VARIABLES_DIR)), variables,
-                    force=True)
+  checkpointer.save(os.path.abspath(os.path.join(directory, VARIABLES_DIR)),
+                    jax.device_get(variables), force=True)
   checkpointer.wait_until_finished()
-  with open(os.path.join(directory, SPEC_FILE), 'w') as f:
-    json.dump({'spec': spec_lib.to_dict(spec), 'info': info or {}}, f, indent=2)
+  if distributed.is_primary():
+    with open(os.path.join(directory, SPEC_FILE), 'w') as f:
+      json.dump({'spec': spec_lib.to_dict(spec), 'info': info or {}}, f, indent=2)
 
 
 def load_student(directory: str) -> tuple:
@@ -40,4 +48,4 @@ def load_student(directory: str) -> tuple:
   target = models.variable_shapes(model, spec.input_shape)
   variables = ocp.StandardCheckpointer().restore(
       os.path.abspath(os.path.join(directory, VARIABLES_DIR)), target)
-  return model, dict(variables)
+  return model, dict(jax.device_put(variables))  # jax.Arrays, though saved from NumPy

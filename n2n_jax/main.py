@@ -10,12 +10,14 @@ DIR/teacher.json). See README.md for what DIR receives.
 import ast
 import re
 import sys
+import warnings
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from n2n_jax import distributed
 from n2n_jax import preemption
 from n2n_jax import runtime
 
@@ -31,10 +33,22 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   runtime.set_cpu_flags()  # before the first JAX computation starts a backend
-  preemption.install()
+  from n2n_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
   config = loaded_config()
   try:
+    # Checked first, so that a bad value ends every process of a multi-process
+    # run at once instead of leaving the others waiting for it.
+    config_lib.validate(config)
+    # Before any JAX computation, and before preemption.install() (see
+    # distributed.initialize for why).
+    distributed.initialize(config.runtime.distributed)
+    preemption.install()
+    if not distributed.is_primary():
+      # Process 0 speaks for the run; the others would repeat its warnings.
+      # Their errors still show.
+      warnings.simplefilter('ignore')
+      logging.set_verbosity(logging.ERROR)
     experiment.run(config, _WORKDIR.value)
   except experiment.USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)

@@ -96,9 +96,14 @@ def count_params(params) -> int:
 
 
 def variable_shapes(model: SpecNet, input_shape) -> Any:
-  """The variable tree as ShapeDtypeStructs, traced but never compiled."""
+  """The variable tree as ShapeDtypeStructs, traced but never compiled: the
+  tree init_variables gives, so it can be the target that restores one."""
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  return jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+  shapes = dict(jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x))
+  # A net without BatchNorm has none; init_variables adds an empty one, and
+  # orbax refuses to restore a saved tree into one that lacks it.
+  shapes.setdefault('batch_stats', {})
+  return shapes
 
 
 def _host_init(path, leaf, seed: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import tqdm
 
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
+from n2n_jax import distributed
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import export as export_lib
 from n2n_jax import policies
@@ -168,7 +169,10 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stage.number),
                            iteration)
   sample_key, train_key = jax.random.split(key)
-  actions = np.asarray(_sample(stage, state.params, sample_key, config.search.rollouts))
+  # Process 0's actions and (below) scores on every process: hosts that compute
+  # the last bits differently (GPU reductions) would otherwise drift apart.
+  actions = distributed.from_primary(
+      np.asarray(_sample(stage, state.params, sample_key, config.search.rollouts)))
   students = [stage.to_student(a, config, ctx.teacher_params) for a in actions]
   trainable = [i for i, s in enumerate(students) if not spec_lib.is_degenerate(s)]
   trained = ctx.evaluator.train_many(
@@ -183,6 +187,11 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
     params.append(0 if spec_lib.is_degenerate(student) else spec_lib.param_count(student))
     degenerate.append(why)
     violations.append(list(broken))
+  if distributed.process_count() > 1:
+    scores = distributed.from_primary(np.asarray(
+        [rewards, [math.nan if a is None else a for a in accuracies]], np.float64))
+    rewards = scores[0].tolist()
+    accuracies = [None if math.isnan(a) else a for a in scores[1].tolist()]
   baseline_before = float(state.baseline)
   state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
                           jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
@@ -271,12 +280,16 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
   origin = _search_origin(config)
   if config.search.restart and ckpts.latest_step() is not None:
     ckpts.delete_all()
-    for name in OUTPUTS:
-      path = os.path.join(workdir, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
+
+    def remove_outputs():
+      for name in OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
+          os.remove(path)
+
+    distributed.on_primary('remove outputs', remove_outputs)
     ckpts = checkpoint_lib.Checkpoints(workdir)
 
   stage1 = removal_stage(config, teacher.spec)
@@ -317,8 +330,10 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
                       constraints, teacher_logits)
 
-  writer = report.MetricsWriter(workdir, meta['records'])
-  board = report.TensorBoardWriter(workdir, first_step=len(meta['records']))
+  # Process 0 writes the logs; the others compute the same records.
+  primary = distributed.is_primary()
+  writer = report.MetricsWriter(workdir, meta['records']) if primary else None
+  board = report.TensorBoardWriter(workdir, first_step=len(meta['records'])) if primary else None
   total = stage1.iterations + config.search.stage2_iterations
   bar = tqdm.tqdm(total=total, initial=meta['done']['1'] + meta['done']['2'], unit='iter',
                   desc='search', disable=not progress, dynamic_ncols=True)
@@ -336,8 +351,9 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
         stage = shrink_stage(config, spec_lib.from_dict(meta['stage2_source']))
         if stage.iterations and not len(stage.features):
           # Nothing to shrink (only the class layer has a width): stage 2 has no actions.
-          tqdm.tqdm.write(f'stage 2 skipped: {stage.source.name} has no shrinkable layer',
-                          file=sys.stderr)
+          if primary:
+            tqdm.tqdm.write(f'stage 2 skipped: {stage.source.name} has no shrinkable layer',
+                            file=sys.stderr)
           break
       update = reinforce.make_update(stage.policy, reinforce.make_optimizer(stage.learning_rate),
                                      name, config.policy.method, config.policy.baseline,
@@ -357,15 +373,17 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
         meta['compile_seconds'] = compile_before + evaluator.compile_seconds
         meta['search_seconds'] = time.perf_counter() - search_start
         ckpts.save(len(meta['records']), states, meta)
-        writer.append(record)
-        board.append(record)
+        if primary:
+          writer.append(record)
+          board.append(record)
         best = meta['best']
         bar.set_postfix(stage=number, it=iteration, reward=f'{record["mean_reward"]:.3f}',
                         best=f'{ctx.teacher_params / best["params"]:.1f}x' if best else '-')
         bar.update(1)
   finally:
     bar.close()
-    board.close()
+    if board is not None:
+      board.close()
   return _finish(ctx, meta, progress)
 
 
@@ -384,7 +402,7 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
       ctx.dataset, ctx.teacher_logits,
       evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
                                     loss='hard_soft', soft_weight=f.soft_weight),
-      config.runtime.epoch_mode)
+      config.runtime.epoch_mode, devices=jax.local_devices()[:1])
   bar = tqdm.tqdm(total=f.epochs, desc='final training', unit='epoch', disable=not progress,
                   dynamic_ncols=True)
   result = finisher.train(spec, jax.random.fold_in(jax.random.key(config.seed), 3), config.seed,
@@ -420,13 +438,13 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
   export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, result.variables, {
       'val_accuracy': result.accuracy, 'test_accuracy': test_accuracy,
       'normalisation': teacher_record.get('normalisation')})
-  report.write_summary(summary, workdir)
-  records = meta['records']
-  prefix = os.path.join(workdir, 'search')
-  report.plot_search(records, prefix)
-  report.plot_accuracy_vs_params(records, summary['teacher'], summary['student'],
-                                 os.path.join(workdir, 'accuracy_vs_params.png'))
-  report.write_report(summary, records, os.path.join(workdir, 'report.md'))
+  if distributed.is_primary():  # the others' results are the same run's; process 0 reports
+    report.write_summary(summary, workdir)
+    records = meta['records']
+    report.plot_search(records, os.path.join(workdir, 'search'))
+    report.plot_accuracy_vs_params(records, summary['teacher'], summary['student'],
+                                   os.path.join(workdir, 'accuracy_vs_params.png'))
+    report.write_report(summary, records, os.path.join(workdir, 'report.md'))
   return summary
 
 

@@ -16,6 +16,7 @@ import tqdm
 
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
+from n2n_jax import distributed
 from n2n_jax import models
 from n2n_jax import preemption
 from n2n_jax import spec as spec_lib
@@ -110,13 +111,14 @@ def save(workdir: str, teacher: Teacher) -> None:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(ckpt, teacher.variables, force=True)
     checkpointer.wait_until_finished()
-    # The record goes last and atomically: its presence means the params are complete.
-    tmp = os.path.join(workdir, RECORD_FILE + '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(record, f, indent=2)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(workdir, RECORD_FILE))
+    if distributed.is_primary():  # all processes save the weights (collective), one the record
+      # The record goes last and atomically: its presence means the params are complete.
+      tmp = os.path.join(workdir, RECORD_FILE + '.tmp')
+      with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, os.path.join(workdir, RECORD_FILE))
   teacher.record = record
 
 
@@ -173,7 +175,10 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
       if epoch + 1 < t.epochs:
         saver.maybe_save(state, history, seconds_before + time.time() - start)
   except (preemption.Preempted, KeyboardInterrupt):
-    saver.save(state, history, seconds_before + time.time() - start)
+    # The save is collective, and the processes of a multi-process run stop
+    # at different epochs: they keep their last periodic save instead.
+    if distributed.process_count() == 1:
+      saver.save(state, history, seconds_before + time.time() - start)
     raise
   finally:
     bar.close()
@@ -245,12 +250,14 @@ class _ProgressSaver:
       self.ckpts = checkpoint_lib.Checkpoints(self.ckpts.workdir, subdir=PROGRESS_DIR)
       return state, [], 0.0
     self.saved_epochs = len(meta['history'])
-    tqdm.tqdm.write(f'teacher training resumes after epoch {self.saved_epochs} '
-                    f'(saved in {self.ckpts.directory})', file=sys.stderr)
+    if distributed.is_primary():
+      tqdm.tqdm.write(f'teacher training resumes after epoch {self.saved_epochs} '
+                      f'(saved in {self.ckpts.directory})', file=sys.stderr)
     return restored, meta['history'], meta['seconds']
 
   def maybe_save(self, state, history, seconds) -> None:
-    if time.monotonic() - self.last_save >= self.every_seconds:
+    # Process 0's clock decides for all: the save is collective.
+    if distributed.from_primary(time.monotonic() - self.last_save >= self.every_seconds):
       self.save(state, history, seconds)
 
   def save(self, state, history, seconds) -> None:

@@ -3,9 +3,12 @@ instead of interleaving its writes with the first's."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
+
+from n2n_jax import distributed
 
 LOCK_FILE = '.n2n_jax.lock'
 
@@ -45,3 +48,26 @@ class WorkdirLock:
     fcntl.flock(self._file, fcntl.LOCK_UN)
     self._file.close()
     self._file = None
+
+
+@contextlib.contextmanager
+def job_lock(workdir: str):
+  """The lock for a run of one or several processes (jax.distributed).
+
+  Process 0 holds it for all of them: the others share its workdir, and its
+  lock would refuse them (flock conflicts between processes on one machine,
+  and across machines on filesystems that support it, such as NFSv4). Every
+  process learns whether process 0 got it, so that none goes on alone and
+  waits for the others forever.
+  """
+  with contextlib.ExitStack() as stack:
+    busy = None
+    if distributed.is_primary():
+      try:
+        stack.enter_context(WorkdirLock(workdir))
+      except WorkdirBusy as e:
+        busy = e
+    if distributed.from_primary(busy is not None):
+      raise busy or WorkdirBusy(f'{workdir} is in use by another run (process 0 could not '
+                                'lock it)')
+    yield
