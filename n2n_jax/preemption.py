@@ -27,21 +27,29 @@ class Preempted(BaseException):
 
 _deferring = 0
 _pending = False
+_stopping = False  # Preempted was raised: the run is on its way out
 
 
 def _handler(signum, frame):  # pylint: disable=unused-argument
-  global _pending
+  global _pending, _stopping
+  if _stopping:
+    # A second SIGTERM (an impatient launcher) must not interrupt the saves
+    # and shutdown the first one started.
+    return
   if _deferring:
     _pending = True
     return
+  _stopping = True
   raise Preempted(f'stopped by signal {signal.Signals(signum).name}')
 
 
 def install() -> bool:
   """Route SIGTERM to `Preempted`; False (and nothing done) outside the main
   thread, where Python cannot install signal handlers."""
+  global _stopping, _pending
   if threading.current_thread() is not threading.main_thread():
     return False
+  _stopping = _pending = False
   signal.signal(signal.SIGTERM, _handler)
   return True
 
@@ -49,7 +57,7 @@ def install() -> bool:
 @contextlib.contextmanager
 def deferred():
   """Hold SIGTERM until the block finishes, then raise `Preempted`."""
-  global _deferring, _pending
+  global _deferring, _pending, _stopping
   _deferring += 1
   try:
     yield
@@ -57,4 +65,5 @@ def deferred():
     _deferring -= 1
     if not _deferring and _pending:
       _pending = False
+      _stopping = True
       raise Preempted('stopped by signal SIGTERM')

@@ -242,6 +242,23 @@ def test_sigterm_during_a_search_keeps_the_last_iteration(config_factory, finish
   same_result(experiment.run(search_config(config_factory), workdir), finished[1])
 
 
+def test_a_second_sigterm_does_not_interrupt_the_first_ones_shutdown():
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.install()
+  try:
+    with pytest.raises(preemption.Preempted):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)  # interrupted by the handler
+    os.kill(os.getpid(), signal.SIGTERM)  # ignored while the run winds down
+    time.sleep(0.2)
+    preemption.install()  # a new run listens again
+    with pytest.raises(preemption.Preempted):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def test_cli_exits_143_on_sigterm_and_the_rerun_resumes(tmp_path):
   command = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
              f'--workdir={tmp_path}', '--config.mode=teacher', '--config.teacher.epochs=6',
