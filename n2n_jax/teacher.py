@@ -200,7 +200,7 @@ def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = T
       'device': jax.devices()[0].device_kind,
       'devices': 1 if mesh is None else mesh.size,  # data parallel over this many
       'history': history,
-      'origin': config_lib.as_json(_origin(config, spec)),
+      'origin': origin,
   }
   return Teacher(spec, model, variables, record)
 

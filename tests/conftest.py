@@ -17,16 +17,18 @@ def load_config(name: str):
   return module.get_config()
 
 
-@pytest.fixture
-def config_factory(tmp_path):
+def quiet_config(name: str = 'digits'):
   """A config from configs/, with the compilation cache and progress bars kept
   out of the user's home and the test log."""
-  def make(name='digits'):
-    config = load_config(name)
-    config.runtime.compilation_cache_dir = ''
-    config.runtime.progress = False
-    return config
-  return make
+  config = load_config(name)
+  config.runtime.compilation_cache_dir = ''
+  config.runtime.progress = False
+  return config
+
+
+@pytest.fixture
+def config_factory():
+  return quiet_config
 
 
 def tiny_search(config):
@@ -47,10 +49,8 @@ def teacher_dir(tmp_path_factory):
   """A tiny digits teacher trained once; copy it into a workdir with
   `workdir_with_teacher`."""
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
-  config = tiny_search(load_config('digits'))
+  config = tiny_search(quiet_config('digits'))
   config.mode = 'teacher'
-  config.runtime.compilation_cache_dir = ''
-  config.runtime.progress = False
   path = tmp_path_factory.mktemp('teacher')
   experiment.run(config, str(path))
   return path

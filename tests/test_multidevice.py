@@ -48,13 +48,11 @@ def _child(workdir):
   from n2n_jax import evaluator as E, experiment, report  # pylint: disable=g-import-not-at-top,multiple-imports
 
   def tiny_config(mode='compress'):
-    config = conftest.tiny_search(conftest.load_config('digits'))
+    config = conftest.tiny_search(conftest.quiet_config('digits'))
     config.search.stage2_iterations = 0
     config.search.rollouts = 3
     config.final.epochs = 1
     config.mode = mode
-    config.runtime.compilation_cache_dir = ''
-    config.runtime.progress = False
     return config
 
   # The teacher's batches split over four devices (data parallel), and on one.

@@ -29,7 +29,7 @@ from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
 from n2n_jax import zoo
-from conftest import tiny_search, workdir_with_teacher, without_timing
+from conftest import quiet_config, tiny_search, workdir_with_teacher, without_timing
 
 
 def search_config(config_factory):
@@ -41,17 +41,10 @@ def search_config(config_factory):
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory, teacher_dir):
   """A finished tiny search: its workdir (copied per test) and its summary."""
-  import conftest
-  config = search_config(lambda name: _quiet(conftest.load_config(name)))
+  config = search_config(quiet_config)
   path = tmp_path_factory.mktemp('finished') / 'run'
   summary = experiment.run(config, workdir_with_teacher(teacher_dir, path))
   return path, summary
-
-
-def _quiet(config):
-  config.runtime.compilation_cache_dir = ''
-  config.runtime.progress = False
-  return config
 
 
 def copy_of(finished, tmp_path):
