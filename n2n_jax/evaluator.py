@@ -190,16 +190,18 @@ class Evaluator:
     return results
 
   def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
-            progress=None, device=None) -> StudentResult:
+            progress=None, device=None, initial_variables: dict | None = None) -> StudentResult:
     """Train one student for settings.epochs on `device` (default: the first
     of `devices`) and measure validation accuracy. Failures (a spec that
     cannot be built, a non-finite loss, an error while compiling or running)
-    come back as StudentResult.error, never as exceptions."""
+    come back as StudentResult.error, never as exceptions. `initial_variables`
+    (e.g. a pruned network's weights) replaces the fresh initialisation."""
     device = device or self.devices[0]
     with jax.default_device(device):
-      return self._train(spec, key, seed, keep_variables, progress, device)
+      return self._train(spec, key, seed, keep_variables, progress, device, initial_variables)
 
-  def _train(self, spec, key, seed, keep_variables, progress, device) -> StudentResult:
+  def _train(self, spec, key, seed, keep_variables, progress, device,
+             initial_variables=None) -> StudentResult:
     start = time.perf_counter()
     compile_s = 0.0
     try:
@@ -211,8 +213,12 @@ class Evaluator:
                                f'{self.memory_limit_bytes / 2**20:.0f} MB')
       program, compile_s = self._program(spec, device)
       data, val_images, val_labels = self._resident(device)
-      variables = models.init_variables(program.model, student_seed(spec, seed), spec.input_shape)
-      if self.settings.init == 'teacher':
+      if initial_variables is not None:
+        variables = initial_variables
+      else:
+        variables = models.init_variables(program.model, student_seed(spec, seed),
+                                          spec.input_shape)
+      if initial_variables is None and self.settings.init == 'teacher':
         variables, _ = models.inherit_variables(variables, self.teacher_variables)
       # Teacher weights live on the first device; the program runs on `device`.
       state = train_lib.TrainState.create(jax.device_put(variables, device), program.tx)

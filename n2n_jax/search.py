@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from n2n_jax import baselines
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
 from n2n_jax import distributed
@@ -396,24 +397,11 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
                       'degenerate or failed (see metrics.jsonl "degenerate"). Try more '
                       'iterations or another seed.')
   spec = spec_lib.from_dict(best['spec'])
-  f = config.final
-  final_start = time.perf_counter()
-  finisher = evaluator_lib.Evaluator(
-      ctx.dataset, ctx.teacher_logits,
-      evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
-                                    loss='hard_soft', soft_weight=f.soft_weight),
-      config.runtime.epoch_mode, devices=jax.local_devices()[:1])
-  bar = tqdm.tqdm(total=f.epochs, desc='final training', unit='epoch', disable=not progress,
-                  dynamic_ncols=True)
-  result = finisher.train(spec, jax.random.fold_in(jax.random.key(config.seed), 3), config.seed,
-                          keep_variables=True, progress=lambda e, m: bar.update(1))
-  bar.close()
-  if result.error is not None:
-    raise SearchError(f'final training of the chosen student failed: {result.error}')
-  model = finisher._program(spec)[0].model
-  test_accuracy = train_lib.accuracy(model, result.variables, ctx.dataset.test_images,
-                                     ctx.dataset.test_labels)
-  final_seconds = time.perf_counter() - final_start
+  try:
+    final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec,
+                                  progress=progress)
+  except baselines.BaselineError as e:
+    raise SearchError(str(e)) from None
   teacher_record = ctx.teacher.record
   teacher_seconds = teacher_record['seconds']  # its training, whenever that ran
   student_params = spec_lib.param_count(spec)
@@ -422,7 +410,7 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
                   'val_accuracy': teacher_record['val_accuracy'],
                   'test_accuracy': teacher_record['test_accuracy']},
       'student': {'params': student_params, 'flops': spec_lib.flops(spec),
-                  'val_accuracy': result.accuracy, 'test_accuracy': test_accuracy,
+                  'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
                   'search_val_accuracy': best['val_accuracy'], 'stage': best['stage'],
                   'spec': spec_lib.to_dict(spec)},
       'stage1_best': _brief(meta.get('best_stage1')),
@@ -430,13 +418,13 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
       'compression': ctx.teacher_params / student_params,
       # Summed over every process a resumed run took. 'compile' is the part of
       # search and final spent compiling student programs, not a fourth share.
-      'wall_seconds': round(teacher_seconds + meta['search_seconds'] + final_seconds, 2),
+      'wall_seconds': round(teacher_seconds + meta['search_seconds'] + final.seconds, 2),
       'time': {'teacher': round(teacher_seconds, 2), 'search': round(meta['search_seconds'], 2),
-               'compile': round(meta['compile_seconds'] + finisher.compile_seconds, 2),
-               'final': round(final_seconds, 2)},
+               'compile': round(meta['compile_seconds'] + final.compile_seconds, 2),
+               'final': round(final.seconds, 2)},
   }
-  export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, result.variables, {
-      'val_accuracy': result.accuracy, 'test_accuracy': test_accuracy,
+  export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, final.variables, {
+      'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
       'normalisation': teacher_record.get('normalisation')})
   if distributed.is_primary():  # the others' results are the same run's; process 0 reports
     report.write_summary(summary, workdir)
