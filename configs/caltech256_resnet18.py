@@ -25,10 +25,10 @@ the teacher alone. Paper's compressed student: stage 1: 44.71 % at 3.62M (3.12x)
 not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
 
 
-def get_config():
+def get_config(variant=''):
   config = base_config()
   config.data.source = 'folder'
   config.data.name = 'caltech256'
@@ -41,4 +41,4 @@ def get_config():
   config.teacher.input_shape = (224, 224, 3)
   config.teacher.num_classes = 256
   paper_teacher_schedule(config, 'caltech256')
-  return config
+  return apply_variant(config, variant)

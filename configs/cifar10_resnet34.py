@@ -15,10 +15,10 @@ the teacher alone. Paper's compressed student: stage 1: 93.54 % at 3.87M (5.5x);
 not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
 
 
-def get_config():
+def get_config(variant=''):
   config = base_config()
   config.data.source = 'tfds'
   config.data.name = 'cifar10'
@@ -28,4 +28,4 @@ def get_config():
   config.teacher.input_shape = (32, 32, 3)
   config.teacher.num_classes = 10
   paper_teacher_schedule(config, 'cifar')
-  return config
+  return apply_variant(config, variant)

@@ -13,10 +13,10 @@ half of it compiling new student architectures; the persistent compilation
 cache makes a re-run faster). Teacher only: --config.mode=teacher (~30 s).
 """
 
-from n2n_jax.config import base_config
+from n2n_jax.config import apply_variant, base_config
 
 
-def get_config():
+def get_config(variant=''):
   config = base_config()
   config.data.source = 'digits'
   config.teacher.name = 'digits_cnn'  # base_config's teacher schedule suits it as is
@@ -24,4 +24,4 @@ def get_config():
   config.search.stage1_iterations = 10
   config.search.stage2_iterations = 6
   config.final.epochs = 40
-  return config
+  return apply_variant(config, variant)

@@ -20,10 +20,10 @@ the teacher alone. Paper's compressed student: no paper row. The search's runtim
 not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
 
 
-def get_config():
+def get_config(variant=''):
   config = base_config()
   config.data.source = 'idx'
   config.data.name = 'fashion_mnist'
@@ -32,4 +32,4 @@ def get_config():
   config.teacher.input_shape = (28, 28, 1)
   config.teacher.num_classes = 10
   paper_teacher_schedule(config, 'mnist')
-  return config
+  return apply_variant(config, variant)

@@ -17,10 +17,10 @@ the teacher alone. Paper's compressed student: the paper gives no Conv4 row. The
 not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
 
 
-def get_config():
+def get_config(variant=''):
   config = base_config()
   config.data.source = 'tfds'
   config.data.name = 'mnist'
@@ -30,4 +30,4 @@ def get_config():
   config.teacher.input_shape = (28, 28, 1)
   config.teacher.num_classes = 10
   paper_teacher_schedule(config, 'mnist')
-  return config
+  return apply_variant(config, variant)

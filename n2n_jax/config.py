@@ -23,7 +23,7 @@ from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
 from n2n_jax import zoo
 
-MODES = ('compress', 'describe', 'teacher')
+MODES = ('compress', 'describe', 'teacher', 'prune', 'handdesigned')
 
 
 class ConfigError(ValueError):
@@ -101,6 +101,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.final.weight_decay = 0.0
   c.final.soft_weight = 0.1
 
+  # Baseline of paper Table 2 (mode=prune): filter pruning with the Taylor
+  # criterion of Molchanov et al. (2016), fine-tuning after every step, the
+  # paper's stopping rule against the N2N student, repeated, best kept.
+  c.pruning = ml_collections.ConfigDict()
+  c.pruning.repeats = 5  # independent pruning runs (different batches); the best is reported
+  c.pruning.fraction_per_step = 0.1  # share of the remaining prunable filters removed per step
+  c.pruning.score_batches = 10  # training batches the Taylor scores are averaged over
+  c.pruning.finetune_steps = 100  # fine-tuning steps (hard + soft loss) after each step
+  c.pruning.batch_size = 64
+  c.pruning.learning_rate = 1e-3  # Adam, for fine-tuning between steps
+  c.pruning.max_steps = 200
+  # Stop when validation accuracy falls more than this below the N2N
+  # student's, or when the net has fewer parameters than it (paper 4.4.1).
+  c.pruning.max_accuracy_drop = 0.01
+  # The workdir whose summary.json holds the N2N student to stop at ('' = this
+  # workdir); without one, min_params / min_accuracy give the limits.
+  c.pruning.reference = ''
+  c.pruning.min_params = 0
+  c.pruning.min_accuracy = 0.0
+
+  # Baseline of paper Table 3 (mode=handdesigned): a hand-designed student from
+  # the zoo, trained with the same distillation as the N2N student (config.final).
+  c.handdesigned = ml_collections.ConfigDict()
+  c.handdesigned.name = 'fitnet4'  # fitnet4, squeezenet1_1, vgg_small or any zoo name
+
   c.runtime = ml_collections.ConfigDict()
   # 'auto' runs epochs as a Python loop of jitted steps on the CPU and as one
   # lax.scan on accelerators (see n2n_jax/train.py for why).
@@ -149,6 +174,46 @@ def paper_teacher_schedule(config, which: str) -> None:
   """Set config.teacher's schedule to the paper's for 'mnist', 'cifar' (also
   SVHN) or 'caltech256'."""
   config.teacher.update(TEACHER_SCHEDULES[which])
+
+
+VARIANTS = ('reduced',)
+
+
+def apply_variant(config, variant: str = ''):
+  """A config file's named variant, chosen on the command line as
+  --config=configs/NAME.py:VARIANT ('' = the paper's full experiment).
+
+  'reduced' makes an experiment small enough for a 2-core CPU (minutes to
+  tens of minutes instead of GPU-days), keeping the model, the data source and
+  every step of the pipeline: 5,000 training images (Caltech-256: 2,000 at
+  64x64) with 5 % held out for validation, a 5-epoch teacher (lr /10 at epoch
+  4), 10 + 6 policy iterations of 5 students distilled 1 epoch on 2,000 of the
+  training images, 10 epochs of final training, and 2 pruning repeats
+  removing 20 % of the filters per step with 30 fine-tuning steps.
+  """
+  if variant in ('', None):
+    return config
+  if variant not in VARIANTS:
+    raise ConfigError(f'unknown config variant {variant!r}; valid variants: '
+                      f'{", ".join(VARIANTS)} (or none: configs/NAME.py)')
+  config.data.max_train_examples = 5000
+  config.data.validation_fraction = 0.05
+  if config.data.source == 'folder':
+    config.data.max_train_examples = 2000
+    config.data.image_size = 64
+    config.teacher.input_shape = (64, 64, 3) if config.teacher.input_shape else ()
+  config.teacher.epochs = 5
+  config.teacher.decay_epochs = (4,)
+  config.search.stage1_iterations = 10
+  config.search.stage2_iterations = 6
+  config.distill.epochs = 1
+  config.distill.max_train_examples = 2000
+  config.final.epochs = 10
+  config.pruning.repeats = 2
+  config.pruning.fraction_per_step = 0.2
+  config.pruning.finetune_steps = 30
+  config.pruning.score_batches = 4
+  return config
 
 
 # Counts (epochs, batch sizes, widths, ...) end up in int32 JAX arrays, and the
@@ -287,6 +352,23 @@ def validate(config) -> None:
     raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '
                       f'over the limit of {MAX_INT64 >> 20:,}')
   _validate_search(config)
+  _validate_baselines(config)
+
+
+def _validate_baselines(config) -> None:
+  p = config.pruning
+  for name in ('repeats', 'score_batches', 'batch_size', 'max_steps'):
+    _positive(p[name], f'pruning.{name}')
+  _int_in(p.finetune_steps, 'pruning.finetune_steps', 0)
+  if not _is_number(p.fraction_per_step) or not 0 < p.fraction_per_step < 1:
+    raise ConfigError(f'pruning.fraction_per_step must be in (0, 1), '
+                      f'got {_short(p.fraction_per_step)}')
+  _positive(p.learning_rate, 'pruning.learning_rate', numbers.Real)
+  for name in ('max_accuracy_drop', 'min_accuracy'):
+    if not _is_number(p[name]) or not 0 <= p[name] <= 1:
+      raise ConfigError(f'pruning.{name} must be in [0, 1], got {_short(p[name])}')
+  _int_in(p.min_params, 'pruning.min_params', 0, MAX_INT64, 'an integer >= 0 (0 = none)')
+  _one_of(config.handdesigned.name, zoo.NAMES, 'handdesigned.name')
 
 
 def _validate_search(config) -> None:

@@ -4,7 +4,10 @@
 Modes (--config.mode=): compress (default: teacher, both N2N stages, final
 training and export, resumable), describe (print the teacher as JSON; needs no
 data), teacher (train the teacher, or load it from DIR, and write
-DIR/teacher.json). See README.md for what DIR receives.
+DIR/teacher.json), prune and handdesigned (the paper's baselines, on the
+teacher in DIR, written to DIR/baselines/). See README.md for what DIR
+receives and docs/experiments.md for every experiment of the paper.
+--config=configs/NAME.py:reduced is a config's reduced CPU variant.
 """
 
 import ast
@@ -71,7 +74,7 @@ def parse_flags(argv, flag_values=flags.FLAGS):
   try:
     return flag_values(argv)
   except flags.Error as e:  # absl's own errors name the flag already
-    _usage_error(e)
+    _usage_error(_without_traceback(str(e)))
   except _FLAG_ERRORS as e:
     _usage_error(_name_the_override(_clean(e), argv))
   except (RecursionError, MemoryError):
@@ -107,6 +110,16 @@ def _too_deep(argv) -> str:
     except Exception:  # pylint: disable=broad-except  # any other verdict is not ours to give
       pass
   return 'a --config.x=value override'
+
+
+def _without_traceback(message: str) -> str:
+  """absl quotes the whole traceback of an exception raised inside a config
+  file's get_config (e.g. an unknown :VARIANT); its last line says it all."""
+  head, found, trace = message.partition('Traceback (most recent call last):')
+  if not found:
+    return message
+  last = trace.strip().splitlines()[-1]
+  return head.strip() + ' ' + last.split(': ', 1)[-1]
 
 
 def _clean(error) -> str:

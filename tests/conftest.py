@@ -8,19 +8,20 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def load_config(name: str):
-  """configs/NAME.py's get_config(), loaded the way the CLI loads it (by path)."""
+def load_config(name: str, variant: str = ''):
+  """configs/NAME.py's get_config(), loaded the way the CLI loads it (by path);
+  `variant` as in --config=configs/NAME.py:VARIANT."""
   path = ROOT / 'configs' / f'{name}.py'
   module_spec = importlib.util.spec_from_file_location(f'config_{name}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(variant) if variant else module.get_config()
 
 
-def quiet_config(name: str = 'digits'):
+def quiet_config(name: str = 'digits', variant: str = ''):
   """A config from configs/, with the compilation cache and progress bars kept
   out of the user's home and the test log."""
-  config = load_config(name)
+  config = load_config(name, variant)
   config.runtime.compilation_cache_dir = ''
   config.runtime.progress = False
   return config

@@ -164,6 +164,8 @@ def test_a_busy_workdir_is_refused(config_factory, tmp_path):
     (['--config=configs/digits.py', '--config.teacher.nme=x'], 'Did you mean "name"'),
     (['--config=configs/nope.py'], "No such file or directory: 'configs/nope.py'"),
     (['--config.mode=describe'], '--config=configs/NAME.py is required'),
+    (['--config=configs/mnist_vgg13.py:tiny', '--config.mode=describe'],
+     "unknown config variant 'tiny'; valid variants: reduced"),
 ])
 def test_bad_flags_end_with_one_clear_line(args, message):
   proc = subprocess.run([sys.executable, '-m', 'n2n_jax.main'] + args, cwd=ROOT,
