@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
+from n2n_jax import baselines
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
 from n2n_jax import data as data_lib
 from n2n_jax import distributed
+from n2n_jax import pruning
 from n2n_jax import runtime
 from n2n_jax import search as search_lib
 from n2n_jax import spec as spec_lib
@@ -20,7 +22,8 @@ from n2n_jax import workdir_lock
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
                teacher_lib.WorkdirMismatch, teacher_lib.TrainingError, search_lib.ResumeMismatch,
                search_lib.SearchError, workdir_lock.WorkdirBusy, teacher_lib.TeacherDamaged,
-               checkpoint_lib.CheckpointDamaged, distributed.DistributedError)
+               checkpoint_lib.CheckpointDamaged, distributed.DistributedError,
+               baselines.BaselineError)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
@@ -76,4 +79,8 @@ def _train(config, spec, workdir: str) -> dict:
     result = {k: v for k, v in teacher.record.items()
               if k not in ('history', 'origin', 'variables_sha256')}
     return dict(result, workdir=workdir)
+  if config.mode == 'prune':
+    return pruning.run(config, workdir, teacher, get_dataset(), progress=progress)
+  if config.mode == 'handdesigned':
+    return baselines.run_handdesigned(config, workdir, teacher, get_dataset(), progress=progress)
   return search_lib.run(config, workdir, teacher, get_dataset(), progress=progress)

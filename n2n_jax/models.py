@@ -36,6 +36,12 @@ class SpecNet(nn.Module):
   """A network interpreting `spec`. Call with (images NHWC, train: bool);
   train=True needs mutable=['batch_stats'] and, with dropout, a 'dropout' rng."""
   spec: S.NetSpec
+  # Names of layers ('3', '5_main_1') whose outputs z are multiplied by
+  # (1 + g), with g read from the 'gates' collection, one value per example
+  # and channel. Gates of zero change nothing; the loss's gradient with
+  # respect to g is the sum over positions of dC/dz * z, the Taylor pruning
+  # criterion (pruning.py). Empty by default: no gates, the plain network.
+  gated: tuple = ()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -43,7 +49,11 @@ class SpecNet(nn.Module):
 
   def _sequence(self, layers, x, train, prefix):
     for i, layer in enumerate(layers):
-      x = self._layer(layer, x, train, f'{prefix}{i}')
+      name = f'{prefix}{i}'
+      x = self._layer(layer, x, train, name)
+      if name in self.gated:
+        g = self.get_variable('gates', name)
+        x = x * (1 + g.reshape(g.shape[:1] + (1,) * (x.ndim - 2) + g.shape[1:]))
     return x
 
   def _layer(self, layer, x, train, name):
