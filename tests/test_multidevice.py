@@ -70,9 +70,9 @@ def _child(workdir):
   placed = []
   real_train = E.Evaluator._train
 
-  def record_device(self, spec, key, seed, keep, progress, device):
+  def record_device(self, spec, key, seed, keep, progress, device, *rest):
     placed.append(jax.devices().index(device))
-    return real_train(self, spec, key, seed, keep, progress, device)
+    return real_train(self, spec, key, seed, keep, progress, device, *rest)
 
   E.Evaluator._train = record_device
 
