@@ -30,7 +30,6 @@ import sys
 import warnings
 
 import numpy as np
-from matplotlib import ticker
 from matplotlib.figure import Figure  # no pyplot: no global backend, as in report.py
 
 from n2n_jax import report
@@ -402,14 +401,8 @@ def _plot_results(ax, rows, colours):
     if any(r['kind'] == kind for r in results(rows)):
       ax.scatter([], [], marker=marker, color='0.6', edgecolor='black', lw=0.6,
                  label=PLOT_KINDS[kind])
-  ax.set_xscale('log')
+  report.params_axis(ax)
   ax.margins(x=0.1, y=0.1)
-  # Sizes as in the tables (73K, 1.2M), as report.plot_accuracy_vs_params draws them.
-  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: report.format_params(v)))
-  ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
-      lambda v, _: report.format_params(v) if f'{v:.0e}'[0] in '25' else ''))
-  ax.tick_params(axis='x', which='minor', labelsize=7)
-  ax.set_xlabel('#params (log scale)')
   ax.set_ylabel('test accuracy (%)')
   ax.set_title('Test accuracy against size\n(the stage-1 best has no test accuracy: not shown)',
                fontsize=10)

@@ -312,6 +312,18 @@ def _accuracy(d: dict):
   return None
 
 
+def params_axis(ax) -> None:
+  """A log x axis of parameter counts labelled as in the tables (73K, 1.2M)
+  rather than powers of ten; the minor ticks at 2x and 5x get labels too, since
+  a run often spans less than a decade."""
+  ax.set_xscale('log')
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: format_params(v)))
+  ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
+      lambda v, _: format_params(v) if f'{v:.0e}'[0] in '25' else ''))
+  ax.tick_params(axis='x', which='minor', labelsize=7)
+  ax.set_xlabel('#params (log scale)')
+
+
 def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, path: str) -> str:
   """Every sampled non-degenerate student as a point (x = #params, log scale;
   y = validation accuracy), the teacher and the chosen student marked. Returns path."""
@@ -352,15 +364,8 @@ def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, pa
 
   mark(teacher, '*', 'gold', f'teacher {teacher.get("name", "")}'.strip(), 'left')
   mark(chosen, 'D', 'tab:red', 'chosen student', 'right')
-  ax.set_xscale('log')
+  params_axis(ax)
   ax.margins(x=0.08, y=0.12)
-  # Sizes as in the table (73K, 1.2M) rather than powers of ten; the minor ticks
-  # at 2x and 5x get labels too, since a run often spans less than a decade.
-  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: format_params(v)))
-  ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
-      lambda v, _: format_params(v) if f'{v:.0e}'[0] in '25' else ''))
-  ax.tick_params(axis='x', which='minor', labelsize=7)
-  ax.set_xlabel('#params (log scale)')
   ax.set_ylabel('validation accuracy (%)')
   ax.set_title('Sampled students: accuracy against size (degenerate students left out)',
                fontsize=10)
