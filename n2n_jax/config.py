@@ -145,6 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The search trains an iteration's students concurrently, one per device,
   # over this many local devices (0 = all); results do not depend on it.
   c.runtime.student_devices = 0
+  # Compile the next students of an iteration on a background thread while
+  # the current one trains (results do not depend on it).
+  c.runtime.compile_ahead = True
   # Teacher training splits each batch over this many local devices (0 = all;
   # fewer when the batch size does not divide evenly).
   c.runtime.teacher_devices = 0

@@ -10,6 +10,7 @@ training.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -52,6 +53,7 @@ class _Program:
   model: models.SpecNet
   tx: object
   runner: train_lib.EpochRunner
+  predict: object  # compiled (variables, images chunk) -> logits, for validation
 
 
 def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
@@ -102,7 +104,8 @@ class Evaluator:
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
-               memory_limit_bytes: int | None = None, devices=None):
+               memory_limit_bytes: int | None = None, devices=None,
+               compile_ahead: bool = True):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -127,7 +130,11 @@ class Evaluator:
     self.devices = list(devices) if devices else jax.local_devices()[:1]
     self._copies = {}  # device -> (Data, val images, val labels) resident there
     self._lock = threading.Lock()
-    self.compile_seconds = 0.0  # all compiling done so far, for the run's time split
+    # Seconds students waited for their programs to compile, for the run's
+    # time split; compiling that overlapped training is not in it.
+    self.compile_seconds = 0.0
+    self.compile_ahead = compile_ahead
+    self._pending = {}  # program key -> Future of a compile started by start_compiling
 
   def _resident(self, device) -> tuple:
     """(training Data, validation images, labels) on `device`, copied once."""
@@ -137,17 +144,38 @@ class Evaluator:
             (self.data, self.dataset.val_images, self.dataset.val_labels), device)
       return self._copies[device]
 
-  def _program(self, spec: spec_lib.NetSpec, device=None) -> tuple:
-    """The compiled programs for `spec` on `device` (cached), and the seconds
-    spent compiling. A compiled program serves only the device it was built for."""
-    device = device or self.devices[0]
+  def _program_key(self, spec: spec_lib.NetSpec, device) -> tuple:
     data = self._resident(device)[0]
     data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(data))
-    key = (spec, self.settings, self.epoch_mode, data_shapes, device)
+    return (spec, self.settings, self.epoch_mode, data_shapes, device)
+
+  def _program(self, spec: spec_lib.NetSpec, device=None) -> tuple:
+    """The compiled programs for `spec` on `device` (cached), and the seconds
+    this call waited for them: compiling here, or for a compile that
+    `start_compiling` started. A compiled program serves only the device it was
+    built for."""
+    device = device or self.devices[0]
+    key = self._program_key(spec, device)
+    start = time.perf_counter()
     with _PROGRAMS_LOCK:
-      if key in _PROGRAMS:
+      pending = self._pending.pop(key, None)
+      program = _PROGRAMS.get(key)
+      if program is not None:
         _PROGRAMS.move_to_end(key)
-        return _PROGRAMS[key], 0.0
+    if pending is not None:
+      program = pending.result()  # raises whatever compiling raised
+    elif program is None:
+      program = self._compile(spec, device, key)
+    else:
+      return program, 0.0
+    waited = time.perf_counter() - start
+    with self._lock:
+      self.compile_seconds += waited
+    return program, waited
+
+  def _compile(self, spec: spec_lib.NetSpec, device, key) -> _Program:
+    """Build and compile `spec`'s train step and validation forward pass and
+    cache them under `key`."""
     s = self.settings
     model = models.build(spec)
     steps = max(1, self.data.images.shape[0] // s.batch_size)
@@ -157,20 +185,67 @@ class Evaluator:
     runner = train_lib.EpochRunner(step, self.epoch_mode)
     shapes = models.variable_shapes(model, spec.input_shape)
     abstract_state = jax.eval_shape(lambda v: train_lib.TrainState.create(v, tx), shapes)
+    data, val_images, _ = self._resident(device)
     with jax.default_device(device):
-      seconds = runner.compile(abstract_state, data, s.batch_size)
-    program = _Program(model, tx, runner)
+      runner.compile(abstract_state, data, s.batch_size)
+      predict = train_lib.compile_predict(model, shapes, val_images)
+    program = _Program(model, tx, runner, predict)
     with _PROGRAMS_LOCK:
       _PROGRAMS[key] = program
       if len(_PROGRAMS) > _MAX_PROGRAMS:
         _PROGRAMS.popitem(last=False)
-    with self._lock:
-      self.compile_seconds += seconds
-    return program, seconds
+    return program
+
+  def start_compiling(self, jobs) -> None:
+    """Start compiling the programs of [(spec, device), ...] in order on one
+    background thread, so that a student compiles while the one before it
+    trains. A later `_program` call for the same spec waits for it (and gets
+    its error, if compiling failed) instead of compiling again. Students too
+    large for the device, and programs already compiled or on their way,
+    are skipped."""
+    todo = []
+    keyed = [(spec, device, self._program_key(spec, device)) for spec, device in jobs
+             if not self._too_large(spec)]
+    with _PROGRAMS_LOCK:
+      for spec, device, key in keyed:
+        if key in _PROGRAMS or key in self._pending:
+          continue
+        self._pending[key] = concurrent.futures.Future()
+        todo.append((spec, device, key, self._pending[key]))
+    if not todo:
+      return
+
+    def work():
+      for spec, device, key, future in todo:
+        if not future.set_running_or_notify_cancel():
+          continue
+        try:
+          future.set_result(self._compile(spec, device, key))
+        except BaseException as e:  # pylint: disable=broad-except  # handed to the waiter
+          future.set_exception(e)
+
+    # One thread (two gave no gain on 2 cores: compiling is CPU-bound). A
+    # daemon: a SIGTERM ends the process without waiting for it.
+    threading.Thread(target=work, name='n2n-compile-ahead', daemon=True).start()
+
+  def _too_large(self, spec: spec_lib.NetSpec) -> str | None:
+    """Why `spec` cannot train on a device of memory_limit_bytes, or None."""
+    if not self.memory_limit_bytes:
+      return None
+    need = training_memory_bytes(spec, self.settings.batch_size)
+    if need <= self.memory_limit_bytes:
+      return None
+    return (f'too large for device memory: training needs about {need / 2**20:.0f} MB, the '
+            f'limit is {self.memory_limit_bytes / 2**20:.0f} MB')
 
   def train_many(self, jobs, seed: int) -> list:
     """StudentResults for [(spec, key), ...], in order: job i runs on
     devices[i % len(devices)], the devices concurrently."""
+    placed = [self.devices[i % len(self.devices)] for i in range(len(jobs))]
+    if self.compile_ahead:
+      # Each device's first student compiles in its own thread; the others
+      # are compiled in the background while those train.
+      self.start_compiling([(spec, d) for (spec, _), d in zip(jobs, placed)][len(self.devices):])
     if len(self.devices) == 1 or len(jobs) <= 1:
       return [self.train(spec, key, seed) for spec, key in jobs]
     results = [None] * len(jobs)
@@ -205,12 +280,9 @@ class Evaluator:
     start = time.perf_counter()
     compile_s = 0.0
     try:
-      if self.memory_limit_bytes:
-        need = training_memory_bytes(spec, self.settings.batch_size)
-        if need > self.memory_limit_bytes:
-          return StudentResult(float('nan'), f'too large for device memory: training needs '
-                               f'about {need / 2**20:.0f} MB, the limit is '
-                               f'{self.memory_limit_bytes / 2**20:.0f} MB')
+      too_large = self._too_large(spec)
+      if too_large:
+        return StudentResult(float('nan'), too_large)
       program, compile_s = self._program(spec, device)
       data, val_images, val_labels = self._resident(device)
       if initial_variables is not None:
@@ -230,7 +302,8 @@ class Evaluator:
                                f'{epoch + 1}', time.perf_counter() - start - compile_s, compile_s)
         if progress is not None:
           progress(epoch + 1, metrics)
-      logits = train_lib.predict(program.model, state.variables, val_images)
+      logits = train_lib.predict(program.model, state.variables, val_images,
+                                 compiled=program.predict)
       if not train_lib.is_finite(logits):
         return StudentResult(float('nan'), 'validation logits are not finite (NaN or Inf)',
                              time.perf_counter() - start - compile_s, compile_s)

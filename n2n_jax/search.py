@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 
 import jax
@@ -262,6 +263,27 @@ def _policy_states(config, stage1, key, init_from: str) -> dict:
   return states
 
 
+def _compile_in_background(update, state, stage: Stage, rollouts: int) -> threading.Thread:
+  """Compile the stage's policy update (seconds: more than many students) on a
+  background thread while its first students train, by calling it once on
+  arguments shaped like the real ones and dropping the result. The real call
+  then finds the program in the jit cache. Any failure is left for the real
+  call to report."""
+  args = (state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
+          jnp.zeros((rollouts, len(stage.features)), jnp.int32),
+          jnp.zeros((rollouts,), jnp.float32))
+
+  def work():
+    try:
+      jax.block_until_ready(update(*args))
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  thread = threading.Thread(target=work, name='n2n-policy-update-compile', daemon=True)
+  thread.start()
+  return thread
+
+
 def student_devices(count: int) -> list:
   """The devices an iteration's students are spread over: the first `count`
   local devices (0 = all of them)."""
@@ -323,7 +345,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
                                     init=d.init, max_train_examples=d.max_train_examples),
       config.runtime.epoch_mode, teacher.variables,
       memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
-      devices=student_devices(config.runtime.student_devices))
+      devices=student_devices(config.runtime.student_devices),
+      compile_ahead=config.runtime.compile_ahead)
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
                  if (k.max_params or k.max_flops) else None)
@@ -359,6 +382,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
       update = reinforce.make_update(stage.policy, reinforce.make_optimizer(stage.learning_rate),
                                      name, config.policy.method, config.policy.baseline,
                                      config.policy.baseline_decay)
+      if meta['done'][str(number)] < stage.iterations:
+        _compile_in_background(update, states[name], stage, config.search.rollouts)
       while meta['done'][str(number)] < stage.iterations:
         iteration = meta['done'][str(number)] + 1
         states[name], record, students = _iteration(ctx, stage, states[name], update, iteration)

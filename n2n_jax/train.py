@@ -243,18 +243,33 @@ def _predict_chunk(model, variables, images):
   return model.apply(variables, images, train=False)
 
 
-def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000) -> jax.Array:
+def _chunk_size(images, batch_size: int) -> int:
+  return min(batch_size, images.shape[0])
+
+
+def compile_predict(model, variables, images, batch_size: int = 1000):
+  """`predict`'s per-chunk program for `model` and arrays shaped like
+  `variables` and `images` (arrays or ShapeDtypeStructs), compiled now."""
+  chunk = jax.ShapeDtypeStruct((_chunk_size(images, batch_size),) + images.shape[1:],
+                               images.dtype)
+  return _predict_chunk.lower(model, variables, chunk).compile()
+
+
+def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000,
+            compiled=None) -> jax.Array:
   """Logits for all images, in fixed-size chunks (the last one padded) so one
-  compiled program serves any dataset size."""
+  compiled program serves any dataset size; `compiled` is that program from
+  compile_predict (else it is compiled on first use)."""
   n = images.shape[0]
-  size = min(batch_size, n)
+  size = _chunk_size(images, batch_size)
+  apply = compiled or functools.partial(_predict_chunk, model)
   out = []
   for start in range(0, n, size):
     chunk = images[start:start + size]
     short = size - chunk.shape[0]
     if short:
       chunk = jnp.concatenate([chunk, jnp.zeros((short,) + chunk.shape[1:], chunk.dtype)])
-    out.append(_predict_chunk(model, variables, chunk)[:size - short])
+    out.append(apply(variables, chunk)[:size - short])
   return jnp.concatenate(out)
 
 

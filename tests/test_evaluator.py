@@ -1,5 +1,7 @@
 """Student evaluation: distillation, failures as results, teacher-weight inheritance."""
 
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -85,3 +87,62 @@ def test_unknown_init_is_refused(setup):
     E.Evaluator(ds, logits, E.DistillSettings(init='imagenet'))
   with pytest.raises(ValueError, match="needs the teacher's variables"):
     E.Evaluator(ds, logits, E.DistillSettings(init='teacher'))
+
+
+def _students(n):
+  """n distinct trainable students of the digits teacher (one layer removed each)."""
+  out = []
+  for i in range(S.removable_count(TEACHER)):
+    keep = [True] * S.removable_count(TEACHER)
+    keep[i] = False
+    student = S.remove(TEACHER, keep)
+    if not S.is_degenerate(student) and student not in out:
+      out.append(student)
+  return out[:n]
+
+
+def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(setup, monkeypatch):
+  ds, _, logits = setup
+  settings = E.DistillSettings(epochs=1, max_train_examples=256)
+  students = _students(3)
+  jobs = [(s, jax.random.key(i)) for i, s in enumerate(students)]
+  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  plain = E.Evaluator(ds, logits, settings, compile_ahead=False).train_many(jobs, seed=0)
+
+  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  compiled_in = []  # the thread each program was compiled in
+  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
+
+  def watched(self, spec, device, key):
+    compiled_in.append(threading.current_thread().name)
+    return real_compile(self, spec, device, key)
+
+  monkeypatch.setattr(E.Evaluator, '_compile', watched)
+  ahead = E.Evaluator(ds, logits, settings, compile_ahead=True)
+  results = ahead.train_many(jobs, seed=0)
+  assert [r.error for r in results] == [None] * 3
+  assert [r.accuracy for r in results] == [r.accuracy for r in plain]
+  # Each student compiled once: the first where it trains, the others in the
+  # background while the ones before them trained.
+  assert sorted(compiled_in) == ['MainThread', 'n2n-compile-ahead', 'n2n-compile-ahead']
+  assert not ahead._pending  # pylint: disable=protected-access  # every compile was collected
+  # The run's compile time is what students waited, each wait counted once.
+  assert ahead.compile_seconds == pytest.approx(sum(r.compile_seconds for r in results))
+
+
+def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
+  ds, _, logits = setup
+  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256))
+  first, second = _students(2)
+  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
+
+  def fail_for_second(self, spec, device, key):
+    if spec == second:
+      raise RuntimeError('injected compile failure')
+    return real_compile(self, spec, device, key)
+
+  monkeypatch.setattr(E.Evaluator, '_compile', fail_for_second)
+  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  results = ev.train_many([(first, jax.random.key(0)), (second, jax.random.key(1))], seed=0)
+  assert results[0].error is None
+  assert results[1].error == 'RuntimeError: injected compile failure'

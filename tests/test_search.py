@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,10 +12,13 @@ from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import data as data_lib
 from n2n_jax import experiment
 from n2n_jax import export
+from n2n_jax import policies
+from n2n_jax import reinforce
 from n2n_jax import report
 from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
+from n2n_jax import zoo
 from conftest import tiny_search, workdir_with_teacher, without_timing
 
 
@@ -157,3 +161,32 @@ def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoin
     experiment.run(config, workdir)
   assert checkpoint_lib.Checkpoints(workdir).latest_step() == 1
   assert len(report.read_metrics(workdir)) == 1
+
+
+def test_policy_update_compiled_in_background_is_the_one_the_search_calls(config_factory):
+  config = config_factory('digits')
+  teacher = zoo.get('digits_cnn', (8, 8, 1), 10)
+  stage = search.removal_stage(config, teacher)
+  optimizer = reinforce.make_optimizer(stage.learning_rate)
+  update = reinforce.make_update(stage.policy, optimizer, 'removal')
+  state = reinforce.PolicyState.create(
+      policies.init_policy(stage.policy, jax.random.key(0), stage.features.shape[1]), optimizer)
+  search._compile_in_background(update, state, stage, rollouts=3).join()  # pylint: disable=protected-access
+
+  actions = np.asarray(reinforce.sample_removal(
+      stage.policy, state.params, jnp.asarray(stage.features), jnp.asarray(stage.mask),
+      jax.random.key(1), 3))
+  # The arguments as the search makes them (converting them compiles helpers).
+  args = (jnp.asarray(stage.features), jnp.asarray(stage.mask), jnp.asarray(actions),
+          jnp.asarray([0.5, -1.0, 0.25], jnp.float32))
+  compiles = []
+  listener = lambda event, duration, **_: compiles.append(event) if event.endswith(
+      'backend_compile_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    new, metrics = update(state, *args)
+    jax.block_until_ready(new)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+  assert bool(metrics['finite']) and int(new.num_updates) == 1
