@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.reward = 'n2n'  # 'n2n': C(2-C)A/A_teacher; 'naive': A*C (appendix 11.1)
   c.search.max_dense_inputs = 50_000  # a Dense layer with more inputs is degenerate
   c.search.restart = False  # True: discard this workdir's search state and start over
+  # True: an architecture sampled again keeps the validation accuracy of its
+  # first training instead of being distilled again. Saves the time of repeats
+  # (a converging policy samples many); changes results, because a repeated
+  # student's reward no longer carries fresh training noise. Off, as in the paper.
+  c.search.reuse_results = False
 
   c.policy = ml_collections.ConfigDict()
   c.policy.method = 'reinforce'  # or 'actor_critic' (appendix 6)

@@ -13,6 +13,7 @@ same result as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -146,6 +147,9 @@ class SearchContext:
   teacher_accuracy: float  # validation accuracy: the reward's A_teacher
   constraints: reward_lib.Constraints | None
   teacher_logits: jax.Array  # on the whole training split
+  # architecture_key -> first validation accuracy, with search.reuse_results;
+  # it lives in the checkpointed meta, so a resumed search knows what it knew.
+  known_accuracies: dict | None = None
 
 
 def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
@@ -164,6 +168,32 @@ def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
   return s.reward, None, s.violations
 
 
+def architecture_key(student) -> str:
+  """A short, stable name for an architecture (its spec's JSON, hashed)."""
+  return hashlib.sha256(spec_lib.to_json(student).encode()).hexdigest()[:24]
+
+
+def _known_results(ctx: SearchContext, students, trainable) -> tuple:
+  """With search.reuse_results: ({i: result} for students whose architecture
+  has a recorded accuracy, {i: None, or the index of an earlier rollout of
+  this iteration with the same architecture}, the indices left to train).
+  Without it: nothing known, every trainable index to train."""
+  if ctx.known_accuracies is None:
+    return {}, {}, list(trainable)
+  results, reused, first, to_train = {}, {}, {}, []
+  for i in trainable:
+    key = architecture_key(students[i])
+    if key in ctx.known_accuracies:
+      results[i] = evaluator_lib.StudentResult(ctx.known_accuracies[key], None)
+      reused[i] = None
+    elif key in first:
+      reused[i] = first[key]
+    else:
+      first[key] = i
+      to_train.append(i)
+  return results, reused, to_train
+
+
 def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   """One policy iteration: sample m students, train and score them, update."""
   config = ctx.config
@@ -177,9 +207,15 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
       np.asarray(_sample(stage, state.params, sample_key, config.search.rollouts)))
   students = [stage.to_student(a, config, ctx.teacher_params) for a in actions]
   trainable = [i for i, s in enumerate(students) if not spec_lib.is_degenerate(s)]
+  results, reused, to_train = _known_results(ctx, students, trainable)
+  # A student's key depends on its rollout index only, so reusing results
+  # never changes what the students that do train see.
   trained = ctx.evaluator.train_many(
-      [(students[i], jax.random.fold_in(train_key, i)) for i in trainable], config.seed)
-  results = dict(zip(trainable, trained))
+      [(students[i], jax.random.fold_in(train_key, i)) for i in to_train], config.seed)
+  results.update(zip(to_train, trained))
+  for i, twin in reused.items():
+    if twin is not None:  # sampled twice in this iteration: trained once
+      results[i] = results[twin]
   rewards, accuracies, params, degenerate, violations = [], [], [], [], []
   for i, student in enumerate(students):
     result = results.get(i, evaluator_lib.StudentResult(float('nan'), None))
@@ -194,6 +230,10 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
         [rewards, [math.nan if a is None else a for a in accuracies]], np.float64))
     rewards = scores[0].tolist()
     accuracies = [None if math.isnan(a) else a for a in scores[1].tolist()]
+  if ctx.known_accuracies is not None:
+    for i in to_train:
+      if accuracies[i] is not None:
+        ctx.known_accuracies[architecture_key(students[i])] = accuracies[i]
   baseline_before = float(state.baseline)
   state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
                           jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
@@ -211,6 +251,7 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
       'mean_reward': float(np.mean(rewards)), 'baseline': baseline_before,
       'policy_loss': loss, 'seconds': round(time.perf_counter() - start, 3),
       'specs': [_describe_student(s) for s in students],
+      'reused': [i in reused for i in range(len(students))],
   }
   return state, record, students
 
@@ -323,7 +364,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
                           '' if resuming else config.policy.init_from)
   meta = {'origin': origin, 'done': {'1': 0, '2': 0}, 'best_stage1': None, 'best_stage2': None,
           'best': None, 'records': [], 'stage2_source': None, 'compile_seconds': 0.0,
-          'search_seconds': 0.0}
+          'search_seconds': 0.0, 'known_accuracies': {}}
   if resuming:
     def same_config(stored):
       diff = config_lib.differences(stored['origin'], origin)
@@ -352,7 +393,9 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
                  if (k.max_params or k.max_flops) else None)
   ctx = SearchContext(config, workdir, teacher, dataset, evaluator,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
-                      constraints, teacher_logits)
+                      constraints, teacher_logits,
+                      meta.setdefault('known_accuracies', {}) if config.search.reuse_results
+                      else None)
 
   # Process 0 writes the logs; the others compute the same records.
   primary = distributed.is_primary()

@@ -10,6 +10,7 @@ import pytest
 
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import data as data_lib
+from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
 from n2n_jax import export
 from n2n_jax import policies
@@ -161,6 +162,65 @@ def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoin
     experiment.run(config, workdir)
   assert checkpoint_lib.Checkpoints(workdir).latest_step() == 1
   assert len(report.read_metrics(workdir)) == 1
+
+
+def test_reuse_results_trains_each_architecture_once_and_resumes_exactly(
+    config_factory, tmp_path, monkeypatch):
+  # A teacher with three removable layers has only four smaller students, so
+  # 12 rollouts must repeat some.
+  teacher = S.NetSpec('tiny', (8, 8, 1), (S.Conv(8, 3, 1, 1), S.ReLU(), S.Conv(8, 3, 1, 1),
+                                          S.ReLU(), S.Flatten(), S.Dense(10)))
+  (tmp_path / 'tiny.json').write_text(S.to_json(teacher))
+  config = tiny_search(config_factory('digits'))
+  config.teacher.spec_file = str(tmp_path / 'tiny.json')
+  config.search.stage1_iterations, config.search.stage2_iterations = 3, 2
+  config.search.rollouts = 4
+  config.search.reuse_results = True
+  trained_keys = []
+  real_train_many = evaluator_lib.Evaluator.train_many
+
+  def spy(self, jobs, seed):
+    trained_keys.extend(search.architecture_key(spec) for spec, _ in jobs)
+    return real_train_many(self, jobs, seed)
+
+  monkeypatch.setattr(evaluator_lib.Evaluator, 'train_many', spy)
+  straight = experiment.run(config, str(tmp_path / 'a'))
+  records = report.read_metrics(str(tmp_path / 'a'))
+
+  assert len(trained_keys) == len(set(trained_keys))  # no architecture distilled twice
+  first_accuracy, reused = {}, 0
+  for r in records:
+    for text, accuracy, why, was_reused in zip(r['specs'], r['accuracies'], r['degenerate'],
+                                               r['reused']):
+      if why is not None:
+        assert not was_reused
+        continue
+      if text in first_accuracy:  # sampled before: its first accuracy, no training
+        assert was_reused and accuracy == first_accuracy[text]
+        reused += 1
+      else:
+        assert not was_reused
+        first_accuracy[text] = accuracy
+  assert reused >= 1, 'the tiny search sampled no architecture twice; nothing was tested'
+  assert len(trained_keys) == len(first_accuracy)
+
+  # Known accuracies are checkpointed: a search that dies and resumes reuses
+  # exactly what the uninterrupted one did.
+  workdir = str(tmp_path / 'b')
+  real_save = checkpoint_lib.Checkpoints.save
+
+  def crash_after_two(self, step, arrays, meta):
+    real_save(self, step, arrays, meta)
+    if step == 2:
+      raise Crash()
+
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', crash_after_two)
+  with pytest.raises(Crash):
+    experiment.run(config, workdir)
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', real_save)
+  resumed = experiment.run(config, workdir)
+  assert without_timing(report.read_metrics(workdir)) == without_timing(records)
+  assert resumed['student']['spec'] == straight['student']['spec']
 
 
 def test_policy_update_compiled_in_background_is_the_one_the_search_calls(config_factory):
