@@ -25,7 +25,9 @@ always the last line of stdout):
   as a first run of the command line does), then again with the in-memory
   caches cleared, as in a new process, and that persistent cache warm.
 * compile_fraction: summary['time']['compile'] / (search + final seconds) of a
-  short real compress run on the bundled digits (configs/digits.py).
+  short real compress run on the bundled digits (configs/digits.py): the time
+  students waited for their train-step and validation programs to compile
+  (compiling that overlapped another student's training is not counted).
 * train_gflops / matmul_peak_gflops / train_vs_matmul_peak: achieved training
   FLOP/s of the teacher-sized student (convention: 3 x forward FLOPs per image
   from spec.flops x batch x steps/s) against a large float32 jnp.dot timed in
@@ -213,34 +215,47 @@ def shrunk(teacher: spec_lib.NetSpec, factor: float) -> spec_lib.NetSpec:
 
 def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, say) -> dict:
   """One cold stage-1 iteration, as search._iteration runs it (same keys,
-  same per-student calls), timed from sampling to the policy update."""
+  same Evaluator.train_many call), timed from sampling to the policy update."""
   seed = config.seed
   teacher_params = spec_lib.param_count(teacher)
   cold_caches()
   # Set up once per search, not per iteration: left out of the figure.
   evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps),
-                                      config.runtime.epoch_mode)
+                                      config.runtime.epoch_mode,
+                                      compile_ahead=config.runtime.compile_ahead)
   start = time.perf_counter()
   stage = search_lib.removal_stage(config, teacher)
   policy_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0), 0)
   params = policies.init_policy(stage.policy, policy_key, stage.features.shape[1])
+  optimizer = reinforce.make_optimizer(stage.learning_rate)
+  update = reinforce.make_update(stage.policy, optimizer, 'removal', config.policy.method,
+                                 config.policy.baseline, config.policy.baseline_decay)
+  state = reinforce.PolicyState.create(params, optimizer)
+  # As the search does at the start of a stage: the update compiles in the
+  # background while the students train.
+  search_lib._compile_in_background(update, state, stage, rollouts)  # pylint: disable=protected-access
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage.number), 1)
   sample_key, train_key = jax.random.split(key)
   actions = np.asarray(reinforce.sample_removal(stage.policy, params, jnp.asarray(stage.features),
                                                 jnp.asarray(stage.mask), sample_key, rollouts))
   sample_seconds = time.perf_counter() - start
-  students, rewards = [], []
-  for i, a in enumerate(actions):
-    student = stage.to_student(a, config, teacher_params)
+  students = [stage.to_student(a, config, teacher_params) for a in actions]
+  trainable = [i for i, s in enumerate(students) if not spec_lib.is_degenerate(s)]
+  # As the search does: the students after the first compile in the
+  # background while the ones before them train (runtime.compile_ahead).
+  results = dict(zip(trainable, evaluator.train_many(
+      [(students[i], jax.random.fold_in(train_key, i)) for i in trainable], seed)))
+  rows, rewards = [], []
+  for i, student in enumerate(students):
     row = {'rollout': i + 1}
-    if spec_lib.is_degenerate(student):
+    if i not in results:
       row['degenerate'] = student.kind
       rewards.append(reward_lib.DEGENERATE_REWARD)
       say(f'  rollout {i + 1}: degenerate ({student.kind}), not trained')
     else:
-      t0 = time.perf_counter()
-      result = evaluator.train(student, jax.random.fold_in(train_key, i), seed)
-      row.update(params=spec_lib.param_count(student), seconds=time.perf_counter() - t0,
+      result = results[i]
+      row.update(params=spec_lib.param_count(student),
+                 seconds=result.train_seconds + result.compile_seconds,
                  compile_seconds=result.compile_seconds, error=result.error)
       # The update's cost does not depend on the reward's value: A_teacher = 1.
       rewards.append(reward_lib.score(result.accuracy, row['params'], teacher_params, 1.0).reward
@@ -248,21 +263,17 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
       say(f'  rollout {i + 1}: {row["params"]:,} params, '
           f'{spec_lib.flops(student) / 1e9:.3f} GFLOPs/image: {row["seconds"]:.1f} s in all '
           f'(build + init + compile + {steps} steps + evaluation), of it '
-          f'{result.compile_seconds:.1f} s compiling the train step'
+          f'{result.compile_seconds:.1f} s waiting for its programs to compile'
           + (f'; FAILED: {result.error}' if result.error else ''))
-    students.append(row)
+    rows.append(row)
   update_start = time.perf_counter()
-  optimizer = reinforce.make_optimizer(stage.learning_rate)
-  update = reinforce.make_update(stage.policy, optimizer, 'removal', config.policy.method,
-                                 config.policy.baseline, config.policy.baseline_decay)
-  state = reinforce.PolicyState.create(params, optimizer)
   state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
                           jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
   jax.block_until_ready((state, metrics))
   end = time.perf_counter()
   return {'seconds': end - start, 'sample_seconds': sample_seconds,
-          'update_seconds': end - update_start, 'students': students,
-          'trained': sum('params' in s for s in students)}
+          'update_seconds': end - update_start, 'students': rows,
+          'trained': len(trainable)}
 
 
 def bring_up(dataset, teacher_logits, steps: int, student, seed: int) -> tuple:
@@ -335,8 +346,8 @@ def short_search(overrides: dict, workroot: str) -> dict:
   """A short compress run on the digits config, in process, persistent cache
   off. Returns its summary['time'] plus 'xla': the seconds JAX reports for
   XLA compiles during the compress part, which also covers what
-  summary['time']['compile'] leaves out (evaluation, policy and teacher-logit
-  programs) but not tracing or lowering."""
+  summary['time']['compile'] leaves out (compiles overlapped with training,
+  policy and teacher-logit programs) but not tracing or lowering."""
   xla = []
 
   def listen(event, duration, **kwargs):
@@ -579,7 +590,8 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
              iteration_policy_seconds=it['sample_seconds'] + it['update_seconds'])
   say(f'iteration_seconds {it["seconds"]:.2f}: one cold stage-1 iteration, {it["trained"]} of '
       f'{profile.rollouts} students trained (degenerate ones cost nothing); '
-      f'{out["iteration_compile_seconds"]:.2f} s of it compiling train steps, '
+      f'{out["iteration_compile_seconds"]:.2f} s of it waiting for students\' programs to '
+      'compile, ' 
       f'{out["iteration_policy_seconds"]:.2f} s sampling and updating the policy')
 
   new_student = shrunk(teacher, NEW_ARCH_FACTOR)
@@ -647,10 +659,11 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   say(f'compile_fraction {out["compile_fraction"]:.3f}: short digits search '
       f'({", ".join(f"{k}={v}" for k, v in profile.search.items())}): search '
       f'{times["search"]:.1f} s + final {times["final"]:.1f} s, of which '
-      f'{times["compile"]:.1f} s compiling student train steps (summary time.compile)')
+      f'{times["compile"]:.1f} s waiting for student programs to compile (summary time.compile)')
   say(f'compile_fraction_xla {out["compile_fraction_xla"]:.3f}: XLA compile time JAX '
-      f'reports for every program of that compress run ({times["xla"]:.1f} s: evaluation, '
-      'policy and teacher-logit programs too; tracing and lowering not included)')
+      f'reports for every program of that compress run ({times["xla"]:.1f} s: compiles '
+      'overlapped with training, policy and teacher-logit programs too; tracing and lowering '
+      'not included)')
 
   with section('new_architecture_warm'):
     persistent_cache(cache_dir)

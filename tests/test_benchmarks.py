@@ -62,3 +62,32 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
   assert r['jax_version'].count('.') >= 1
   assert 'throughput.py' in r['command'] and '--quick' in r['command']
   assert r['quick'] is True
+
+
+def test_quick_cpu_options_compares_variants_in_fresh_processes(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'cpu_options.py'), '--quick',
+                         '--json-only'], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1, proc.stdout
+  r = json.loads(lines[0])
+  assert set(r['variants']) == {'cli', 'opt_level_0'}
+  for name, v in r['variants'].items():
+    assert v['runs'] == 1 and v['errors'] == [], name
+    assert set(v['compile_seconds']) == {'digits', 'vgg_medium'}
+    assert all(_positive(x) for x in v['compile_seconds'].values())
+    assert set(v['steps_per_second']) == {'small', 'medium'}
+    assert all(_positive(x) for x in v['steps_per_second'].values())
+  # Each child ran under its own flags (XLA reads them once per process).
+  assert r['variants']['cli']['xla_flags'] == '--xla_cpu_experimental_ynn_fusion_type='
+  assert '--xla_backend_optimization_level=0' in r['variants']['opt_level_0']['xla_flags']
+  assert math.isfinite(r['variants']['cli']['loss'])
+
+
+def test_cpu_options_refuses_unknown_variants():
+  proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'cpu_options.py'),
+                         '--variants=cli,warp_speed'], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 2
+  assert 'warp_speed' in proc.stderr and 'hugetlb' in proc.stderr  # lists the valid ones
