@@ -48,15 +48,18 @@ def train_final(config, dataset, teacher_logits, spec: spec_lib.NetSpec, *,
                 progress: bool = True, initial_variables: dict | None = None,
                 desc: str = 'final training') -> Trained:
   """Train `spec` for config.final.epochs with cross-entropy + final.soft_weight
-  * L2 on the teacher's logits, from fresh weights or `initial_variables`, on
-  the first device. Raises BaselineError when training fails."""
+  * L2 on the teacher's logits, from fresh weights or `initial_variables`, each
+  batch split over the first runtime.final_devices local devices (as many as
+  divide the batch size; 0 = all). Raises BaselineError when training fails."""
   f = config.final
   start = time.perf_counter()
+  devices = jax.local_devices()[:config.runtime.final_devices or None]
   trainer = evaluator_lib.Evaluator(
       dataset, teacher_logits,
       evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
                                     loss='hard_soft', soft_weight=f.soft_weight),
-      config.runtime.epoch_mode, devices=jax.local_devices()[:1])
+      config.runtime.epoch_mode, devices=devices[:1],
+      mesh=train_lib.data_parallel_mesh(devices, f.batch_size))
   bar = tqdm.tqdm(total=f.epochs, desc=desc, unit='epoch', disable=not progress,
                   dynamic_ncols=True)
   try:

@@ -156,6 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Teacher training splits each batch over this many local devices (0 = all;
   # fewer when the batch size does not divide evenly).
   c.runtime.teacher_devices = 0
+  # The same for the final training of the chosen student and of the baselines.
+  c.runtime.final_devices = 0
   # Joining the other processes of a multi-host run (jax.distributed): 'auto'
   # when the environment says there are several (Slurm, Open MPI,
   # JAX_NUM_PROCESSES; see n2n_jax/distributed.py), 'on' always (Cloud TPU
@@ -351,7 +353,7 @@ def validate(config) -> None:
   r = config.runtime
   _one_of(r.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
   _non_negative(r.teacher_checkpoint_seconds, 'runtime.teacher_checkpoint_seconds')
-  for name in ('student_devices', 'teacher_devices'):
+  for name in ('student_devices', 'teacher_devices', 'final_devices'):
     _int_in(r[name], f'runtime.{name}', 0, what='an integer >= 0 (0 = all)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')

@@ -53,7 +53,7 @@ class _Program:
   model: models.SpecNet
   tx: object
   runner: train_lib.EpochRunner
-  predict: object  # compiled (variables, images chunk) -> logits, for validation
+  predict: object  # compiled (variables, images chunk) -> logits; None: compile on use
 
 
 def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
@@ -105,7 +105,7 @@ class Evaluator:
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
                memory_limit_bytes: int | None = None, devices=None,
-               compile_ahead: bool = True):
+               compile_ahead: bool = True, mesh=None):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -128,6 +128,12 @@ class Evaluator:
       images, labels = dataset.train_images, dataset.train_labels
     self.data = train_lib.Data(images, labels, teacher_logits)
     self.devices = list(devices) if devices else jax.local_devices()[:1]
+    # Data parallel (train.data_parallel_mesh): every student's batches are
+    # split over the mesh's devices, data and state replicated on them.
+    self.mesh = mesh
+    if mesh is not None and len(self.devices) > 1:
+      raise ValueError('an Evaluator trains students either on several devices or data '
+                       'parallel over a mesh, not both')
     self._copies = {}  # device -> (Data, val images, val labels) resident there
     self._lock = threading.Lock()
     # Seconds students waited for their programs to compile, for the run's
@@ -140,14 +146,15 @@ class Evaluator:
     """(training Data, validation images, labels) on `device`, copied once."""
     with self._lock:
       if device not in self._copies:
-        self._copies[device] = jax.device_put(
-            (self.data, self.dataset.val_images, self.dataset.val_labels), device)
+        arrays = (self.data, self.dataset.val_images, self.dataset.val_labels)
+        self._copies[device] = (train_lib.replicate(arrays, self.mesh) if self.mesh
+                                else jax.device_put(arrays, device))
       return self._copies[device]
 
   def _program_key(self, spec: spec_lib.NetSpec, device) -> tuple:
     data = self._resident(device)[0]
     data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(data))
-    return (spec, self.settings, self.epoch_mode, data_shapes, device)
+    return (spec, self.settings, self.epoch_mode, data_shapes, device, self.mesh)
 
   def _program(self, spec: spec_lib.NetSpec, device=None) -> tuple:
     """The compiled programs for `spec` on `device` (cached), and the seconds
@@ -181,14 +188,20 @@ class Evaluator:
     steps = max(1, self.data.images.shape[0] // s.batch_size)
     tx = train_lib.make_optimizer('adam', s.learning_rate, steps_per_epoch=steps,
                                   weight_decay=s.weight_decay)
-    step = train_lib.make_step(model, tx, train_lib.make_loss(s.loss, s.soft_weight))
-    runner = train_lib.EpochRunner(step, self.epoch_mode)
-    shapes = models.variable_shapes(model, spec.input_shape)
-    abstract_state = jax.eval_shape(lambda v: train_lib.TrainState.create(v, tx), shapes)
-    data, val_images, _ = self._resident(device)
-    with jax.default_device(device):
-      runner.compile(abstract_state, data, s.batch_size)
-      predict = train_lib.compile_predict(model, shapes, val_images)
+    step = train_lib.make_step(model, tx, train_lib.make_loss(s.loss, s.soft_weight),
+                               mesh=self.mesh)
+    runner = train_lib.EpochRunner(step, self.epoch_mode, self.mesh)
+    predict = None
+    if self.mesh is None:
+      # Compiled here, so that compile time is told apart from training time
+      # and can overlap other students' training. Data-parallel programs
+      # compile on first use instead (shardings come with the real arrays).
+      shapes = models.variable_shapes(model, spec.input_shape)
+      abstract_state = jax.eval_shape(lambda v: train_lib.TrainState.create(v, tx), shapes)
+      data, val_images, _ = self._resident(device)
+      with jax.default_device(device):
+        runner.compile(abstract_state, data, s.batch_size)
+        predict = train_lib.compile_predict(model, shapes, val_images)
     program = _Program(model, tx, runner, predict)
     with _PROGRAMS_LOCK:
       _PROGRAMS[key] = program
@@ -292,8 +305,13 @@ class Evaluator:
                                           spec.input_shape)
       if initial_variables is None and self.settings.init == 'teacher':
         variables, _ = models.inherit_variables(variables, self.teacher_variables)
-      # Teacher weights live on the first device; the program runs on `device`.
-      state = train_lib.TrainState.create(jax.device_put(variables, device), program.tx)
+      # Teacher weights live on the first device; the program runs on `device`
+      # (or on every device of the mesh).
+      if self.mesh is None:
+        state = train_lib.TrainState.create(jax.device_put(variables, device), program.tx)
+      else:
+        state = train_lib.replicate(train_lib.TrainState.create(variables, program.tx),
+                                    self.mesh)
       for epoch in range(self.settings.epochs):
         state, metrics = program.runner.run(state, data, jax.random.fold_in(key, epoch),
                                             self.settings.batch_size)

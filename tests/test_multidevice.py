@@ -31,13 +31,23 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
     assert abs(loss_p - loss_s) <= 1e-3 * abs(loss_s)
     assert abs(val_p - val_s) <= 0.01
   # The three students of each iteration trained concurrently on three devices
-  # (the final training on the first), and the search ended exactly where the
+  # (the final training from the first), and the search ended exactly where the
   # one-device search does: same rewards, accuracies and student.
   assert report['parallel_devices'] == [0, 1, 2]
   assert report['single_devices'] == [0]
   assert report['parallel']['records'] == report['single']['records']
   assert report['parallel']['student'] == report['single']['student']
   assert any(a is not None for r in report['single']['records'] for a in r['accuracies'])
+  # Students train on one device each; the final training splits its batches
+  # over all four (runtime.final_devices=0), or trains on one when asked, and
+  # both reach the same student up to the order of floating-point sums.
+  assert report['student_meshes'] == [1]
+  assert report['final_meshes'] == [DEVICES]
+  assert report['final_one_meshes'] == [1]
+  parallel, one = report['parallel']['student'], report['final_one']['student']
+  assert parallel['spec'] == one['spec']
+  assert abs(parallel['val_accuracy'] - one['val_accuracy']) <= 0.02
+  assert abs(parallel['test_accuracy'] - one['test_accuracy']) <= 0.02
 
 
 def _child(workdir):
@@ -68,18 +78,23 @@ def _child(workdir):
 
   # Which device each student of the search trained on.
   placed = []
+  meshes = {'student': set(), 'final': set()}  # devices each training's batches spanned
   real_train = E.Evaluator._train
 
   def record_device(self, spec, key, seed, keep, progress, device, *rest):
     placed.append(jax.devices().index(device))
+    meshes['final' if keep else 'student'].add(1 if self.mesh is None else self.mesh.size)
     return real_train(self, spec, key, seed, keep, progress, device, *rest)
 
   E.Evaluator._train = record_device
 
-  def search(student_devices, name):
+  def search(student_devices, name, final_devices=0):
     placed.clear()
+    for seen in meshes.values():
+      seen.clear()
     config = tiny_config()
     config.runtime.student_devices = student_devices
+    config.runtime.final_devices = final_devices
     summary = experiment.run(config, conftest.workdir_with_teacher(
         teacher_dir, os.path.join(workdir, name)))
     records = [{k: v for k, v in r.items() if k != 'seconds'}
@@ -89,8 +104,13 @@ def _child(workdir):
             'records': records}, sorted(set(placed))
 
   parallel, parallel_devices = search(0, 'parallel')
+  student_meshes, final_meshes = sorted(meshes['student']), sorted(meshes['final'])
+  final_one, _ = search(0, 'final_one', final_devices=1)
+  final_one_meshes = sorted(meshes['final'])
   single, single_devices = search(1, 'single')
   print(json.dumps({'devices': len(jax.devices()), 'parallel': parallel, 'single': single,
+                    'final_one': final_one, 'student_meshes': student_meshes,
+                    'final_meshes': final_meshes, 'final_one_meshes': final_one_meshes,
                     'teacher_histories': histories,
                     'teacher_devices': [t['devices'] for t in teachers],
                     'parallel_devices': parallel_devices, 'single_devices': single_devices}))
