@@ -591,8 +591,7 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   say(f'iteration_seconds {it["seconds"]:.2f}: one cold stage-1 iteration, {it["trained"]} of '
       f'{profile.rollouts} students trained (degenerate ones cost nothing); '
       f'{out["iteration_compile_seconds"]:.2f} s of it waiting for students\' programs to '
-      'compile, ' 
-      f'{out["iteration_policy_seconds"]:.2f} s sampling and updating the policy')
+      f'compile, {out["iteration_policy_seconds"]:.2f} s sampling and updating the policy')
 
   new_student = shrunk(teacher, NEW_ARCH_FACTOR)
   cache_dir = os.path.join(workroot, 'jax_cache')
