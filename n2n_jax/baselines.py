@@ -21,6 +21,7 @@ import tqdm
 from n2n_jax import distributed
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import export as export_lib
+from n2n_jax import program_store
 from n2n_jax import report
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
@@ -59,7 +60,8 @@ def train_final(config, dataset, teacher_logits, spec: spec_lib.NetSpec, *,
       evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
                                     loss='hard_soft', soft_weight=f.soft_weight),
       config.runtime.epoch_mode, devices=devices[:1],
-      mesh=train_lib.data_parallel_mesh(devices, f.batch_size))
+      mesh=train_lib.data_parallel_mesh(devices, f.batch_size),
+      program_store=program_store.for_cache_dir(config.runtime.compilation_cache_dir))
   bar = tqdm.tqdm(total=f.epochs, desc=desc, unit='epoch', disable=not progress,
                   dynamic_ncols=True)
   try:

@@ -135,7 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
   # 'auto' runs epochs as a Python loop of jitted steps on the CPU and as one
   # lax.scan on accelerators (see n2n_jax/train.py for why).
   c.runtime.epoch_mode = 'auto'
-  # JAX's persistent compilation cache; '' turns it off.
+  # JAX's persistent compilation cache, and the program store (program_store.py) in
+  # its n2n_programs/ subfolder; '' turns both off.
   c.runtime.compilation_cache_dir = os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'n2n_jax', 'jax')
   c.runtime.progress = True  # progress bars on stderr

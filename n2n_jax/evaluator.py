@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from n2n_jax import models
+from n2n_jax import program_store as program_store_lib
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
 
@@ -54,6 +55,10 @@ class _Program:
   tx: object
   runner: train_lib.EpochRunner
   predict: object  # compiled (variables, images chunk) -> logits; None: compile on use
+  shapes: dict  # the variable tree as ShapeDtypeStructs (models.variable_shapes)
+  # compiled variables -> TrainState.create(variables, tx); None for
+  # data-parallel programs, whose state is created eagerly
+  init_state: object = None
 
 
 def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
@@ -100,12 +105,17 @@ class Evaluator:
   only), one thread per device, each device holding its own copy of the data:
   the students of an iteration train concurrently, and each result is the
   same as on one device, because a student's result depends only on its spec,
-  its key and the seed."""
+  its key and the seed.
+
+  `program_store` (program_store.ProgramStore) keeps compiled programs on disk
+  for other processes: an architecture compiled by an earlier run comes up
+  without tracing or compiling (data-parallel programs are not stored)."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
                memory_limit_bytes: int | None = None, devices=None,
-               compile_ahead: bool = True, mesh=None):
+               compile_ahead: bool = True, mesh=None,
+               program_store: program_store_lib.ProgramStore | None = None):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -141,6 +151,7 @@ class Evaluator:
     self.compile_seconds = 0.0
     self.compile_ahead = compile_ahead
     self._pending = {}  # program key -> Future of a compile started by start_compiling
+    self.program_store = program_store
 
   def _resident(self, device) -> tuple:
     """(training Data, validation images, labels) on `device`, copied once."""
@@ -181,8 +192,8 @@ class Evaluator:
     return program, waited
 
   def _compile(self, spec: spec_lib.NetSpec, device, key) -> _Program:
-    """Build and compile `spec`'s train step and validation forward pass and
-    cache them under `key`."""
+    """Build and compile `spec`'s train step and validation forward pass (or
+    load them from the program store) and cache them under `key`."""
     s = self.settings
     model = models.build(spec)
     steps = max(1, self.data.images.shape[0] // s.batch_size)
@@ -191,23 +202,47 @@ class Evaluator:
     step = train_lib.make_step(model, tx, train_lib.make_loss(s.loss, s.soft_weight),
                                mesh=self.mesh)
     runner = train_lib.EpochRunner(step, self.epoch_mode, self.mesh)
-    predict = None
     if self.mesh is None:
-      # Compiled here, so that compile time is told apart from training time
-      # and can overlap other students' training. Data-parallel programs
-      # compile on first use instead (shardings come with the real arrays).
-      shapes = models.variable_shapes(model, spec.input_shape)
-      abstract_state = jax.eval_shape(lambda v: train_lib.TrainState.create(v, tx), shapes)
-      data, val_images, _ = self._resident(device)
-      with jax.default_device(device):
-        runner.compile(abstract_state, data, s.batch_size)
-        predict = train_lib.compile_predict(model, shapes, val_images)
-    program = _Program(model, tx, runner, predict)
+      program = self._compile_programs(spec, model, tx, runner, device)
+    else:
+      # Data-parallel programs compile on first use (shardings come with
+      # the real arrays).
+      program = _Program(model, tx, runner, None, models.variable_shapes(model, spec.input_shape))
     with _PROGRAMS_LOCK:
       _PROGRAMS[key] = program
       if len(_PROGRAMS) > _MAX_PROGRAMS:
         _PROGRAMS.popitem(last=False)
     return program
+
+  def _compile_programs(self, spec, model, tx, runner, device) -> _Program:
+    """`spec`'s programs: compiled here, so that compile time is told apart
+    from training time and can overlap other students' training, or loaded
+    from the program store. The initial optimiser state is one small program
+    too: created eagerly, each new variable shape costs a compile of its own
+    (0.2 s for a VGG-13 student in a fresh process)."""
+    data, val_images, _ = self._resident(device)
+    store, store_key = self.program_store, None
+    if store is not None:
+      data_shapes = tuple((x.shape, str(x.dtype)) for x in
+                          jax.tree_util.tree_leaves((data, val_images)))
+      store_key = store.key(device, spec_lib.to_json(spec), self.settings, self.epoch_mode,
+                            data_shapes)
+      loaded = store.load(store_key)
+      if loaded is not None:
+        programs, extras = loaded
+        runner.install(programs['train'])
+        return _Program(model, tx, runner, programs['predict'], extras['shapes'],
+                        programs['init_state'])
+    shapes = models.variable_shapes(model, spec.input_shape)
+    create = lambda v: train_lib.TrainState.create(v, tx)  # pylint: disable=unnecessary-lambda-assignment
+    with jax.default_device(device):
+      init_state = jax.jit(create).lower(shapes).compile()
+      train = runner.compile(jax.eval_shape(create, shapes), data, self.settings.batch_size)
+      predict = train_lib.compile_predict(model, shapes, val_images)
+    if store is not None:
+      store.save(store_key, {'train': train, 'predict': predict, 'init_state': init_state},
+                 {'shapes': shapes})
+    return _Program(model, tx, runner, predict, shapes, init_state)
 
   def start_compiling(self, jobs) -> None:
     """Start compiling the programs of [(spec, device), ...] in order on one
@@ -302,13 +337,13 @@ class Evaluator:
         variables = initial_variables
       else:
         variables = models.init_variables(program.model, student_seed(spec, seed),
-                                          spec.input_shape)
+                                          spec.input_shape, program.shapes)
       if initial_variables is None and self.settings.init == 'teacher':
         variables, _ = models.inherit_variables(variables, self.teacher_variables)
       # Teacher weights live on the first device; the program runs on `device`
       # (or on every device of the mesh).
       if self.mesh is None:
-        state = train_lib.TrainState.create(jax.device_put(variables, device), program.tx)
+        state = program.init_state(jax.device_put(variables, device))
       else:
         state = train_lib.replicate(train_lib.TrainState.create(variables, program.tx),
                                     self.mesh)

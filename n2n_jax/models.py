@@ -143,12 +143,14 @@ def _host_init(path, leaf, seed: int) -> np.ndarray:
   raise ValueError(f'no initialiser for variable {jax.tree_util.keystr(path)}')
 
 
-def init_variables(model: SpecNet, seed: int, input_shape) -> dict:
+def init_variables(model: SpecNet, seed: int, input_shape, shapes=None) -> dict:
   """Initial {'params', 'batch_stats'} for `model`, built on the host from
   `jax.eval_shape` shapes. Compiling `model.init` instead costs seconds per
   new architecture (DESIGN.md; 2-11 s measured here), which a search that
-  builds hundreds of students cannot afford."""
-  shapes = variable_shapes(model, input_shape)
+  builds hundreds of students cannot afford. `shapes`: variable_shapes(model,
+  input_shape) if the caller has them (tracing the model for them takes
+  0.2-0.3 s for a VGG-13 student)."""
+  shapes = shapes if shapes is not None else variable_shapes(model, input_shape)
   host = jax.tree_util.tree_map_with_path(lambda p, l: _host_init(p, l, seed), shapes)
   variables = jax.device_put(host)
   variables.setdefault('batch_stats', {})

@@ -33,6 +33,7 @@ from n2n_jax import distributed
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import export as export_lib
 from n2n_jax import policies
+from n2n_jax import program_store
 from n2n_jax import reinforce
 from n2n_jax import report
 from n2n_jax import reward as reward_lib
@@ -387,7 +388,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
       config.runtime.epoch_mode, teacher.variables,
       memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
       devices=student_devices(config.runtime.student_devices),
-      compile_ahead=config.runtime.compile_ahead)
+      compile_ahead=config.runtime.compile_ahead,
+      program_store=program_store.for_cache_dir(config.runtime.compilation_cache_dir))
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
                  if (k.max_params or k.max_flops) else None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -191,20 +190,29 @@ class EpochRunner:
     self._jit_step = jax.jit(self.step, donate_argnums=0)
     self._jit_scan = jax.jit(self._scan_epoch, donate_argnums=0)
 
-  def compile(self, state: TrainState, data: Data, batch_size: int) -> float:
+  def compile(self, state: TrainState, data: Data, batch_size: int):
     """Compile ahead of time (so callers can tell compile time from training
-    time); returns the seconds it took."""
-    start = time.perf_counter()
+    time) for arrays shaped like these (or ShapeDtypeStructs); returns the
+    compiled program, which `install` can give another runner of the same
+    step."""
     n = data.images.shape[0]
     steps, size = epoch_indices(jax.random.key(0), n, batch_size).shape
     key = jax.random.key(0)
     if self.mode == 'scan':
-      self._jit_scan = self._jit_scan.lower(
-          state, data, jnp.zeros((steps, size), jnp.int32), key).compile()
+      compiled = self._jit_scan.lower(state, data, jnp.zeros((steps, size), jnp.int32),
+                                      key).compile()
     else:
-      self._jit_step = self._jit_step.lower(state, data, jnp.zeros((size,), jnp.int32),
-                                            key).compile()
-    return time.perf_counter() - start
+      compiled = self._jit_step.lower(state, data, jnp.zeros((size,), jnp.int32), key).compile()
+    self.install(compiled)
+    return compiled
+
+  def install(self, compiled) -> None:
+    """Run epochs with `compiled`, a program from `compile` (possibly of
+    another process, via serialization) for this runner's step and mode."""
+    if self.mode == 'scan':
+      self._jit_scan = compiled
+    else:
+      self._jit_step = compiled
 
   def _scan_epoch(self, state, data, indices, key):
     keys = jax.random.split(key, indices.shape[0])
