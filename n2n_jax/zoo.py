@@ -116,6 +116,19 @@ def digits_cnn(input_shape, num_classes: int) -> NetSpec:
   return NetSpec('digits_cnn', tuple(input_shape), layers + classifier(num_classes))
 
 
+def digits_cnn_deep(input_shape, num_classes: int) -> NetSpec:
+  """A deeper `digits_cnn` (7 convs: 32,32,M,64,64,64,M,128,128,M; 325,674
+  params on the 8x8 digits), the other half of a CPU-sized transfer pair for the
+  paper's Table 5 (section 4.6: policies trained on one teacher seed the search
+  on a deeper or shallower one of the same family, as ResNet-18 <-> ResNet-34
+  and VGG-11 -> VGG-19 there, which are too slow for a 2-core CPU). Same blocks,
+  pools and classifier as `digits_cnn`, so the two differ only in depth."""
+  layers = (conv_bn_relu(32) + conv_bn_relu(32) + (MaxPool(2, 2),)
+            + conv_bn_relu(64) + conv_bn_relu(64) + conv_bn_relu(64) + (MaxPool(2, 2),)
+            + conv_bn_relu(128) + conv_bn_relu(128) + (MaxPool(2, 2), Dropout(0.2)))
+  return NetSpec('digits_cnn_deep', tuple(input_shape), layers + classifier(num_classes))
+
+
 # ---- Hand-designed students (paper section 4.4.2)
 
 def fitnet4(input_shape, num_classes: int) -> NetSpec:
@@ -185,6 +198,7 @@ BUILDERS: dict[str, Callable[..., NetSpec]] = {
     'fitnet4': fitnet4,
     'squeezenet1_1': squeezenet1_1,
     'vgg_small': vgg_small,
+    'digits_cnn_deep': digits_cnn_deep,  # Table 5's transfer pair with digits_cnn
 }
 NAMES = tuple(BUILDERS)
 

@@ -13,7 +13,7 @@ from n2n_jax import spec as S
 from n2n_jax.spec import (AvgPool, BatchNorm, Concat, Conv, Dense, Dropout, Flatten,
                           GlobalAvgPool, MaxPool, NetSpec, ReLU, Residual)
 
-ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1),
+ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1), 'digits_cnn_deep': (8, 8, 1),
               'resnet18_imagenet': (224, 224, 3), 'resnet34_imagenet': (224, 224, 3)}
 
 

@@ -17,7 +17,7 @@ from n2n_jax.spec import (AvgPool, BatchNorm, Concat, Conv, Dense, Dropout, Flat
                           GlobalAvgPool, MaxPool, NetSpec, ReLU, Residual)
 
 # Input shapes on which each zoo architecture is meant to run.
-ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1),
+ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1), 'digits_cnn_deep': (8, 8, 1),
               'resnet18_imagenet': (224, 224, 3), 'resnet34_imagenet': (224, 224, 3)}
 SMALL_TEACHER_NAMES = ('digits_cnn', 'conv4')
 SHRINK_ACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))

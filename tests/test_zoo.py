@@ -8,7 +8,7 @@ from n2n_jax import zoo
 from n2n_jax.spec import (AvgPool, BatchNorm, Concat, Conv, Dense, Dropout, Flatten,
                           GlobalAvgPool, MaxPool, NetSpec, ReLU, Residual)
 
-ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1),
+ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1), 'digits_cnn_deep': (8, 8, 1),
               'resnet18_imagenet': (224, 224, 3), 'resnet34_imagenet': (224, 224, 3)}
 
 
@@ -30,6 +30,8 @@ def count(spec, kind):
     ('resnet34', (32, 32, 3), 100, 21_328_292),      # CIFAR-100 ResNet-34
     ('resnet18_imagenet', (224, 224, 3), 256, 11_307_840),  # Caltech-256 (paper: 11.31M)
     ('squeezenet1_1', (32, 32, 3), 10, 727_626),     # paper: 727K
+    ('digits_cnn', (8, 8, 1), 10, 140_778),          # the bundled digits' teacher
+    ('digits_cnn_deep', (8, 8, 1), 10, 325_674),     # its deeper Table-5 partner
 ])
 def test_exact_parameter_counts(name, shape, classes, params):
   spec = zoo.get(name, shape, classes)
@@ -73,7 +75,7 @@ def test_names_registry():
   assert set(zoo.NAMES) == set(zoo.BUILDERS)
   for required in ('conv4', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet18', 'resnet34',
                    'resnet18_imagenet', 'resnet34_imagenet', 'fitnet4', 'squeezenet1_1',
-                   'vgg_small', 'digits_cnn'):
+                   'vgg_small', 'digits_cnn', 'digits_cnn_deep'):
     assert required in zoo.NAMES
   with pytest.raises(KeyError, match=r"unknown architecture 'vgg20'; valid names: .*vgg19"):
     zoo.get('vgg20', (32, 32, 3), 10)
@@ -150,6 +152,16 @@ def test_small_teachers_and_hand_designed_students():
   digits = zoo.get('digits_cnn', (8, 8, 1), 10)
   assert count(digits, Conv) == 5
   assert S.layer_stats(digits)[-2].in_shape == (1, 1, 128)
+
+  # The deeper digits teacher: the same blocks with one more 64 and one more
+  # 128 conv, so the pair differs in depth only (Table 5's transfer pair).
+  deep = zoo.get('digits_cnn_deep', (8, 8, 1), 10)
+  assert [c.filters for c in deep.layers if isinstance(c, Conv)] == [32, 32, 64, 64, 64, 128, 128]
+  assert count(deep, MaxPool) == count(digits, MaxPool) == 3
+  assert deep.layers[-4:] == digits.layers[-4:]  # MaxPool, Dropout, Flatten, Dense
+  assert S.layer_stats(deep)[-2].in_shape == (1, 1, 128)
+  assert S.removable_count(deep) == S.removable_count(digits) + 6  # two more conv-BN-ReLU
+  assert len(S.shrink_vars(deep)) == len(S.shrink_vars(digits)) + 2
 
   fitnet = zoo.get('fitnet4', (32, 32, 3), 10)
   assert count(fitnet, Conv) + count(fitnet, Dense) == 17  # 17 layers with weights
