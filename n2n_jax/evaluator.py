@@ -59,6 +59,7 @@ class _Program:
   # compiled variables -> TrainState.create(variables, tx); None for
   # data-parallel programs, whose state is created eagerly
   init_state: object = None
+  store_key: str | None = None  # the program store entry it was loaded from
 
 
 def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
@@ -221,28 +222,40 @@ class Evaluator:
     too: created eagerly, each new variable shape costs a compile of its own
     (0.2 s for a VGG-13 student in a fresh process)."""
     data, val_images, _ = self._resident(device)
-    store, store_key = self.program_store, None
+    store, store_key, spec_json = self.program_store, None, spec_lib.to_json(spec)
     if store is not None:
       data_shapes = tuple((x.shape, str(x.dtype)) for x in
                           jax.tree_util.tree_leaves((data, val_images)))
-      store_key = store.key(device, spec_lib.to_json(spec), self.settings, self.epoch_mode,
-                            data_shapes)
-      loaded = store.load(store_key)
+      store_key = store.key(device, spec_json, self.settings, self.epoch_mode, data_shapes)
+      loaded = store.load(store_key, spec=spec_json)
       if loaded is not None:
         programs, extras = loaded
         runner.install(programs['train'])
         return _Program(model, tx, runner, programs['predict'], extras['shapes'],
-                        programs['init_state'])
+                        programs['init_state'], store_key)
     shapes = models.variable_shapes(model, spec.input_shape)
     create = lambda v: train_lib.TrainState.create(v, tx)  # pylint: disable=unnecessary-lambda-assignment
     with jax.default_device(device):
-      init_state = jax.jit(create).lower(shapes).compile()
-      train = runner.compile(jax.eval_shape(create, shapes), data, self.settings.batch_size)
-      predict = train_lib.compile_predict(model, shapes, val_images)
-    if store is not None:
-      store.save(store_key, {'train': train, 'predict': predict, 'init_state': init_state},
-                 {'shapes': shapes})
-    return _Program(model, tx, runner, predict, shapes, init_state)
+      lowered = {'init_state': jax.jit(create).lower(shapes),
+                 'train': runner.lower(jax.eval_shape(create, shapes), data,
+                                       self.settings.batch_size),
+                 'predict': train_lib.lower_predict(model, shapes, val_images)}
+      with program_store_lib.persistent_cache_hits() as hits:
+        programs = {name: program.compile() for name, program in lowered.items()}
+    runner.install(programs['train'])
+    # Programs from JAX's persistent cache (compiled before the store had
+    # them) cannot be stored; they keep coming from that cache.
+    if store is not None and not hits():
+      store.save(store_key, programs, {'shapes': shapes, 'spec': spec_json})
+    return _Program(model, tx, runner, programs['predict'], shapes, programs['init_state'])
+
+  def _forget(self, spec: spec_lib.NetSpec, device, program: _Program) -> None:
+    """Drop `program` (loaded from the program store) from memory and disk."""
+    self.program_store.discard(program.store_key)
+    key = self._program_key(spec, device)
+    with _PROGRAMS_LOCK:
+      if _PROGRAMS.get(key) is program:
+        del _PROGRAMS[key]
 
   def start_compiling(self, jobs) -> None:
     """Start compiling the programs of [(spec, device), ...] in order on one
@@ -326,7 +339,7 @@ class Evaluator:
   def _train(self, spec, key, seed, keep_variables, progress, device,
              initial_variables=None) -> StudentResult:
     start = time.perf_counter()
-    compile_s = 0.0
+    compile_s, program = 0.0, None
     try:
       too_large = self._too_large(spec)
       if too_large:
@@ -362,6 +375,11 @@ class Evaluator:
                              time.perf_counter() - start - compile_s, compile_s)
       accuracy = train_lib.accuracy_of(logits, val_labels)
     except Exception as e:  # pylint: disable=broad-except
+      if program is not None and program.store_key is not None:
+        # A stored program that fails is a bad entry (see program_store):
+        # drop it and train this student again on freshly compiled programs.
+        self._forget(spec, device, program)
+        return self._train(spec, key, seed, keep_variables, progress, device, initial_variables)
       # One broken student must not end a search of hundreds: record why.
       reason = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
       if 'RESOURCE_EXHAUSTED' in reason or 'Out of memory' in reason:

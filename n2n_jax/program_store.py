@@ -15,11 +15,13 @@ executable deserialisation per program.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import pickle
 import tempfile
+import threading
 
 import jax
 import jaxlib
@@ -28,6 +30,32 @@ from jax.experimental import serialize_executable
 # Bumped when an entry's layout changes; entries of other layouts are ignored.
 FORMAT = 1
 SUBDIR = 'n2n_programs'
+
+# An executable JAX took from its persistent cache serializes incompletely
+# (measured with JAX 0.10.2 on the CPU: the payload lacks some kernels, and
+# loading it in another process fails at its first call with "NOT_FOUND:
+# Function ... not found"). Only programs really compiled may be saved, so
+# JAX's cache hits are counted per thread: JAX records the event in the
+# thread that compiles.
+_CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+_hits = threading.local()
+
+
+def _count_cache_hit(event: str, **kwargs) -> None:
+  del kwargs
+  if event == _CACHE_HIT_EVENT:
+    _hits.count = getattr(_hits, 'count', 0) + 1
+
+
+jax.monitoring.register_event_listener(_count_cache_hit)
+
+
+@contextlib.contextmanager
+def persistent_cache_hits():
+  """Yields a function giving the number of programs this thread has taken
+  from JAX's persistent cache since the block began."""
+  start = getattr(_hits, 'count', 0)
+  yield lambda: getattr(_hits, 'count', 0) - start
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,27 +96,37 @@ class ProgramStore:
   def _path(self, key: str) -> str:
     return os.path.join(self.directory, key + '.pkl')
 
-  def load(self, key: str) -> tuple | None:
-    """({name: loaded executable}, extras) saved under `key`, or None."""
+  def load(self, key: str, **expected) -> tuple | None:
+    """({name: loaded executable}, extras) saved under `key`, or None; also
+    None (and the entry removed) when extras differ from `expected` (e.g.
+    spec=its JSON: the entry must be the student asked for)."""
     try:
       with open(self._path(key), 'rb') as f:
         entry = pickle.load(f)
+      if any(entry['extras'][name] != value for name, value in expected.items()):
+        raise ValueError(f'entry {key} is not for {expected}')
       programs = {name: serialize_executable.deserialize_and_load(*payload)
                   for name, payload in entry['programs'].items()}
       return programs, entry['extras']
     except FileNotFoundError:
       return None
     except Exception:  # pylint: disable=broad-except  # a damaged entry: compile again
-      try:
-        os.remove(self._path(key))
-      except OSError:
-        pass
+      self.discard(key)
       return None
 
+  def discard(self, key: str) -> None:
+    """Remove the entry under `key`, if any."""
+    try:
+      os.remove(self._path(key))
+    except OSError:
+      pass
+
   def save(self, key: str, programs: dict, extras: dict) -> None:
-    """Write `programs` ({name: jax Compiled}) and picklable `extras` under
-    `key`, atomically: a reader sees the whole entry or none. A full disk or a
-    read-only folder only costs the next process a compile."""
+    """Write `programs` ({name: jax Compiled}, each compiled in this process,
+    not taken from JAX's persistent cache: see persistent_cache_hits) and
+    picklable `extras` under `key`, atomically: a reader sees the whole entry
+    or none. A full disk or a read-only folder only costs the next process a
+    compile."""
     try:
       payload = {'programs': {name: serialize_executable.serialize(p)
                               for name, p in programs.items()},

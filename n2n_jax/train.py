@@ -190,25 +190,21 @@ class EpochRunner:
     self._jit_step = jax.jit(self.step, donate_argnums=0)
     self._jit_scan = jax.jit(self._scan_epoch, donate_argnums=0)
 
-  def compile(self, state: TrainState, data: Data, batch_size: int):
-    """Compile ahead of time (so callers can tell compile time from training
-    time) for arrays shaped like these (or ShapeDtypeStructs); returns the
-    compiled program, which `install` can give another runner of the same
-    step."""
+  def lower(self, state: TrainState, data: Data, batch_size: int):
+    """The epoch program (a step, or a scanned epoch, as `mode` runs it) for
+    arrays shaped like these (or ShapeDtypeStructs), lowered: its `compile()`
+    gives what `install` takes. Compiling ahead lets callers tell compile time
+    from training time."""
     n = data.images.shape[0]
     steps, size = epoch_indices(jax.random.key(0), n, batch_size).shape
     key = jax.random.key(0)
     if self.mode == 'scan':
-      compiled = self._jit_scan.lower(state, data, jnp.zeros((steps, size), jnp.int32),
-                                      key).compile()
-    else:
-      compiled = self._jit_step.lower(state, data, jnp.zeros((size,), jnp.int32), key).compile()
-    self.install(compiled)
-    return compiled
+      return self._jit_scan.lower(state, data, jnp.zeros((steps, size), jnp.int32), key)
+    return self._jit_step.lower(state, data, jnp.zeros((size,), jnp.int32), key)
 
   def install(self, compiled) -> None:
-    """Run epochs with `compiled`, a program from `compile` (possibly of
-    another process, via serialization) for this runner's step and mode."""
+    """Run epochs with `compiled`, the compiled `lower` program (possibly
+    from another process, via serialization) of this runner's step and mode."""
     if self.mode == 'scan':
       self._jit_scan = compiled
     else:
@@ -255,19 +251,19 @@ def _chunk_size(images, batch_size: int) -> int:
   return min(batch_size, images.shape[0])
 
 
-def compile_predict(model, variables, images, batch_size: int = 1000):
+def lower_predict(model, variables, images, batch_size: int = 1000):
   """`predict`'s per-chunk program for `model` and arrays shaped like
-  `variables` and `images` (arrays or ShapeDtypeStructs), compiled now."""
+  `variables` and `images` (arrays or ShapeDtypeStructs), lowered."""
   chunk = jax.ShapeDtypeStruct((_chunk_size(images, batch_size),) + images.shape[1:],
                                images.dtype)
-  return _predict_chunk.lower(model, variables, chunk).compile()
+  return _predict_chunk.lower(model, variables, chunk)
 
 
 def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000,
             compiled=None) -> jax.Array:
   """Logits for all images, in fixed-size chunks (the last one padded) so one
   compiled program serves any dataset size; `compiled` is that program from
-  compile_predict (else it is compiled on first use)."""
+  lower_predict, compiled (else it is compiled on first use)."""
   n = images.shape[0]
   size = _chunk_size(images, batch_size)
   apply = compiled or functools.partial(_predict_chunk, model)

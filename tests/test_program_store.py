@@ -1,7 +1,12 @@
 """Compiled student programs kept on disk: a known architecture comes up in a
 new process without tracing or compiling, and trains exactly as if compiled."""
 
+import json
 import os
+import pickle
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -118,6 +123,46 @@ def test_damaged_entry_is_compiled_again(setup, compile_events, tmp_path):
   assert entries(store) == [name] and store.load(name[:-len('.pkl')]) is not None  # rewritten
 
 
+def test_stored_program_that_fails_is_dropped_and_compiled_again(setup, tmp_path):
+  # An entry that loads but fails when called (the way an incompletely
+  # serialized program fails) must not become the student's error: here its
+  # train step is another student's, which rejects this student's state.
+  ds, logits = setup
+  store = program_store.ProgramStore(str(tmp_path / 'programs'))
+  new_process()
+  _, good = train_once(ds, logits, store)
+  (name,) = entries(store)
+  other = S.shrink(TEACHER, [0.5] * len(S.shrink_vars(TEACHER)))
+  E.Evaluator(ds, logits, E.DistillSettings(epochs=1), program_store=store).train(
+      other, jax.random.key(3), 0)
+  (other_name,) = set(entries(store)) - {name}
+  path = os.path.join(store.directory, name)
+  with open(path, 'rb') as f:
+    entry = pickle.load(f)
+  with open(os.path.join(store.directory, other_name), 'rb') as f:
+    entry['programs']['train'] = pickle.load(f)['programs']['train']
+  with open(path, 'wb') as f:
+    pickle.dump(entry, f)
+
+  new_process()
+  _, again = train_once(ds, logits, store)
+  assert_same_training(again, good)
+  with open(path, 'rb') as f:  # rewritten with this student's own programs
+    assert pickle.load(f)['programs']['train'] != entry['programs']['train']
+
+
+def test_entry_for_another_spec_is_a_miss(setup, tmp_path):
+  ds, logits = setup
+  store = program_store.ProgramStore(str(tmp_path / 'programs'))
+  new_process()
+  train_once(ds, logits, store)
+  (name,) = entries(store)
+  key = name[:-len('.pkl')]
+  assert store.load(key, spec=S.to_json(student())) is not None
+  assert store.load(key, spec=S.to_json(TEACHER)) is None
+  assert entries(store) == []  # dropped
+
+
 def test_store_lives_beside_the_persistent_cache(tmp_path):
   assert program_store.for_cache_dir('') is None
   store = program_store.for_cache_dir(str(tmp_path))
@@ -125,3 +170,53 @@ def test_store_lives_beside_the_persistent_cache(tmp_path):
   device = jax.local_devices()[0]
   assert store.key(device, 'a') != store.key(device, 'b')
   assert store.load(store.key(device, 'a')) is None  # a miss on an empty folder
+
+
+# A student trained in a fresh interpreter: what a re-run of the command line does.
+CHILD = textwrap.dedent("""
+    import json, sys
+    from n2n_jax import runtime
+    runtime.set_cpu_flags()
+    import jax, numpy as np
+    from n2n_jax import data, evaluator, program_store, spec, zoo
+    runtime.enable_compilation_cache(sys.argv[2])  # JAX's own cache, as the command line has it
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda e, d, **kw: events.append(e) if e.endswith('backend_compile_duration') else None)
+    teacher = zoo.get('digits_cnn', (8, 8, 1), 10)
+    student = spec.shrink(teacher, [0.25] * len(spec.shrink_vars(teacher)))
+    ds = data.load(data.default_data_config())
+    logits = np.zeros((ds.train_images.shape[0], 10), np.float32)
+    ev = evaluator.Evaluator(ds, logits, evaluator.DistillSettings(epochs=1),
+                             program_store=program_store.ProgramStore(sys.argv[1]))
+    ev._resident(ev.devices[0])
+    del events[:]
+    program, _ = ev._program(student)
+    compiles = len(events)
+    r = ev.train(student, jax.random.key(3), 0)
+    print(json.dumps({'accuracy': r.accuracy, 'error': r.error, 'compiles': compiles}))
+""")
+
+
+def run_child(directory, jax_cache):
+  proc = subprocess.run([sys.executable, '-c', CHILD, directory, jax_cache], capture_output=True,
+                        text=True, timeout=600, check=False,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_new_process_loads_what_another_compiled(tmp_path):
+  store, jax_cache = str(tmp_path / 'programs'), str(tmp_path / 'jax_cache')
+  first = run_child(store, jax_cache)
+  assert first['error'] is None and first['compiles'] > 0
+  second = run_child(store, jax_cache)
+  assert second == dict(first, compiles=0)  # loaded, not compiled; same accuracy
+
+  # With JAX's cache warm and the store empty, the programs come from JAX's
+  # cache, which serializes them incompletely (see program_store): they must
+  # not be stored, or a later process would load programs that fail.
+  other = str(tmp_path / 'other_programs')
+  third = run_child(other, jax_cache)
+  assert third['error'] is None and third['accuracy'] == first['accuracy']
+  assert not os.path.isdir(other) or os.listdir(other) == []
