@@ -20,14 +20,19 @@ always the last line of stdout):
   jitted steps on CPUs, one lax.scan on accelerators) for students with every
   width at 0.25 (small) and 0.5 (medium) of the teacher's, and the teacher.
 * new_architecture_seconds_cold / _warm: build + host init + compile of one new
-  student's train program (the medium one): first with nothing compiled in
-  memory and an empty persistent compilation cache (which this compile fills,
-  as a first run of the command line does), then again with the in-memory
-  caches cleared, as in a new process, and that persistent cache warm.
+  student's programs (the medium one: train step, validation forward pass,
+  initial optimiser state) up to its initial TrainState: first with nothing
+  compiled in memory and empty compilation caches (JAX's persistent cache and
+  the program store, which this compile fills, as a first run of the command
+  line does), then again with the in-memory caches cleared, as in a new
+  process, and those caches warm (the programs load from the program store).
 * compile_fraction: summary['time']['compile'] / (search + final seconds) of a
-  short real compress run on the bundled digits (configs/digits.py): the time
-  students waited for their train-step and validation programs to compile
-  (compiling that overlapped another student's training is not counted).
+  short real compress run on the bundled digits (configs/digits.py), caches
+  empty at its start: the time students waited for their train-step and
+  validation programs to compile (compiling that overlapped another student's
+  training is not counted). compile_fraction_rerun: the same for the same
+  search run again in a new workdir with the caches the first one filled, as
+  a re-run of a command or a resumed search has them.
 * train_gflops / matmul_peak_gflops / train_vs_matmul_peak: achieved training
   FLOP/s of the teacher-sized student (convention: 3 x forward FLOPs per image
   from spec.flops x batch x steps/s) against a large float32 jnp.dot timed in
@@ -83,6 +88,7 @@ from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
 from n2n_jax import models
 from n2n_jax import policies
+from n2n_jax import program_store
 from n2n_jax import reinforce
 from n2n_jax import reward as reward_lib
 from n2n_jax import search as search_lib
@@ -101,6 +107,7 @@ NEW_ARCH_FACTOR = 0.5
 # Its tracing and lowering events nest (a jit inside a jit), so they would
 # count some seconds twice.
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+TRACE_EVENT = '/jax/core/compile/jaxpr_trace_duration'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,18 +283,31 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
           'trained': len(trainable)}
 
 
-def bring_up(dataset, teacher_logits, steps: int, student, seed: int) -> tuple:
-  """(seconds, compile seconds) to build, compile and initialise `student`'s
-  train program the way Evaluator.train does before its first step."""
-  evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps))
+def bring_up(dataset, teacher_logits, steps: int, student, seed: int, cache_dir: str) -> tuple:
+  """(seconds, compile seconds) to build, compile (or load from the program
+  store in cache_dir, as the command line does) and initialise `student`'s
+  train program the way Evaluator.train does before its first step; and how
+  many programs JAX traced or compiled meanwhile."""
+  evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps),
+                                      program_store=program_store.for_cache_dir(cache_dir))
+  events = []
+
+  def listen(event, duration, **kwargs):
+    del duration, kwargs
+    if event in (TRACE_EVENT, BACKEND_COMPILE_EVENT):
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
   start = time.perf_counter()
   # Evaluator has no public way to prepare a program without training it.
   program, compile_seconds = evaluator._program(student)  # pylint: disable=protected-access
   variables = models.init_variables(program.model, evaluator_lib.student_seed(student, seed),
-                                    student.input_shape)
-  state = train_lib.TrainState.create(variables, program.tx)
+                                    student.input_shape, program.shapes)
+  state = program.init_state(variables)
   jax.block_until_ready(state)
-  return time.perf_counter() - start, compile_seconds
+  seconds = time.perf_counter() - start
+  jax.monitoring.unregister_event_duration_listener(listen)
+  return seconds, compile_seconds, len(events)
 
 
 def steps_per_second(dataset, teacher_logits, student, epoch_steps: int,
@@ -342,12 +362,15 @@ def load_config(name: str):
   return module.get_config()
 
 
-def short_search(overrides: dict, workroot: str) -> dict:
-  """A short compress run on the digits config, in process, persistent cache
-  off. Returns its summary['time'] plus 'xla': the seconds JAX reports for
-  XLA compiles during the compress part, which also covers what
-  summary['time']['compile'] leaves out (compiles overlapped with training,
-  policy and teacher-logit programs) but not tracing or lowering."""
+def short_search(overrides: dict, workroot: str, cache_dir: str, label: str,
+                 seeds=(0, 1, 2)) -> dict:
+  """A short compress run on the digits config, in process, with nothing
+  compiled in memory and the compilation caches (JAX's and the program store)
+  in cache_dir, as the command line has them. Returns its summary['time'] plus
+  'xla': the seconds JAX reports for XLA compiles during the compress part,
+  which also covers what summary['time']['compile'] leaves out (compiles
+  overlapped with training, policy and teacher-logit programs) but not
+  tracing or lowering."""
   xla = []
 
   def listen(event, duration, **kwargs):
@@ -357,16 +380,17 @@ def short_search(overrides: dict, workroot: str) -> dict:
 
   # A sampled batch of students can all be degenerate, and then the search
   # ends without a summary; another seed samples others.
-  for seed in range(3):
+  for seed in seeds:
     config = load_config('digits')
     for dotted, value in overrides.items():
       section, field = dotted.split('.')
       config[section][field] = value
     config.seed = seed
-    config.runtime.compilation_cache_dir = ''
+    config.runtime.compilation_cache_dir = cache_dir
     config.runtime.progress = False
-    workdir = os.path.join(workroot, f'search_seed{seed}')
+    workdir = os.path.join(workroot, f'search_{label}_seed{seed}')
     cold_caches()
+    persistent_cache(cache_dir)
     # experiment.run prints its result (to `out`) and the search may print
     # a note (to stdout): neither belongs in this benchmark's output.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -381,8 +405,9 @@ def short_search(overrides: dict, workroot: str) -> dict:
         continue
       finally:
         jax.monitoring.unregister_event_duration_listener(listen)
+        persistent_cache(None)
     return dict(summary['time'], xla=sum(xla), seed=seed)
-  raise RuntimeError('three short searches in a row found no usable student')
+  raise RuntimeError(f'short searches with seeds {seeds} found no usable student')
 
 
 # ---- PyTorch
@@ -602,14 +627,14 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
     persistent_cache(cache_dir)
     try:
       cold_caches()
-      cold, cold_compile = bring_up(dataset, teacher_logits, profile.steps, new_student,
-                                    config.seed)
+      cold, cold_compile, _ = bring_up(dataset, teacher_logits, profile.steps, new_student,
+                                    config.seed, cache_dir)
     finally:
       persistent_cache(None)
   out['new_architecture_seconds_cold'] = cold
   say(f'new_architecture_seconds_cold {cold:.2f}: build + init + compile of one new '
-      f"student's train program ({spec_lib.param_count(new_student):,} params, widths "
-      f'x{NEW_ARCH_FACTOR}), nothing compiled in memory and an empty persistent cache '
+      f"student's programs ({spec_lib.param_count(new_student):,} params, widths "
+      f'x{NEW_ARCH_FACTOR}), nothing compiled in memory and empty compilation caches '
       f'({cold_compile:.2f} s of it compiling)')
 
   sps, flops = {}, {}
@@ -647,8 +672,11 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
     with section('torch'):
       out.update(torch_figures(teacher, sps, profile, args.torch_threads, say))
 
+  search_cache = os.path.join(workroot, 'search_cache')
   with section('search'):
-    times = short_search(profile.search, workroot)
+    times = short_search(profile.search, workroot, search_cache, 'first')
+  with section('search_rerun'):
+    rerun = short_search(profile.search, workroot, search_cache, 'rerun', (times['seed'],))
   spent = times['search'] + times['final']
   out.update(compile_fraction=times['compile'] / spent,
              compile_fraction_xla=times['xla'] / spent,
@@ -663,19 +691,27 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
       f'reports for every program of that compress run ({times["xla"]:.1f} s: compiles '
       'overlapped with training, policy and teacher-logit programs too; tracing and lowering '
       'not included)')
+  rerun_spent = rerun['search'] + rerun['final']
+  out.update(compile_fraction_rerun=rerun['compile'] / rerun_spent,
+             rerun_search_seconds=rerun['search'], rerun_final_seconds=rerun['final'],
+             rerun_compile_seconds=rerun['compile'])
+  say(f'compile_fraction_rerun {out["compile_fraction_rerun"]:.3f}: the same search again in '
+      f'a new workdir with the caches it filled (a re-run or a resumed search): search '
+      f'{rerun["search"]:.1f} s + final {rerun["final"]:.1f} s, {rerun["compile"]:.1f} s '
+      'waiting for student programs')
 
   with section('new_architecture_warm'):
     persistent_cache(cache_dir)
     try:
       cold_caches()
-      warm, _ = bring_up(dataset, teacher_logits, profile.steps, new_student, config.seed)
+      warm, _, warm_compiles = bring_up(dataset, teacher_logits, profile.steps, new_student,
+                                        config.seed, cache_dir)
     finally:
       persistent_cache(None)
-  out.update(new_architecture_seconds_warm=warm,
-             new_architecture_cache_entries=len(os.listdir(cache_dir)))
+  out.update(new_architecture_seconds_warm=warm, new_architecture_warm_compiles=warm_compiles)
   say(f'new_architecture_seconds_warm {warm:.2f}: the same student with the in-memory caches '
-      f'cleared and JAX\'s persistent compilation cache warm '
-      f'({out["new_architecture_cache_entries"]} programs)')
+      f'cleared and the compilation caches warm ({warm_compiles} programs traced or compiled '
+      'meanwhile: the program store holds them all)')
 
   out['section_seconds'] = sections
   out['wall_seconds'] = time.perf_counter() - wall_start
