@@ -22,13 +22,14 @@ import os
 import pickle
 import tempfile
 import threading
+import zlib
 
 import jax
 import jaxlib
 from jax.experimental import serialize_executable
 
 # Bumped when an entry's layout changes; entries of other layouts are ignored.
-FORMAT = 1
+FORMAT = 2
 SUBDIR = 'n2n_programs'
 
 # An executable JAX took from its persistent cache serializes incompletely
@@ -78,8 +79,10 @@ def for_cache_dir(cache_dir: str) -> 'ProgramStore | None':
 
 
 class ProgramStore:
-  """Entries are pickles of {'programs': {name: (executable, in tree, out
-  tree)}, 'extras': {...}} in `directory`, one file per key. A missing,
+  """Entries are zlib-compressed pickles of {'programs': {name: (executable,
+  in tree, out tree)}, 'extras': {...}} in `directory`, one file per key
+  (compressing makes them ~5x smaller, 0.33 MB instead of 1.6 MB for a
+  VGG-13 student at half width, for ~10-20 ms each way). A missing,
   unreadable or stale entry is a miss, never an error: the caller compiles and
   saves again."""
 
@@ -102,7 +105,7 @@ class ProgramStore:
     spec=its JSON: the entry must be the student asked for)."""
     try:
       with open(self._path(key), 'rb') as f:
-        entry = pickle.load(f)
+        entry = pickle.loads(zlib.decompress(f.read()))
       if any(entry['extras'][name] != value for name, value in expected.items()):
         raise ValueError(f'entry {key} is not for {expected}')
       programs = {name: serialize_executable.deserialize_and_load(*payload)
@@ -137,7 +140,7 @@ class ProgramStore:
     fd, tmp = tempfile.mkstemp(dir=self.directory, suffix='.tmp')
     try:
       with os.fdopen(fd, 'wb') as f:
-        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.write(zlib.compress(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), 1))
       os.replace(tmp, self._path(key))
     except Exception:  # pylint: disable=broad-except  # full disk, unpicklable extras
       os.remove(tmp)

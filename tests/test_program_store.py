@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import jax
 import numpy as np
@@ -54,6 +55,11 @@ def new_process():
 
 def entries(store):
   return sorted(f for f in os.listdir(store.directory) if f.endswith('.pkl'))
+
+
+def read_entry(path):
+  with open(path, 'rb') as f:
+    return pickle.loads(zlib.decompress(f.read()))
 
 
 def train_once(ds, logits, store, settings=E.DistillSettings(epochs=1)):
@@ -137,18 +143,17 @@ def test_stored_program_that_fails_is_dropped_and_compiled_again(setup, tmp_path
       other, jax.random.key(3), 0)
   (other_name,) = set(entries(store)) - {name}
   path = os.path.join(store.directory, name)
-  with open(path, 'rb') as f:
-    entry = pickle.load(f)
-  with open(os.path.join(store.directory, other_name), 'rb') as f:
-    entry['programs']['train'] = pickle.load(f)['programs']['train']
+  entry = read_entry(path)
+  other_entry = read_entry(os.path.join(store.directory, other_name))
+  entry['programs']['train'] = other_entry['programs']['train']
   with open(path, 'wb') as f:
-    pickle.dump(entry, f)
+    f.write(zlib.compress(pickle.dumps(entry)))
 
   new_process()
   _, again = train_once(ds, logits, store)
   assert_same_training(again, good)
-  with open(path, 'rb') as f:  # rewritten with this student's own programs
-    assert pickle.load(f)['programs']['train'] != entry['programs']['train']
+  # Rewritten with this student's own programs.
+  assert read_entry(path)['programs']['train'] != entry['programs']['train']
 
 
 def test_entry_for_another_spec_is_a_miss(setup, tmp_path):
