@@ -8,9 +8,10 @@ network). 20 % is held out as the test split, 10 % of the rest for validation.
 Expected (measured on a 2-core CPU, 2026-11-27): teacher `digits_cnn` (140,778
 params) at 0.99 test accuracy in ~30 s; then 10 stage-1 and 6 stage-2 policy
 iterations of 5 students; the chosen student had 19,850 params (7.1x smaller)
-at 0.9916 test accuracy, equal to the teacher's; about 7 minutes in all (over
-half of it compiling new student architectures; the persistent compilation
-cache makes a re-run faster). Teacher only: --config.mode=teacher (~30 s).
+at 0.9916 test accuracy, equal to the teacher's; about 6 minutes with empty
+compilation caches (over half of it compiling new student architectures), about
+2 minutes when run again (programs come from the program store, 2026-11-28).
+Teacher only: --config.mode=teacher (~30 s).
 """
 
 from n2n_jax.config import apply_variant, base_config
