@@ -469,7 +469,7 @@ def torch_model(student: spec_lib.NetSpec):
       elif isinstance(layer, spec_lib.ReLU):
         out.append(nn.ReLU())
       elif isinstance(layer, spec_lib.MaxPool):
-        out.append(nn.MaxPool2d(layer.window, layer.stride, layer.padding))
+        out.append(nn.MaxPool2d(layer.window, layer.stride, layer.padding, ceil_mode=layer.ceil))
       elif isinstance(layer, spec_lib.AvgPool):
         out.append(nn.AvgPool2d(layer.window, layer.stride))
       elif isinstance(layer, spec_lib.GlobalAvgPool):

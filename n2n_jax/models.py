@@ -77,10 +77,12 @@ class SpecNet(nn.Module):
     if isinstance(layer, S.GlobalAvgPool):
       return jnp.mean(x, axis=(1, 2), keepdims=True)
     if isinstance(layer, S.MaxPool):
-      if layer.window == layer.stride and layer.padding == 0:
+      if layer.window == layer.stride and layer.padding == 0 and not layer.ceil:
         return _pool_by_reshape(x, layer.window, jnp.max)
       p = layer.padding
-      return nn.max_pool(x, (layer.window,) * 2, (layer.stride,) * 2, ((p, p), (p, p)))
+      extra = [S.pool_extra_padding(n, layer) for n in x.shape[1:3]]
+      return nn.max_pool(x, (layer.window,) * 2, (layer.stride,) * 2,
+                         ((p, p + extra[0]), (p, p + extra[1])))
     if isinstance(layer, S.AvgPool):
       if layer.window == layer.stride:
         return _pool_by_reshape(x, layer.window, jnp.mean)

@@ -56,6 +56,9 @@ class MaxPool:
   window: int = 2
   stride: int = 2
   padding: int = 0
+  # Round the output size up, as PyTorch's ceil_mode (torchvision's
+  # SqueezeNet): a last, partial window at the bottom/right edge is kept.
+  ceil: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +150,10 @@ def layer_to_dict(layer) -> dict:
     d['branches'] = [[layer_to_dict(l) for l in b] for b in layer.branches]
   else:
     d.update(dataclasses.asdict(layer))
+    if isinstance(layer, MaxPool) and not layer.ceil:
+      # Specs written before ceil mode existed keep their exact JSON (and
+      # with it their students' init seeds and architecture keys).
+      del d['ceil']
   return d
 
 
@@ -329,8 +336,20 @@ def _short_text(error) -> str:
 # Shapes, parameters, FLOPs
 
 
-def _out_size(size: int, window: int, stride: int, padding: int) -> int:
-  return (size + 2 * padding - window) // stride + 1
+def _out_size(size: int, window: int, stride: int, padding: int, ceil: bool = False) -> int:
+  if not ceil:
+    return (size + 2 * padding - window) // stride + 1
+  out = -(-(size + 2 * padding - window) // stride) + 1
+  # PyTorch's rule: the last window must start inside the input or the left
+  # padding, never wholly in the right padding.
+  return out - 1 if (out - 1) * stride >= size + padding else out
+
+
+def pool_extra_padding(size: int, layer: 'MaxPool') -> int:
+  """Padding a ceil-mode MaxPool adds at the bottom/right of a `size` input,
+  beyond layer.padding, so that a floor-mode window covers its output."""
+  out = _out_size(size, layer.window, layer.stride, layer.padding, layer.ceil)
+  return max(0, (out - 1) * layer.stride + layer.window - size - 2 * layer.padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,7 +436,8 @@ def _layer_stats(layer, shape: tuple, where: str) -> LayerStats:
     window, stride, pad = layer.window, layer.stride, 0
   else:
     raise SpecError(f'{where}: not a layer: {layer!r:.80}')
-  ho, wo = _out_size(h, window, stride, pad), _out_size(w, window, stride, pad)
+  ceil = isinstance(layer, MaxPool) and layer.ceil
+  ho, wo = _out_size(h, window, stride, pad, ceil), _out_size(w, window, stride, pad, ceil)
   if ho < 1 or wo < 1:
     raise SpecError(f'{where} ({type(layer).__name__}): spatial size collapsed: '
                     f'{h}x{w} input with window {window}, stride {stride}, padding {pad} '

@@ -156,10 +156,13 @@ def fire(squeeze: int, expand: int) -> tuple:
 def squeezenet1_1(input_shape, num_classes: int) -> NetSpec:
   """SqueezeNet 1.1 (Iandola et al., 2016). The 1x1 classifier conv is written
   as global average pool + Dense, which is the same linear map with the same
-  parameters (727,626 for 10 classes: the paper's 727K)."""
-  layers = ((Conv(64, 3, 2, 0), ReLU(), MaxPool(3, 2))
-            + fire(16, 64) + fire(16, 64) + (MaxPool(3, 2),)
-            + fire(32, 128) + fire(32, 128) + (MaxPool(3, 2),)
+  parameters (727,626 for 10 classes: the paper's 727K). Its pools round up
+  (ceil mode) as torchvision's do, which lets it take 28x28 inputs (floor
+  mode collapsed them to nothing at the last pool); on 32x32 both agree."""
+  pool = MaxPool(3, 2, ceil=True)
+  layers = ((Conv(64, 3, 2, 0), ReLU(), pool)
+            + fire(16, 64) + fire(16, 64) + (pool,)
+            + fire(32, 128) + fire(32, 128) + (pool,)
             + fire(48, 192) + fire(48, 192) + fire(64, 256) + fire(64, 256)
             + (Dropout(0.5), GlobalAvgPool()))
   return NetSpec('squeezenet1_1', tuple(input_shape), layers + classifier(num_classes))

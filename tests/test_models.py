@@ -118,6 +118,22 @@ def test_pooling_matches_floor_mode_reference(layer):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('layer', [MaxPool(3, 2, ceil=True), MaxPool(2, 2, ceil=True),
+                                   MaxPool(3, 2, 1, ceil=True), MaxPool(4, 3, 1, ceil=True)])
+def test_ceil_mode_max_pool_keeps_the_partial_last_window(layer):
+  x = np.random.default_rng(3).standard_normal((2, 7, 5, 3)).astype(np.float32)
+  got = _apply_with_identity_head((layer,), x)
+  # Output sizes PyTorch's MaxPool2d(ceil_mode=True) gives for 7x5 inputs.
+  torch_sizes = {(3, 2, 0): (3, 2), (2, 2, 0): (4, 3), (3, 2, 1): (4, 3), (4, 3, 1): (3, 2)}
+  assert got.shape[1:3] == torch_sizes[(layer.window, layer.stride, layer.padding)]
+  # Each output is the max over its window clipped to the input.
+  for i in range(got.shape[1]):
+    for j in range(got.shape[2]):
+      r0, c0 = i * layer.stride - layer.padding, j * layer.stride - layer.padding
+      window = x[:, max(r0, 0):r0 + layer.window, max(c0, 0):c0 + layer.window]
+      np.testing.assert_allclose(got[:, i, j], window.max(axis=(1, 2)), rtol=1e-6)
+
+
 def test_residual_concat_and_global_pool_semantics():
   x = np.random.default_rng(2).standard_normal((2, 4, 4, 3)).astype(np.float32)
   # Empty main path and identity shortcut: x + x.

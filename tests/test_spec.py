@@ -247,7 +247,7 @@ ints = st.integers(1, 64)
 leaf_layers_st = st.one_of(
     st.builds(Conv, ints, st.integers(1, 7), st.integers(1, 3), st.integers(0, 3), st.booleans()),
     st.just(BatchNorm()), st.just(ReLU()),
-    st.builds(MaxPool, st.integers(1, 4), st.integers(1, 4), st.integers(0, 1)),
+    st.builds(MaxPool, st.integers(1, 4), st.integers(1, 4), st.integers(0, 1), st.booleans()),
     st.builds(AvgPool, st.integers(1, 4), st.integers(1, 4)),
     st.just(GlobalAvgPool()), st.just(Flatten()),
     st.builds(Dropout, st.floats(0.0, 0.99, allow_nan=False)),
@@ -362,6 +362,32 @@ def test_output_shapes_inferred():
   assert S.output_shape(concat) == (5, 5, 9)
   pools = NetSpec('p', (7, 7, 2), (MaxPool(3, 2, 1), AvgPool(3, 2)))
   assert [st.out_shape for st in S.layer_stats(pools)] == [(4, 4, 2), (1, 1, 2)]
+  # Ceil mode, as PyTorch's: 6 -> 3 (floor: 2); never a window wholly in padding.
+  ceil = NetSpec('c', (6, 6, 1), (MaxPool(3, 2, ceil=True), MaxPool(2, 2, ceil=True)))
+  assert [st.out_shape for st in S.layer_stats(ceil)] == [(3, 3, 1), (2, 2, 1)]
+
+
+def test_ceil_mode_is_in_the_json_only_when_set():
+  # Specs written before ceil mode existed keep their exact JSON, and so their
+  # students' init seeds and architecture keys.
+  floor = NetSpec('f', (8, 8, 1), (MaxPool(3, 2), Flatten(), Dense(2)))
+  assert '"ceil"' not in S.to_json(floor)
+  ceil = NetSpec('c', (8, 8, 1), (MaxPool(3, 2, ceil=True), Flatten(), Dense(2)))
+  assert S.from_json(S.to_json(ceil)) == ceil and '"ceil": true' in S.to_json(ceil)
+  with pytest.raises(S.SpecError, match='ceil must be bool'):
+    S.from_json(S.to_json(ceil).replace('"ceil": true', '"ceil": 1'))
+
+
+def test_squeezenet_takes_mnist_sized_inputs_with_ceil_mode_pools():
+  # torchvision's SqueezeNet 1.1 pools in ceil mode; with floor mode its last
+  # pool collapsed a 28x28 input (Table 3 on Fashion-MNIST).
+  mnist = zoo.get('squeezenet1_1', (28, 28, 1), 10)
+  pools = [st.out_shape[:2] for st, layer in zip(S.layer_stats(mnist), mnist.layers)
+           if isinstance(layer, MaxPool)]
+  assert pools == [(6, 6), (3, 3), (1, 1)]
+  assert S.output_shape(mnist) == (10,)
+  # On CIFAR-sized inputs ceil and floor mode agree: the paper's 727K parameters.
+  assert S.param_count(zoo_spec('squeezenet1_1')) == 727_626
 
 
 @pytest.mark.parametrize('layers, input_shape, match', [
