@@ -219,8 +219,8 @@ class Evaluator:
     """`spec`'s programs: compiled here, so that compile time is told apart
     from training time and can overlap other students' training, or loaded
     from the program store. The initial optimiser state is one small program
-    too: created eagerly, each new variable shape costs a compile of its own
-    (0.2 s for a VGG-13 student in a fresh process)."""
+    too (created eagerly, it cost one compile per new variable shape, 0.2 s
+    for a VGG-13 student in a fresh process)."""
     data, val_images, _ = self._resident(device)
     store, store_key, spec_json = self.program_store, None, spec_lib.to_json(spec)
     if store is not None:

@@ -7,10 +7,11 @@ but it finds its entry by hashing the lowered program, so every new process
 still traces and lowers each student's train step and forward pass first:
 about 1.5 s of the 1.9-3.1 s a known architecture took to come up again
 (docs/performance.md). This store instead keys a student's serialized
-executables, and its variable shapes, by what determines them: the spec, the
-distillation settings, the data shapes, the device, and the versions of JAX
-and of this package's own source. Loading an entry is one file read and one
-executable deserialisation per program.
+executables (train step, forward pass, initial optimiser state) and its
+variable shapes by what determines them: the spec, the distillation settings,
+the data shapes, the device, XLA_FLAGS, and the versions of JAX and of this
+package's own source. Loading an entry is one file read and one executable
+deserialisation per program.
 """
 
 from __future__ import annotations

@@ -81,6 +81,21 @@ def test_inherit_teacher_weights_where_shapes_match(setup):
                                 fresh['params']['0_Conv']['kernel'])
 
 
+def test_students_train_from_teacher_weights(setup):
+  # The inherited variables go through the same compiled initial-state program
+  # as fresh ones; a student the teacher's weights start differs from scratch.
+  ds, teacher_vars, logits = setup
+  settings = E.DistillSettings(epochs=1, learning_rate=0.0, init='teacher')
+  ev = E.Evaluator(ds, logits, settings, teacher_variables=teacher_vars)
+  result = ev.train(small_student(), jax.random.key(0), 0, keep_variables=True)
+  assert result.error is None
+  # Learning rate 0: the first conv is still exactly the teacher's.
+  np.testing.assert_array_equal(result.variables['params']['0_Conv']['kernel'],
+                                teacher_vars['params']['0_Conv']['kernel'])
+  shrunk = S.shrink(TEACHER, [0.5] * len(S.shrink_vars(TEACHER)))
+  assert ev.train(shrunk, jax.random.key(0), 0).error is None
+
+
 def test_unknown_init_is_refused(setup):
   ds, _, logits = setup
   with pytest.raises(ValueError, match='scratch, teacher'):
