@@ -286,8 +286,8 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
 def bring_up(dataset, teacher_logits, steps: int, student, seed: int, cache_dir: str) -> tuple:
   """(seconds, compile seconds) to build, compile (or load from the program
   store in cache_dir, as the command line does) and initialise `student`'s
-  train program the way Evaluator.train does before its first step; and how
-  many programs JAX traced or compiled meanwhile."""
+  programs the way Evaluator.train does before its first step; and how many
+  programs JAX traced or compiled meanwhile."""
   evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps),
                                       program_store=program_store.for_cache_dir(cache_dir))
   events = []
@@ -298,15 +298,16 @@ def bring_up(dataset, teacher_logits, steps: int, student, seed: int, cache_dir:
       events.append(event)
 
   jax.monitoring.register_event_duration_secs_listener(listen)
-  start = time.perf_counter()
-  # Evaluator has no public way to prepare a program without training it.
-  program, compile_seconds = evaluator._program(student)  # pylint: disable=protected-access
-  variables = models.init_variables(program.model, evaluator_lib.student_seed(student, seed),
-                                    student.input_shape, program.shapes)
-  state = program.init_state(variables)
-  jax.block_until_ready(state)
-  seconds = time.perf_counter() - start
-  jax.monitoring.unregister_event_duration_listener(listen)
+  try:
+    start = time.perf_counter()
+    # Evaluator has no public way to prepare a program without training it.
+    program, compile_seconds = evaluator._program(student)  # pylint: disable=protected-access
+    variables = models.init_variables(program.model, evaluator_lib.student_seed(student, seed),
+                                      student.input_shape, program.shapes)
+    jax.block_until_ready(program.init_state(variables))
+    seconds = time.perf_counter() - start
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
   return seconds, compile_seconds, len(events)
 
 
