@@ -3,7 +3,7 @@ students train once compiled, how long a new architecture takes to come up,
 and how much of a real search goes to compiling.
 
   python benchmarks/throughput.py [--quick] [--torch [--torch-threads=N]] [--json-only]
-                                  [--data=synthetic|fashion_mnist]
+                                  [--data=synthetic|fashion_mnist] [--compile-threads=N]
 
 Figures (each printed with what it measures, then all of them as ONE JSON line,
 always the last line of stdout):
@@ -48,7 +48,9 @@ files (`apt-get install dataset-fashion-mnist`). --quick shrinks everything
 rollouts, 10 steps, 200 validation images, a one-iteration search of one
 student); its time then goes mostly to its ten or so compiles of train steps
 and policy updates. tests/test_benchmarks.py runs it. XLA CPU flags are set as
-the command line sets them (runtime.set_cpu_flags).
+the command line sets them (runtime.set_cpu_flags). --compile-threads=N sets the
+threads that compile students ahead in the iteration and the short search
+(runtime.compile_threads; default, as on the command line: one per 4 cores).
 """
 
 from __future__ import annotations
@@ -229,7 +231,9 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
   # Set up once per search, not per iteration: left out of the figure.
   evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(steps),
                                       config.runtime.epoch_mode,
-                                      compile_ahead=config.runtime.compile_ahead)
+                                      compile_ahead=config.runtime.compile_ahead,
+                                      compile_threads=runtime.compile_threads(
+                                          config.runtime.compile_threads))
   start = time.perf_counter()
   stage = search_lib.removal_stage(config, teacher)
   policy_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0), 0)
@@ -550,12 +554,20 @@ def main(argv=None) -> dict:
   parser.add_argument('--data', choices=('synthetic', 'fashion_mnist'), default='synthetic')
   parser.add_argument('--torch-threads', type=int, default=0,
                       help="PyTorch's intra-op threads (0: its default, one per core)")
+  parser.add_argument('--compile-threads', type=int, default=0,
+                      help='threads compiling students ahead (runtime.compile_threads; '
+                           '0: one per 4 cores, as the command line)')
   args = parser.parse_args(argv)
+  if args.compile_threads < 0:
+    parser.error(f'--compile-threads must be >= 0, got {args.compile_threads}')
   say = Printer(args.json_only)
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   profile = QUICK if args.quick else FULL
   if args.data == 'fashion_mnist' and args.quick:
     profile = dataclasses.replace(profile, teacher='conv4', input_shape=(28, 28, 1))
+  if args.compile_threads:
+    profile = dataclasses.replace(
+        profile, search=dict(profile.search, **{'runtime.compile_threads': args.compile_threads}))
   # No persistent cache, whatever the environment says, except where a figure
   # asks for one (in a folder of its own).
   persistent_cache(None)
@@ -571,11 +583,13 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   backend = jax.default_backend()
   out = {'backend': backend, 'device_kind': jax.devices()[0].device_kind,
          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+         'compile_threads': runtime.compile_threads(args.compile_threads),
          'jax_version': jax.__version__, 'command': shlex.join([sys.executable] + sys.argv),
          'machine': platform.platform(), 'quick': args.quick, 'data': args.data,
          'teacher': profile.teacher, 'batch_size': BATCH}
   say(f'device: {backend} ({out["device_kind"]}) x{out["device_count"]}, '
-      f'{out["cpu_count"]} CPU cores, jax {jax.__version__}, {out["machine"]}')
+      f'{out["cpu_count"]} CPU cores ({out["compile_threads"]} compiling students ahead), '
+      f'jax {jax.__version__}, {out["machine"]}')
   sections = {}  # wall seconds each part of this benchmark took
 
   @contextlib.contextmanager
@@ -585,6 +599,7 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
     sections[name] = time.perf_counter() - start
 
   config = config_lib.base_config()
+  config.runtime.compile_threads = args.compile_threads
   teacher = zoo.get(profile.teacher, profile.input_shape, NUM_CLASSES)
   num_train = profile.steps * BATCH
   with section('setup'):

@@ -154,6 +154,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Compile the next students of an iteration on a background thread while
   # the current one trains (results do not depend on it).
   c.runtime.compile_ahead = True
+  # Threads compiling students ahead (0 = one per 4 CPU cores, at least 1). On
+  # GPUs compiling a student takes longer than training it (docs/performance.md).
+  c.runtime.compile_threads = 0
+  # Deterministic XLA kernels on GPUs (--xla_gpu_deterministic_ops), so a run
+  # and its re-run or resume give the same numbers; set by the command line
+  # before JAX starts. CPU runs are deterministic without it.
+  c.runtime.deterministic = False
   # Teacher training splits each batch over this many local devices (0 = all;
   # fewer when the batch size does not divide evenly).
   c.runtime.teacher_devices = 0
@@ -356,6 +363,7 @@ def validate(config) -> None:
   _non_negative(r.teacher_checkpoint_seconds, 'runtime.teacher_checkpoint_seconds')
   for name in ('student_devices', 'teacher_devices', 'final_devices'):
     _int_in(r[name], f'runtime.{name}', 0, what='an integer >= 0 (0 = all)')
+  _int_in(r.compile_threads, 'runtime.compile_threads', 0, what='an integer >= 0 (0 = auto)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:

@@ -116,7 +116,8 @@ class Evaluator:
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
                memory_limit_bytes: int | None = None, devices=None,
                compile_ahead: bool = True, mesh=None,
-               program_store: program_store_lib.ProgramStore | None = None):
+               program_store: program_store_lib.ProgramStore | None = None,
+               compile_threads: int = 1):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -151,6 +152,9 @@ class Evaluator:
     # time split; compiling that overlapped training is not in it.
     self.compile_seconds = 0.0
     self.compile_ahead = compile_ahead
+    if not isinstance(compile_threads, int) or compile_threads < 1:
+      raise ValueError(f'compile_threads must be an integer >= 1, got {compile_threads!r}')
+    self.compile_threads = compile_threads
     self._pending = {}  # program key -> Future of a compile started by start_compiling
     self.program_store = program_store
 
@@ -258,12 +262,12 @@ class Evaluator:
         del _PROGRAMS[key]
 
   def start_compiling(self, jobs) -> None:
-    """Start compiling the programs of [(spec, device), ...] in order on one
-    background thread, so that a student compiles while the one before it
-    trains. A later `_program` call for the same spec waits for it (and gets
-    its error, if compiling failed) instead of compiling again. Students too
-    large for the device, and programs already compiled or on their way,
-    are skipped."""
+    """Start compiling the programs of [(spec, device), ...] in order on
+    `compile_threads` background threads, so that students compile while the
+    ones before them train. A later `_program` call for the same spec waits
+    for it (and gets its error, if compiling failed) instead of compiling
+    again. Students too large for the device, and programs already compiled
+    or on their way, are skipped."""
     todo = []
     keyed = [(spec, device, self._program_key(spec, device)) for spec, device in jobs
              if not self._too_large(spec)]
@@ -276,8 +280,16 @@ class Evaluator:
     if not todo:
       return
 
+    queue = iter(todo)  # shared by the threads: each takes the next student in order
+    queue_lock = threading.Lock()
+
     def work():
-      for spec, device, key, future in todo:
+      while True:
+        with queue_lock:
+          job = next(queue, None)
+        if job is None:
+          return
+        spec, device, key, future = job
         if not future.set_running_or_notify_cancel():
           continue
         try:
@@ -285,9 +297,9 @@ class Evaluator:
         except BaseException as e:  # pylint: disable=broad-except  # handed to the waiter
           future.set_exception(e)
 
-    # One thread (two gave no gain on 2 cores: compiling is CPU-bound). A
-    # daemon: a SIGTERM ends the process without waiting for it.
-    threading.Thread(target=work, name='n2n-compile-ahead', daemon=True).start()
+    # Daemons: a SIGTERM ends the process without waiting for them.
+    for _ in range(min(self.compile_threads, len(todo))):
+      threading.Thread(target=work, name='n2n-compile-ahead', daemon=True).start()
 
   def _too_large(self, spec: spec_lib.NetSpec) -> str | None:
     """Why `spec` cannot train on a device of memory_limit_bytes, or None."""

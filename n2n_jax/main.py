@@ -43,6 +43,8 @@ def main(argv):
     # Checked first, so that a bad value ends every process of a multi-process
     # run at once instead of leaving the others waiting for it.
     config_lib.validate(config)
+    if config.runtime.deterministic:
+      runtime.set_deterministic_flags()  # before JAX starts a backend
     # Before any JAX computation, and before preemption.install() (see
     # distributed.initialize for why).
     distributed.initialize(config.runtime.distributed)

@@ -10,15 +10,41 @@ import jax
 # them off gave +25-40 % training throughput on our 2-core machines (DESIGN.md
 # and the foundation issue's note). The flag only concerns the CPU backend.
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
+# runtime.deterministic: XLA's GPU kernels give the same result on every run
+# (two runs of a Fashion-MNIST search on an H200 without it differed in stage
+# 2's accuracies by up to 0.5 points). Other backends ignore the flag; CPU
+# runs are deterministic anyway.
+DETERMINISTIC_XLA_FLAGS = ('--xla_gpu_deterministic_ops=true',)
+
+
+def _append_xla_flags(wanted) -> None:
+  """Append `wanted` to XLA_FLAGS, except flags the user set already. XLA
+  reads the variable when the first backend starts, so call this before any
+  JAX work."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  missing = [f for f in wanted if f.split('=')[0] not in flags]
+  if missing:
+    os.environ['XLA_FLAGS'] = ' '.join([flags] + missing).strip()
 
 
 def set_cpu_flags() -> None:
-  """Append CPU_XLA_FLAGS to XLA_FLAGS unless the user set them. XLA reads the
-  variable when the first backend starts, so call this before any JAX work."""
-  flags = os.environ.get('XLA_FLAGS', '')
-  missing = [f for f in CPU_XLA_FLAGS if f.split('=')[0] not in flags]
-  if missing:
-    os.environ['XLA_FLAGS'] = ' '.join([flags] + missing).strip()
+  _append_xla_flags(CPU_XLA_FLAGS)
+
+
+def set_deterministic_flags() -> None:
+  _append_xla_flags(DETERMINISTIC_XLA_FLAGS)
+
+
+def compile_threads(requested: int) -> int:
+  """runtime.compile_threads: `requested`, or for 0 one thread per 4 CPU cores
+  this process may use, at least one. A 2-core machine keeps one (a second
+  gave no gain there: compiling and training share the cores); a 16-core GPU
+  host gets 4, where students compile for seconds and train in a fraction of
+  one."""
+  if requested:
+    return requested
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return max(1, (cores or 1) // 4)
 
 
 def enable_compilation_cache(cache_dir: str) -> None:

@@ -37,6 +37,7 @@ from n2n_jax import program_store
 from n2n_jax import reinforce
 from n2n_jax import report
 from n2n_jax import reward as reward_lib
+from n2n_jax import runtime
 from n2n_jax import spec as spec_lib
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
@@ -389,6 +390,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
       memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
       devices=student_devices(config.runtime.student_devices),
       compile_ahead=config.runtime.compile_ahead,
+      compile_threads=runtime.compile_threads(config.runtime.compile_threads),
       program_store=program_store.for_cache_dir(config.runtime.compilation_cache_dir))
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)

@@ -60,6 +60,7 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
 
   assert r['backend'] and r['device_kind'] and r['machine']
   assert r['device_count'] >= 1 and r['cpu_count'] >= 1
+  assert r['compile_threads'] >= 1
   assert r['jax_version'].count('.') >= 1
   assert 'throughput.py' in r['command'] and '--quick' in r['command']
   assert r['quick'] is True

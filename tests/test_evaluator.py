@@ -1,6 +1,7 @@
 """Student evaluation: distillation, failures as results, teacher-weight inheritance."""
 
 import threading
+import time
 
 import jax
 import numpy as np
@@ -102,6 +103,8 @@ def test_unknown_init_is_refused(setup):
     E.Evaluator(ds, logits, E.DistillSettings(init='imagenet'))
   with pytest.raises(ValueError, match="needs the teacher's variables"):
     E.Evaluator(ds, logits, E.DistillSettings(init='teacher'))
+  with pytest.raises(ValueError, match='compile_threads must be an integer >= 1, got 0'):
+    E.Evaluator(ds, logits, E.DistillSettings(), compile_threads=0)
 
 
 def _students(n):
@@ -116,7 +119,9 @@ def _students(n):
   return out[:n]
 
 
-def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(setup, monkeypatch):
+@pytest.mark.parametrize('threads', [1, 2])
+def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(
+    setup, monkeypatch, threads):
   ds, _, logits = setup
   settings = E.DistillSettings(epochs=1, max_train_examples=256)
   students = _students(3)
@@ -126,20 +131,28 @@ def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(set
 
   E._PROGRAMS.clear()  # pylint: disable=protected-access
   compiled_in = []  # the thread each program was compiled in
+  background = []  # (start, end) of each background compile
   real_compile = E.Evaluator._compile  # pylint: disable=protected-access
 
   def watched(self, spec, device, key):
     compiled_in.append(threading.current_thread().name)
-    return real_compile(self, spec, device, key)
+    start = time.perf_counter()
+    program = real_compile(self, spec, device, key)
+    if threading.current_thread().name != 'MainThread':
+      background.append((start, time.perf_counter()))
+    return program
 
   monkeypatch.setattr(E.Evaluator, '_compile', watched)
-  ahead = E.Evaluator(ds, logits, settings, compile_ahead=True)
+  ahead = E.Evaluator(ds, logits, settings, compile_ahead=True, compile_threads=threads)
   results = ahead.train_many(jobs, seed=0)
   assert [r.error for r in results] == [None] * 3
   assert [r.accuracy for r in results] == [r.accuracy for r in plain]
   # Each student compiled once: the first where it trains, the others in the
   # background while the ones before them trained.
   assert sorted(compiled_in) == ['MainThread', 'n2n-compile-ahead', 'n2n-compile-ahead']
+  (start1, end1), (start2, end2) = sorted(background)
+  # One thread compiles the two in turn; two compile them at the same time.
+  assert (start2 < end1) == (threads == 2)
   assert not ahead._pending  # pylint: disable=protected-access  # every compile was collected
   # The run's compile time is what students waited, each wait counted once.
   assert ahead.compile_seconds == pytest.approx(sum(r.compile_seconds for r in results))
