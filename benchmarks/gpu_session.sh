@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# What one short session on a lent GPU machine runs, prepared here so that the
+# machine's minutes go to measuring (the team's GPU time comes in 15-minute
+# leases of a machine with JAX, flax, optax, orbax and PyTorch preinstalled and
+# no network). Every step has its own time limit and writes its log under $OUT.
+#
+#   benchmarks/gpu_session.sh smoke   # versions, a 1+1-iteration Fashion-MNIST VGG-13
+#                                     # run through launch/one_gpu.sh, the benchmark
+#   benchmarks/gpu_session.sh search NAME ITER1 ITER2 TEACHER_EPOCHS SECONDS [--config.x=v ...]
+#                                     # a longer Fashion-MNIST VGG-13 run in /tmp/NAME;
+#                                     # run it twice (two NAMEs) to see re-run speed and
+#                                     # whether the results repeat
+#   benchmarks/gpu_session.sh threads # the benchmark with 1 compile thread, then the default
+#
+# 2026-11-28 (H200, docs/records/h200-2026-11-28): `smoke`, then `search fm_search 10 6 20
+# 460 --config.teacher.decay_epochs='(15,)' --config.distill.epochs=1
+# --config.final.epochs=20` and the same again as fm_search2: 4.8 min of device time
+# (the machine's start included), 4.9 and 2.4 min.
+#
+# Needs: python3 with jax[cuda] and the preinstalled packages above; wheels in
+# .whl/ (ml_collections, tensorboardX: missing from that image) are installed
+# into /tmp/site; Fashion-MNIST's four IDX files in $FMNIST (default
+# .devdata/fashion-mnist). Prepared on the developer machine (both folders listed
+# in .git/info/exclude and carried with the call):
+#   cp -r /usr/share/datasets/fashion-mnist .devdata/
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#     ml_collections==1.1.0 tensorboardX==2.6.5
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-/tmp/gpu_session}"
+FMNIST="${FMNIST:-.devdata/fashion-mnist}"
+usage() {
+  echo "usage: benchmarks/gpu_session.sh smoke | threads |" \
+    "search NAME ITER1 ITER2 TEACHER_EPOCHS SECONDS [overrides]" >&2
+  exit 2
+}
+case "${1:-smoke}" in
+  smoke | threads) ;;
+  search) (($# >= 6)) || usage ;;
+  *) usage ;;
+esac
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHON="${PYTHON:-python3}"
+# PyTorch (benchmark --torch) shares the GPU with JAX's preallocated pool.
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}"
+if compgen -G '.whl/*.whl' >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD"
+fi
+
+copy_run() {  # WORKDIR PREFIX: the run's summary and per-iteration records
+  cp "$1/summary.json" "$OUT/$2_summary.json" 2>/dev/null
+  cp "$1/metrics.jsonl" "$OUT/$2_metrics.jsonl" 2>/dev/null
+}
+
+case "${1:-smoke}" in
+  smoke)
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+      --format=csv 2>&1 | tee "$OUT/versions.txt"
+    "$PYTHON" -c 'import jax, flax, optax, chex, orbax.checkpoint as o, numpy, sklearn
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "orbax", o.__version__ if hasattr(o, "__version__") else "?", "numpy", numpy.__version__)
+print(jax.devices(), jax.devices()[0].device_kind)' 2>&1 | tee -a "$OUT/versions.txt"
+    nproc | tee -a "$OUT/versions.txt"
+    start=$SECONDS
+    timeout 170 launch/one_gpu.sh configs/fashion_mnist_vgg13.py /tmp/fm_smoke \
+      "--config.data.path=$FMNIST" --config.teacher.epochs=1 --config.teacher.decay_epochs='()' \
+      --config.search.stage1_iterations=1 --config.search.stage2_iterations=1 \
+      --config.distill.epochs=1 --config.final.epochs=1 >"$OUT/smoke.log" 2>&1
+    echo "smoke: rc=$? in $((SECONDS - start)) s" | tee -a "$OUT/versions.txt"
+    tail -25 "$OUT/smoke.log"
+    copy_run /tmp/fm_smoke smoke
+    start=$SECONDS
+    timeout 280 "$PYTHON" benchmarks/throughput.py --torch 2>&1 | tee "$OUT/benchmark.log"
+    echo "benchmark: rc=$? in $((SECONDS - start)) s"
+    ;;
+  search)
+    shift
+    name="$1" iter1="$2" iter2="$3" teacher_epochs="$4" seconds="$5"
+    shift 5
+    start=$SECONDS
+    timeout "$seconds" launch/one_gpu.sh configs/fashion_mnist_vgg13.py "/tmp/$name" \
+      "--config.data.path=$FMNIST" "--config.teacher.epochs=$teacher_epochs" \
+      "--config.search.stage1_iterations=$iter1" "--config.search.stage2_iterations=$iter2" \
+      "$@" >"$OUT/$name.log" 2>&1
+    echo "search: rc=$? in $((SECONDS - start)) s"
+    tail -40 "$OUT/$name.log"
+    copy_run "/tmp/$name" "$name"
+    ;;
+  threads)
+    for threads in 1 0; do
+      timeout 280 "$PYTHON" benchmarks/throughput.py "--compile-threads=$threads" \
+        2>&1 | tee "$OUT/benchmark_threads$threads.log"
+    done
+    ;;
+esac
