@@ -16,8 +16,16 @@ look add --config.teacher.epochs=2 --config.data.max_train_examples=5000.
 
 The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
 iterations of 5 students, final training, export); --config.mode=teacher trains
-the teacher alone. Paper's compressed student: no paper row. The search's runtime is
-not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
+the teacher alone. Paper's compressed student: no paper row. On one NVIDIA H200
+(RESULTS.md, docs/performance.md) a teacher epoch took 1.07 s (so ~1 min for the
+50), and a 10 + 6-iteration search with 1-epoch distillations 232 s, 141 s of it
+compiling: the paper's budget (~1,000 students of 5 epochs, ~1.3 s each per epoch
+there, plus compiling each new architecture) is a few hours on such a GPU. A
+shorter GPU run that finished in 4.5 min there (teacher 93.60 %, student 23.8x
+smaller at 92.99 %): launch/one_gpu.sh configs/fashion_mnist_vgg13.py DIR
+--config.teacher.epochs=20 --config.teacher.decay_epochs='(15,)'
+--config.search.stage1_iterations=10 --config.search.stage2_iterations=6
+--config.distill.epochs=1 --config.final.epochs=20
 """
 
 from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
