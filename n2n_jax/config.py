@@ -151,7 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The search trains an iteration's students concurrently, one per device,
   # over this many local devices (0 = all); results do not depend on it.
   c.runtime.student_devices = 0
-  # Compile the next students of an iteration on a background thread while
+  # Compile the next students of an iteration on background threads while
   # the current one trains (results do not depend on it).
   c.runtime.compile_ahead = True
   # Threads compiling students ahead (0 = one per 4 CPU cores, at least 1). On

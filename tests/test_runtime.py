@@ -41,3 +41,30 @@ def test_xla_accepts_the_flags_the_command_line_sets():
   flags, total = proc.stdout.split('\n')[:2]
   assert flags.split() == list(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS)
   assert total == '6.0'
+
+
+def test_the_command_line_sets_the_deterministic_flag_before_jax_starts():
+  # In a fresh interpreter: main() with runtime.deterministic=True must set the
+  # flag while no JAX backend has started (XLA reads XLA_FLAGS only then).
+  code = '''
+import os, sys
+os.environ.pop("XLA_FLAGS", None)
+from absl import app
+from jax._src import xla_bridge
+from n2n_jax import experiment, main, runtime
+real = runtime.set_deterministic_flags
+def watched():
+  print("started before:", xla_bridge.backends_are_initialized())
+  real()
+runtime.set_deterministic_flags = watched
+experiment.run = lambda config, workdir: print("flags:", os.environ["XLA_FLAGS"])
+sys.argv = ["main", "--config=configs/digits.py", "--config.runtime.deterministic=True",
+            "--workdir=/nonexistent"]
+app.run(main.main, flags_parser=main.parse_flags)
+'''
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == [
+      'started before: False',
+      'flags: ' + ' '.join(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS)]
