@@ -17,6 +17,12 @@
 # --config.final.epochs=20` and the same again as fm_search2: 4.8 min of device time
 # (the machine's start included), 4.9 and 2.4 min.
 #
+# Next lease (issue 4), one call each: `threads`; `search fm_det1 10 6 20 460
+# --config.runtime.deterministic=True [same overrides as above]` then fm_det2 (do the two
+# runs repeat, and what does it cost against the 232 s search above); and
+# `XLA_FLAGS=--xla_gpu_autotune_level=0 benchmarks/gpu_session.sh threads` (compile time
+# against step time without autotuning).
+#
 # Needs: python3 with jax[cuda] and the preinstalled packages above; wheels in
 # .whl/ (ml_collections, tensorboardX: missing from that image) are installed
 # into /tmp/site; Fashion-MNIST's four IDX files in $FMNIST (default
