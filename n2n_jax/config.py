@@ -157,6 +157,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Threads compiling students ahead (0 = one per 4 CPU cores, at least 1). On
   # GPUs compiling a student takes longer than training it (docs/performance.md).
   c.runtime.compile_threads = 0
+  # Stage 2: train each student as its source (the stage-1 student it
+  # shrinks), with the channels it lacks held at zero (n2n_jax/padding.py), so
+  # the whole stage runs one compiled program instead of compiling every new
+  # set of widths. Results are the same up to floating-point rounding; each
+  # student costs its source's arithmetic. Pays where compiling dominates (a
+  # GPU, 2.5-9 s per student against 0.1-1.4 s of training); off by default
+  # because on CPUs the arithmetic dominates (docs/performance.md).
+  c.runtime.share_stage2_program = False
   # Deterministic XLA kernels on GPUs (--xla_gpu_deterministic_ops), so a run
   # and its re-run or resume give the same numbers; set by the command line
   # before JAX starts. CPU runs are deterministic without it.

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from n2n_jax import models
+from n2n_jax import padding
 from n2n_jax import program_store as program_store_lib
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
@@ -110,7 +111,13 @@ class Evaluator:
 
   `program_store` (program_store.ProgramStore) keeps compiled programs on disk
   for other processes: an architecture compiled by an earlier run comes up
-  without tracing or compiling (data-parallel programs are not stored)."""
+  without tracing or compiling (data-parallel programs are not stored).
+
+  `inside` (a wider architecture with the same layers, e.g. the source of
+  stage 2's students) runs each student as that architecture with the
+  channels it lacks held at zero (padding.py): students that differ only in
+  width then share one compiled program, at the wide network's arithmetic;
+  results are the same up to floating-point rounding."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
@@ -261,6 +268,18 @@ class Evaluator:
       if _PROGRAMS.get(key) is program:
         del _PROGRAMS[key]
 
+  @staticmethod
+  def _wide(spec: spec_lib.NetSpec, inside: spec_lib.NetSpec | None) -> tuple:
+    """(the spec to compile, the student's padding.embedding in it or None).
+    A student that does not fit `inside` runs as itself."""
+    if inside is None:
+      return spec, None
+    try:
+      wide = padding.widen(spec, inside)
+    except padding.NotEmbeddable:
+      return spec, None
+    return wide, padding.embedding(spec, wide)
+
   def start_compiling(self, jobs) -> None:
     """Start compiling the programs of [(spec, device), ...] in order on
     `compile_threads` background threads, so that students compile while the
@@ -311,21 +330,28 @@ class Evaluator:
     return (f'too large for device memory: training needs about {need / 2**20:.0f} MB, the '
             f'limit is {self.memory_limit_bytes / 2**20:.0f} MB')
 
-  def train_many(self, jobs, seed: int) -> list:
+  def train_many(self, jobs, seed: int, *, inside: spec_lib.NetSpec | None = None) -> list:
     """StudentResults for [(spec, key), ...], in order: job i runs on
-    devices[i % len(devices)], the devices concurrently."""
+    devices[i % len(devices)], the devices concurrently. `inside`: see the
+    class docstring."""
     placed = [self.devices[i % len(self.devices)] for i in range(len(jobs))]
     if self.compile_ahead:
       # Each device's first student compiles in its own thread; the others
       # are compiled in the background while those train.
-      self.start_compiling([(spec, d) for (spec, _), d in zip(jobs, placed)][len(self.devices):])
+      ahead = []
+      for (spec, _), d in list(zip(jobs, placed))[len(self.devices):]:
+        try:
+          ahead.append((self._wide(spec, inside)[0], d))
+        except spec_lib.SpecError:
+          pass  # a broken student fails when it trains, with the reason recorded
+      self.start_compiling(ahead)
     if len(self.devices) == 1 or len(jobs) <= 1:
-      return [self.train(spec, key, seed) for spec, key in jobs]
+      return [self.train(spec, key, seed, inside=inside) for spec, key in jobs]
     results = [None] * len(jobs)
 
     def work(d):
       for i in range(d, len(jobs), len(self.devices)):
-        results[i] = self.train(*jobs[i], seed, device=self.devices[d])
+        results[i] = self.train(*jobs[i], seed, device=self.devices[d], inside=inside)
 
     # Daemon threads: a SIGTERM in the main thread ends the process without
     # waiting for students still training (their work is redone on resume).
@@ -338,33 +364,41 @@ class Evaluator:
     return results
 
   def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
-            progress=None, device=None, initial_variables: dict | None = None) -> StudentResult:
+            progress=None, device=None, initial_variables: dict | None = None,
+            inside: spec_lib.NetSpec | None = None) -> StudentResult:
     """Train one student for settings.epochs on `device` (default: the first
     of `devices`) and measure validation accuracy. Failures (a spec that
     cannot be built, a non-finite loss, an error while compiling or running)
     come back as StudentResult.error, never as exceptions. `initial_variables`
-    (e.g. a pruned network's weights) replaces the fresh initialisation."""
+    (e.g. a pruned network's weights) replaces the fresh initialisation.
+    `inside`: see the class docstring; kept variables are the student's own."""
     device = device or self.devices[0]
     with jax.default_device(device):
-      return self._train(spec, key, seed, keep_variables, progress, device, initial_variables)
+      return self._train(spec, key, seed, keep_variables, progress, device, initial_variables,
+                         inside)
 
   def _train(self, spec, key, seed, keep_variables, progress, device,
-             initial_variables=None) -> StudentResult:
+             initial_variables=None, inside=None) -> StudentResult:
     start = time.perf_counter()
     compile_s, program = 0.0, None
     try:
-      too_large = self._too_large(spec)
+      run_spec, places = self._wide(spec, inside)
+      too_large = self._too_large(run_spec)
       if too_large:
         return StudentResult(float('nan'), too_large)
-      program, compile_s = self._program(spec, device)
+      program, compile_s = self._program(run_spec, device)
       data, val_images, val_labels = self._resident(device)
       if initial_variables is not None:
         variables = initial_variables
       else:
+        # The student's own initial values, also when it runs padded.
+        shapes = program.shapes if places is None else padding.student_shapes(places)
         variables = models.init_variables(program.model, student_seed(spec, seed),
-                                          spec.input_shape, program.shapes)
+                                          spec.input_shape, shapes)
       if initial_variables is None and self.settings.init == 'teacher':
         variables, _ = models.inherit_variables(variables, self.teacher_variables)
+      if places is not None:
+        variables = padding.pad(variables, places, program.shapes)
       # Teacher weights live on the first device; the program runs on `device`
       # (or on every device of the mesh).
       if self.mesh is None:
@@ -390,14 +424,18 @@ class Evaluator:
       if program is not None and program.store_key is not None:
         # A stored program that fails is a bad entry (see program_store):
         # drop it and train this student again on freshly compiled programs.
-        self._forget(spec, device, program)
-        return self._train(spec, key, seed, keep_variables, progress, device, initial_variables)
+        self._forget(run_spec, device, program)
+        return self._train(spec, key, seed, keep_variables, progress, device, initial_variables,
+                           inside)
       # One broken student must not end a search of hundreds: record why.
       reason = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
       if 'RESOURCE_EXHAUSTED' in reason or 'Out of memory' in reason:
         reason = 'out of device memory: ' + reason
       return StudentResult(float('nan'), reason, time.perf_counter() - start - compile_s,
                            compile_s)
-    return StudentResult(accuracy, None, time.perf_counter() - start - compile_s, compile_s,
-                         jax.device_get(state.variables) if keep_variables else None)
+    kept = None
+    if keep_variables:
+      kept = jax.device_get(state.variables)
+      kept = kept if places is None else padding.unpad(kept, places)
+    return StudentResult(accuracy, None, time.perf_counter() - start - compile_s, compile_s, kept)
 

@@ -471,6 +471,13 @@ def output_shape(spec: NetSpec, input_shape: Sequence[int] | None = None) -> tup
   return stats[-1].out_shape if stats else tuple(input_shape or spec.input_shape)
 
 
+def sequence_output_shape(layers, shape: Sequence[int]) -> tuple:
+  """Output shape of `layers` applied to an input of `shape` (any rank: the
+  layers after a Flatten take flat inputs). Raises SpecError."""
+  stats = _sequence_stats(layers, tuple(shape), 'layers')
+  return stats[-1].out_shape if stats else tuple(shape)
+
+
 def param_count(spec: NetSpec) -> int:
   """Trainable parameters (batch-norm running statistics are not parameters)."""
   return sum(s.params for s in layer_stats(spec))

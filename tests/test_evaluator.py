@@ -174,3 +174,41 @@ def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
   results = ev.train_many([(first, jax.random.key(0)), (second, jax.random.key(1))], seed=0)
   assert results[0].error is None
   assert results[1].error == 'RuntimeError: injected compile failure'
+
+
+def test_students_inside_their_source_share_one_program(setup, monkeypatch):
+  # Two shrunk students (the source without dropout: padded layers draw their
+  # dropout masks over all their channels, see padding.py) trained inside the
+  # source compile one program between them, and match their own programs'
+  # results up to rounding.
+  ds, _, logits = setup
+  source = S.NetSpec('digits_cnn', TEACHER.input_shape,
+                     tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)))
+  students = [S.shrink(source, [f] * len(S.shrink_vars(source))) for f in (0.5, 0.25)]
+  jobs = [(s, jax.random.key(i)) for i, s in enumerate(students)]
+  settings = E.DistillSettings(epochs=2, max_train_examples=256)
+  compiled = []
+  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
+
+  def watched(self, spec, device, key):
+    compiled.append(spec)
+    return real_compile(self, spec, device, key)
+
+  monkeypatch.setattr(E.Evaluator, '_compile', watched)
+  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  ev = E.Evaluator(ds, logits, settings)
+  own = [ev.train(s, k, 0, keep_variables=True) for s, k in jobs]
+  assert compiled == students
+  compiled.clear()
+  inside = ev.train_many(jobs, seed=0, inside=source)
+  assert compiled == [source]
+  assert [r.error for r in inside] == [None, None]
+  for a, b in zip(inside, own):
+    assert abs(a.accuracy - b.accuracy) <= 1.5 / len(ds.val_labels)
+  kept = ev.train(students[1], jobs[1][1], 0, keep_variables=True, inside=source)
+  assert kept.compile_seconds == 0.0
+  assert (jax.tree_util.tree_map(np.shape, kept.variables)
+          == jax.tree_util.tree_map(np.shape, own[1].variables))
+  for x, y in zip(jax.tree_util.tree_leaves(kept.variables),
+                  jax.tree_util.tree_leaves(own[1].variables)):
+    np.testing.assert_allclose(x, y, atol=5e-3)

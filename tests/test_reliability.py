@@ -215,11 +215,11 @@ def test_sigterm_during_a_search_keeps_the_last_iteration(config_factory, finish
   real_train_many = E.Evaluator.train_many
   iterations = []
 
-  def sigterm_in_second_iteration(self, jobs, seed):
+  def sigterm_in_second_iteration(self, jobs, seed, **kwargs):
     iterations.append(1)
     if len(iterations) == 2:
       os.kill(os.getpid(), signal.SIGTERM)  # a preemption while students train
-    return real_train_many(self, jobs, seed)
+    return real_train_many(self, jobs, seed, **kwargs)
 
   monkeypatch.setattr(E.Evaluator, 'train_many', sigterm_in_second_iteration)
   previous = signal.getsignal(signal.SIGTERM)

@@ -12,6 +12,7 @@ from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import data as data_lib
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
+from n2n_jax import padding
 from n2n_jax import export
 from n2n_jax import policies
 from n2n_jax import reinforce
@@ -54,6 +55,32 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   logits = model.apply(variables, ds.test_images, train=False)
   accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(ds.test_labels)))
   assert accuracy == pytest.approx(summary['student']['test_accuracy'], abs=1e-6)
+
+
+def test_share_stage2_program_runs_stage_2_inside_its_source(config_factory, teacher_dir,
+                                                             tmp_path, monkeypatch):
+  config = tiny_search(config_factory('digits'))
+  config.runtime.share_stage2_program = True
+  calls = []  # (jobs' specs, inside) per train_many call
+  real_train_many = evaluator_lib.Evaluator.train_many
+
+  def spy(self, jobs, seed, **kwargs):
+    calls.append(([spec for spec, _ in jobs], kwargs.get('inside')))
+    return real_train_many(self, jobs, seed, **kwargs)
+
+  monkeypatch.setattr(evaluator_lib.Evaluator, 'train_many', spy)
+  workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
+  experiment.run(config, workdir)
+  assert [inside for _, inside in calls[:2]] == [None, None]  # stage 1: each its own program
+  source = calls[2][1]
+  assert source is not None and all(inside == source for _, inside in calls[2:])
+  for specs, _ in calls[2:]:
+    assert all(padding.widen(spec, source) == source for spec in specs)
+  stage2 = [r for r in report.read_metrics(workdir) if r['stage'] == 2]
+  # Every student that is not degenerate (params 0) trained: it has an accuracy.
+  assert all(accuracy is not None for r in stage2
+             for accuracy, params in zip(r['accuracies'], r['params']) if params)
+  assert any(params for r in stage2 for params in r['params'])
 
 
 def test_export_round_trip_gives_identical_logits(tmp_path):
@@ -179,9 +206,9 @@ def test_reuse_results_trains_each_architecture_once_and_resumes_exactly(
   trained_keys = []
   real_train_many = evaluator_lib.Evaluator.train_many
 
-  def spy(self, jobs, seed):
+  def spy(self, jobs, seed, **kwargs):
     trained_keys.extend(search.architecture_key(spec) for spec, _ in jobs)
-    return real_train_many(self, jobs, seed)
+    return real_train_many(self, jobs, seed, **kwargs)
 
   monkeypatch.setattr(evaluator_lib.Evaluator, 'train_many', spy)
   straight = experiment.run(config, str(tmp_path / 'a'))
