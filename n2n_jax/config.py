@@ -19,6 +19,7 @@ from n2n_jax import distributed
 from n2n_jax import evaluator
 from n2n_jax import reinforce
 from n2n_jax import reward as reward_lib
+from n2n_jax import runtime
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
 from n2n_jax import zoo
@@ -160,11 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Stage 2: train each student as its source (the stage-1 student it
   # shrinks), with the channels it lacks held at zero (n2n_jax/padding.py), so
   # the whole stage runs one compiled program instead of compiling every new
-  # set of widths. Results are the same up to floating-point rounding; each
-  # student costs its source's arithmetic. Pays where compiling dominates (a
-  # GPU, 2.5-9 s per student against 0.1-1.4 s of training); off by default
-  # because on CPUs the arithmetic dominates (docs/performance.md).
-  c.runtime.share_stage2_program = False
+  # set of widths. Results are the same up to floating-point rounding (dropout
+  # draws other, equally random masks); each student costs its source's
+  # arithmetic. 'on', 'off', or 'auto': on for GPUs and TPUs, where compiling a
+  # student (2.5-9 s on an H200) outweighs training it (0.1-1.4 s), off on
+  # CPUs, where arithmetic dominates (docs/performance.md).
+  c.runtime.share_stage2_program = 'auto'
   # Deterministic XLA kernels on GPUs (--xla_gpu_deterministic_ops), so a run
   # and its re-run or resume give the same numbers; set by the command line
   # before JAX starts. CPU runs are deterministic without it.
@@ -374,6 +376,7 @@ def validate(config) -> None:
   _int_in(r.compile_threads, 'runtime.compile_threads', 0, what='an integer >= 0 (0 = auto)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
+  _one_of(r.share_stage2_program, runtime.SWITCHES, 'runtime.share_stage2_program')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.
     raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '

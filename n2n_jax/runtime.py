@@ -47,6 +47,18 @@ def compile_threads(requested: int) -> int:
   return max(1, (cores or 1) // 4)
 
 
+SWITCHES = ('auto', 'on', 'off')
+
+
+def share_stage2_program(switch: str) -> bool:
+  """runtime.share_stage2_program: 'on', 'off', or 'auto' (on unless JAX runs
+  on the CPU: on accelerators compiling a student costs more than training it
+  at its source's size, on CPUs the arithmetic dominates)."""
+  if switch not in SWITCHES:
+    raise ValueError(f'unknown switch {switch!r}; valid: {", ".join(SWITCHES)}')
+  return switch == 'on' or (switch == 'auto' and jax.default_backend() != 'cpu')
+
+
 def enable_compilation_cache(cache_dir: str) -> None:
   """JAX's persistent compilation cache: a re-run, or an architecture seen
   before, loads its programs from disk instead of compiling them again."""

@@ -212,7 +212,7 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   results, reused, to_train = _known_results(ctx, students, trainable)
   # A student's key depends on its rollout index only, so reusing results
   # never changes what the students that do train see.
-  shared = stage.number == 2 and config.runtime.share_stage2_program
+  shared = stage.number == 2 and runtime.share_stage2_program(config.runtime.share_stage2_program)
   trained = ctx.evaluator.train_many(
       [(students[i], jax.random.fold_in(train_key, i)) for i in to_train], config.seed,
       inside=stage.source if shared else None)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from conftest import ROOT
@@ -68,3 +69,12 @@ app.run(main.main, flags_parser=main.parse_flags)
   assert proc.stdout.splitlines() == [
       'started before: False',
       'flags: ' + ' '.join(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS)]
+
+
+def test_share_stage2_program_auto_is_on_for_accelerators_only(monkeypatch):
+  assert runtime.share_stage2_program('on') and not runtime.share_stage2_program('off')
+  for backend, expected in (('cpu', False), ('gpu', True), ('tpu', True)):
+    monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
+    assert runtime.share_stage2_program('auto') is expected
+  with pytest.raises(ValueError, match='valid: auto, on, off'):
+    runtime.share_stage2_program(True)

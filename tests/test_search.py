@@ -60,7 +60,7 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
 def test_share_stage2_program_runs_stage_2_inside_its_source(config_factory, teacher_dir,
                                                              tmp_path, monkeypatch):
   config = tiny_search(config_factory('digits'))
-  config.runtime.share_stage2_program = True
+  config.runtime.share_stage2_program = 'on'
   calls = []  # (jobs' specs, inside) per train_many call
   real_train_many = evaluator_lib.Evaluator.train_many
 
