@@ -51,6 +51,9 @@ and policy updates. tests/test_benchmarks.py runs it. XLA CPU flags are set as
 the command line sets them (runtime.set_cpu_flags). --compile-threads=N sets the
 threads that compile students ahead in the iteration and the short search
 (runtime.compile_threads; default, as on the command line: one per 4 cores).
+--share-stage2=auto|on|off sets the short search's
+runtime.share_stage2_program (default auto, as on the command line: on for
+GPUs and TPUs); the JSON line says what it resolved to.
 """
 
 from __future__ import annotations
@@ -557,6 +560,9 @@ def main(argv=None) -> dict:
   parser.add_argument('--compile-threads', type=int, default=0,
                       help='threads compiling students ahead (runtime.compile_threads; '
                            '0: one per 4 cores, as the command line)')
+  parser.add_argument('--share-stage2', choices=runtime.SWITCHES, default='auto',
+                      help="the short search's runtime.share_stage2_program (stage 2 in its "
+                           "source's program; auto: on for GPUs and TPUs)")
   args = parser.parse_args(argv)
   if args.compile_threads < 0:
     parser.error(f'--compile-threads must be >= 0, got {args.compile_threads}')
@@ -568,6 +574,9 @@ def main(argv=None) -> dict:
   if args.compile_threads:
     profile = dataclasses.replace(
         profile, search=dict(profile.search, **{'runtime.compile_threads': args.compile_threads}))
+  if args.share_stage2 != 'auto':
+    profile = dataclasses.replace(profile, search=dict(
+        profile.search, **{'runtime.share_stage2_program': args.share_stage2}))
   # No persistent cache, whatever the environment says, except where a figure
   # asks for one (in a folder of its own).
   persistent_cache(None)
@@ -584,11 +593,13 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   out = {'backend': backend, 'device_kind': jax.devices()[0].device_kind,
          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
          'compile_threads': runtime.compile_threads(args.compile_threads),
+         'share_stage2_program': runtime.share_stage2_program(args.share_stage2),
          'jax_version': jax.__version__, 'command': shlex.join([sys.executable] + sys.argv),
          'machine': platform.platform(), 'quick': args.quick, 'data': args.data,
          'teacher': profile.teacher, 'batch_size': BATCH}
   say(f'device: {backend} ({out["device_kind"]}) x{out["device_count"]}, '
       f'{out["cpu_count"]} CPU cores ({out["compile_threads"]} compiling students ahead), '
+      f'stage 2 in one program: {"on" if out["share_stage2_program"] else "off"}, '
       f'jax {jax.__version__}, {out["machine"]}')
   sections = {}  # wall seconds each part of this benchmark took
 

@@ -48,6 +48,10 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
   assert parallel['spec'] == one['spec']
   assert abs(parallel['val_accuracy'] - one['val_accuracy']) <= 0.02
   assert abs(parallel['test_accuracy'] - one['test_accuracy']) <= 0.02
+  # Stage-2 students inside their source's program (runtime.share_stage2_program)
+  # on three devices at once: the same accuracies as on one.
+  on_three, on_one = report['inside']
+  assert len(on_three) == 3 and None not in on_three and on_three == on_one
 
 
 def _child(workdir):
@@ -56,6 +60,7 @@ def _child(workdir):
   sys.path[:0] = [here, os.path.dirname(here)]  # conftest, and n2n_jax without an install
   import conftest  # pylint: disable=g-import-not-at-top
   from n2n_jax import evaluator as E, experiment, report  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import data as data_lib, models, spec as S, train, zoo  # pylint: disable=g-import-not-at-top,multiple-imports
 
   def tiny_config(mode='compress'):
     config = conftest.tiny_search(conftest.quiet_config('digits'))
@@ -108,10 +113,24 @@ def _child(workdir):
   final_one, _ = search(0, 'final_one', final_devices=1)
   final_one_meshes = sorted(meshes['final'])
   single, single_devices = search(1, 'single')
+
+  E.Evaluator._train = real_train
+  dataset = data_lib.load(data_lib.default_data_config())
+  source = zoo.get('digits_cnn', (8, 8, 1), 10)
+  logits = train.predict(models.build(source), models.init_variables(
+      models.build(source), 0, (8, 8, 1)), dataset.train_images)
+  jobs = [(S.shrink(source, [f] * len(S.shrink_vars(source))), jax.random.key(i))
+          for i, f in enumerate((0.3, 0.5, 0.7))]
+  inside = []
+  for devices in (jax.devices()[:3], jax.devices()[:1]):
+    ev = E.Evaluator(dataset, logits, E.DistillSettings(epochs=1, max_train_examples=256),
+                     devices=devices)
+    inside.append([r.accuracy if r.error is None else None
+                   for r in ev.train_many(jobs, seed=0, inside=source)])
   print(json.dumps({'devices': len(jax.devices()), 'parallel': parallel, 'single': single,
                     'final_one': final_one, 'student_meshes': student_meshes,
                     'final_meshes': final_meshes, 'final_one_meshes': final_one_meshes,
-                    'teacher_histories': histories,
+                    'teacher_histories': histories, 'inside': inside,
                     'teacher_devices': [t['devices'] for t in teachers],
                     'parallel_devices': parallel_devices, 'single_devices': single_devices}))
 
