@@ -276,9 +276,9 @@ class Evaluator:
       return spec, None
     try:
       wide = padding.widen(spec, inside)
+      return wide, padding.embedding(spec, wide)
     except padding.NotEmbeddable:
       return spec, None
-    return wide, padding.embedding(spec, wide)
 
   def start_compiling(self, jobs) -> None:
     """Start compiling the programs of [(spec, device), ...] in order on

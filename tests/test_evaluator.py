@@ -212,3 +212,9 @@ def test_students_inside_their_source_share_one_program(setup, monkeypatch):
   for x, y in zip(jax.tree_util.tree_leaves(kept.variables),
                   jax.tree_util.tree_leaves(own[1].variables)):
     np.testing.assert_allclose(x, y, atol=5e-3)
+  # A student with other layers than `inside` (a stage-1 student) runs as itself.
+  compiled.clear()
+  removed = small_student()
+  alone = ev.train(removed, jax.random.key(5), 0, inside=source)
+  assert compiled == [removed] and alone.error is None
+  assert alone.accuracy == ev.train(removed, jax.random.key(5), 0).accuracy
