@@ -19,9 +19,10 @@
 #
 # Next lease (issue 4), one call each: `threads`; `search fm_shared 10 6 20 460
 # --config.runtime.share_stage2_program=on [same overrides as above]` (stage 2 in one
-# program, the default on GPUs since: its seconds and compile waits against fm_search's); `search fm_det1 10 6 20 460
-# --config.runtime.deterministic=True [same overrides]` then fm_det2 (do the two runs
-# repeat, and what does it cost against the 232 s search above); and
+# program, the default on GPUs since: its seconds and compile waits against
+# fm_search's); `search fm_det1 10 6 20 460 --config.runtime.deterministic=True [same
+# overrides]` then fm_det2 (do the two runs repeat, and what does it cost against the
+# 232 s search above); and
 # `XLA_FLAGS=--xla_gpu_autotune_level=0 benchmarks/gpu_session.sh threads` (compile time
 # against step time without autotuning).
 #
