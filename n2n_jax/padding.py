@@ -116,8 +116,10 @@ def embedding(student: S.NetSpec, wide: S.NetSpec) -> dict:
   return out
 
 
-def _path(key_path) -> tuple:
-  return tuple(k.key for k in key_path)
+def _get(tree: dict, path: tuple):
+  for key in path:
+    tree = tree[key]
+  return tree
 
 
 def student_shapes(places: dict) -> dict:
@@ -134,14 +136,11 @@ def pad(variables: dict, places: dict, wide_shapes: dict) -> dict:
   """The student's `variables` placed in zero arrays of `wide_shapes` (host arrays)."""
   def place(key_path, leaf):
     wide = np.zeros(leaf.shape, leaf.dtype)
-    path = _path(key_path)
+    path = tuple(k.key for k in key_path)
     index = places.get(path)
     if index is None:
       raise NotEmbeddable(f'no student variable for {"/".join(path)}')
-    value = variables
-    for k in path:
-      value = value[k]
-    wide[np.ix_(*index)] = np.asarray(value)
+    wide[np.ix_(*index)] = np.asarray(_get(variables, path))
     return wide
   return jax.tree_util.tree_map_with_path(place, dict(wide_shapes))
 
@@ -150,9 +149,7 @@ def unpad(wide_variables: dict, places: dict) -> dict:
   """The student's variables cut out of the wide network's (host arrays)."""
   tree = {'params': {}, 'batch_stats': {}}
   for path, index in places.items():
-    value = wide_variables
-    for k in path:
-      value = value[k]
     collection, scope, name = path
-    tree[collection].setdefault(scope, {})[name] = np.asarray(value)[np.ix_(*index)]
+    tree[collection].setdefault(scope, {})[name] = np.asarray(_get(wide_variables, path))[
+        np.ix_(*index)]
   return tree
