@@ -483,6 +483,10 @@ def _run_lines(summary: dict, records: list[dict]) -> list[str]:
                   sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
   lines.append(f'- Degenerate students (reward -1): {n_degenerate}{share}'
                + (f': {why}.' if why else '.'))
+  if any(r.get('shared_program') for r in records):
+    lines.append("- Stage 2 trained its students inside their source's compiled program "
+                 '(runtime.share_stage2_program): the same results as on their own programs '
+                 'up to floating-point rounding, except for dropout masks.')
   best = ', '.join(f'stage {s} {max(r["best_reward"] for r in rs):.4f}'
                    for s, rs in stages.items())
   if best:

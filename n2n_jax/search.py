@@ -256,6 +256,7 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
       'policy_loss': loss, 'seconds': round(time.perf_counter() - start, 3),
       'specs': [_describe_student(s) for s in students],
       'reused': [i in reused for i in range(len(students))],
+      'shared_program': shared,  # trained inside the stage's source (share_stage2_program)
   }
   return state, record, students
 

@@ -47,6 +47,9 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   for name in ('report.md', 'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 1000, name
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  # runtime.share_stage2_program='auto' on a CPU: every student on its own program.
+  assert not any(r['shared_program'] for r in records)
+  assert 'compiled program' not in open(os.path.join(workdir, 'report.md')).read()
 
   # The exported student loads with one call and reproduces the reported accuracy.
   model, variables = export.load_student(os.path.join(workdir, 'student'))
@@ -76,7 +79,11 @@ def test_share_stage2_program_runs_stage_2_inside_its_source(config_factory, tea
   assert source is not None and all(inside == source for _, inside in calls[2:])
   for specs, _ in calls[2:]:
     assert all(padding.widen(spec, source) == source for spec in specs)
-  stage2 = [r for r in report.read_metrics(workdir) if r['stage'] == 2]
+  records = report.read_metrics(workdir)
+  assert [r['shared_program'] for r in records] == [r['stage'] == 2 for r in records]
+  assert "inside their source's compiled program" in open(os.path.join(workdir,
+                                                                        'report.md')).read()
+  stage2 = [r for r in records if r['stage'] == 2]
   # Every student that is not degenerate (params 0) trained: it has an accuracy.
   assert all(accuracy is not None for r in stage2
              for accuracy, params in zip(r['accuracies'], r['params']) if params)
