@@ -271,13 +271,14 @@ class Evaluator:
   @staticmethod
   def _wide(spec: spec_lib.NetSpec, inside: spec_lib.NetSpec | None) -> tuple:
     """(the spec to compile, the student's padding.embedding in it or None).
-    A student that does not fit `inside` runs as itself."""
+    A student that does not fit `inside` runs as itself (a broken one then
+    fails with its own SpecError when it trains)."""
     if inside is None:
       return spec, None
     try:
       wide = padding.widen(spec, inside)
       return wide, padding.embedding(spec, wide)
-    except padding.NotEmbeddable:
+    except (padding.NotEmbeddable, spec_lib.SpecError):
       return spec, None
 
   def start_compiling(self, jobs) -> None:
@@ -338,13 +339,8 @@ class Evaluator:
     if self.compile_ahead:
       # Each device's first student compiles in its own thread; the others
       # are compiled in the background while those train.
-      ahead = []
-      for (spec, _), d in list(zip(jobs, placed))[len(self.devices):]:
-        try:
-          ahead.append((self._wide(spec, inside)[0], d))
-        except spec_lib.SpecError:
-          pass  # a broken student fails when it trains, with the reason recorded
-      self.start_compiling(ahead)
+      self.start_compiling([(self._wide(spec, inside)[0], d)
+                            for (spec, _), d in zip(jobs, placed)][len(self.devices):])
     if len(self.devices) == 1 or len(jobs) <= 1:
       return [self.train(spec, key, seed, inside=inside) for spec, key in jobs]
     results = [None] * len(jobs)
