@@ -290,7 +290,7 @@ class Evaluator:
     or on their way, are skipped."""
     todo = []
     keyed = [(spec, device, self._program_key(spec, device)) for spec, device in jobs
-             if not self._too_large(spec)]
+             if self._may_compile(spec)]
     with _PROGRAMS_LOCK:
       for spec, device, key in keyed:
         if key in _PROGRAMS or key in self._pending:
@@ -320,6 +320,15 @@ class Evaluator:
     # Daemons: a SIGTERM ends the process without waiting for them.
     for _ in range(min(self.compile_threads, len(todo))):
       threading.Thread(target=work, name='n2n-compile-ahead', daemon=True).start()
+
+  def _may_compile(self, spec: spec_lib.NetSpec) -> bool:
+    """Whether compiling `spec` ahead is worth starting: not for a student
+    too large for the device, nor for a broken one (it fails with its own
+    SpecError when it trains, not here for the whole batch)."""
+    try:
+      return not self._too_large(spec)
+    except spec_lib.SpecError:
+      return False
 
   def _too_large(self, spec: spec_lib.NetSpec) -> str | None:
     """Why `spec` cannot train on a device of memory_limit_bytes, or None."""

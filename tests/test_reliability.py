@@ -304,6 +304,22 @@ def test_student_over_the_memory_limit_fails_before_compiling(digits):
   assert fits.train(TEACHER, jax.random.key(0), 0).error is None
 
 
+def test_a_broken_student_under_a_memory_limit_fails_alone(digits):
+  # Compiling ahead asks each student's memory need first; a spec that cannot
+  # be built must come back as that student's error, not end the batch.
+  ds, logits = digits
+  broken = S.NetSpec('broken', (8, 8, 1), (S.Conv(4, 9), S.Flatten(), S.Dense(10)))
+  fine = S.NetSpec('fine', (8, 8, 1), (S.Conv(4, 3), S.Flatten(), S.Dense(10)))
+  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1),
+                   memory_limit_bytes=E.training_memory_bytes(TEACHER, 64))
+  assert ev.compile_ahead
+  results = ev.train_many([(fine, jax.random.key(0)), (broken, jax.random.key(1)),
+                           (fine, jax.random.key(2))], 0)
+  assert [r.error is None for r in results] == [True, False, True]
+  assert results[1].error.startswith('SpecError') and 'collapsed' in results[1].error
+  assert all(0.0 <= r.accuracy <= 1.0 for r in (results[0], results[2]))
+
+
 def test_non_finite_validation_logits_are_a_failure_not_an_accuracy(digits):
   ds, logits = digits
   # One corrupt validation image (NaN pixels) gives a linear student NaN
