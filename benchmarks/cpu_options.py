@@ -50,6 +50,7 @@ VARIANTS = {
     'no_xnnpack': (f'{YNN_OFF} --xla_cpu_use_xnnpack=false', {}),
     'fast_compile': (f'{YNN_OFF} --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE', {}),
     'opt_level_0': (f'{YNN_OFF} --xla_backend_optimization_level=0', {}),
+    'opt_level_1': (f'{YNN_OFF} --xla_backend_optimization_level=1', {}),
     'llvm_cheap': (f'{YNN_OFF} --xla_llvm_disable_expensive_passes=true', {}),
     'fast_math': (f'{YNN_OFF} --xla_cpu_enable_fast_math=true', {}),
     'hugetlb': (YNN_OFF, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}),
