@@ -1,5 +1,6 @@
 import collections
 import importlib.util
+import json
 import pathlib
 import shutil
 
@@ -60,6 +61,38 @@ def teacher_dir(tmp_path_factory):
 def workdir_with_teacher(teacher_dir, path):
   shutil.copytree(teacher_dir, path)
   return str(path)
+
+
+# A whole compress job from the command line in seconds (with
+# --config=configs/digits.py): a 2-conv teacher and small policies keep
+# compiling short (it dominates such a run).
+TINY_RUN = ['--config.mode=compress', '--config.data.max_train_examples=256',
+            '--config.teacher.epochs=1', '--config.search.stage1_iterations=1',
+            '--config.search.stage2_iterations=1', '--config.search.rollouts=2',
+            '--config.distill.epochs=1', '--config.final.epochs=1',
+            '--config.policy.num_layers=1', '--config.policy.removal_hidden=8',
+            '--config.policy.shrink_hidden=8', '--config.runtime.progress=False']
+TINY_TEACHER = {'name': 'tiny', 'input_shape': [8, 8, 1], 'layers': [
+    {'type': 'Conv', 'filters': 8, 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True},
+    {'type': 'ReLU'},
+    {'type': 'Conv', 'filters': 8, 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True},
+    {'type': 'ReLU'},
+    {'type': 'MaxPool', 'window': 2, 'stride': 2, 'padding': 0},
+    {'type': 'Flatten'},
+    {'type': 'Dense', 'features': 10, 'use_bias': True}]}
+
+
+def tiny_run_flags(folder) -> list:
+  """TINY_RUN with TINY_TEACHER written to FOLDER/tiny.json as the teacher."""
+  path = pathlib.Path(folder) / 'tiny.json'
+  path.write_text(json.dumps(TINY_TEACHER))
+  return [*TINY_RUN, f'--config.teacher.spec_file={path}']
+
+
+def run_records(workdir):
+  """A finished run's metrics.jsonl records, without their timings."""
+  with open(pathlib.Path(workdir) / 'metrics.jsonl') as f:
+    return without_timing(json.loads(line) for line in f)
 
 
 def without_timing(records):

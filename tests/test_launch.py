@@ -23,6 +23,8 @@ import pytest
 
 from conftest import ROOT
 from conftest import load_config
+from conftest import run_records
+from conftest import tiny_run_flags
 from n2n_jax import config as config_lib
 from n2n_jax import distributed
 from n2n_jax import export
@@ -211,23 +213,6 @@ def test_single_process_helpers_are_identities():
 
 # ---- a real two-process run on this machine
 
-# A whole compress job in seconds: a 2-conv teacher and small policies keep
-# compiling short (it dominates such a run).
-TINY = ['--config.mode=compress', '--config.data.max_train_examples=256',
-        '--config.teacher.epochs=1', '--config.search.stage1_iterations=1',
-        '--config.search.stage2_iterations=1', '--config.search.rollouts=2',
-        '--config.distill.epochs=1', '--config.final.epochs=1', '--config.policy.num_layers=1',
-        '--config.policy.removal_hidden=8', '--config.policy.shrink_hidden=8',
-        '--config.runtime.progress=False', '--config.runtime.compilation_cache_dir=']
-TINY_TEACHER = {'name': 'tiny', 'input_shape': [8, 8, 1], 'layers': [
-    {'type': 'Conv', 'filters': 8, 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True},
-    {'type': 'ReLU'},
-    {'type': 'Conv', 'filters': 8, 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True},
-    {'type': 'ReLU'},
-    {'type': 'MaxPool', 'window': 2, 'stride': 2, 'padding': 0},
-    {'type': 'Flatten'},
-    {'type': 'Dense', 'features': 10, 'use_bias': True}]}
-
 # Loaded into every process of the launched run (PYTHONPATH): logs each file
 # the process creates, writes, renames or removes under the workdir, through
 # Python's audit hooks, so the test sees which process wrote what.
@@ -269,18 +254,12 @@ def _without(d: dict, *keys) -> dict:
   return {k: v for k, v in d.items() if k not in keys}
 
 
-def _records(workdir):
-  with open(workdir / 'metrics.jsonl') as f:
-    return [_without(json.loads(line), 'seconds') for line in f]
-
-
 def test_two_processes_write_once_and_match_one_process(tmp_path):
   audit = tmp_path / 'audit'
   audit.mkdir()
   (audit / 'sitecustomize.py').write_text(AUDIT)
   two, one = tmp_path / 'two', tmp_path / 'one'
-  (tmp_path / 'tiny.json').write_text(json.dumps(TINY_TEACHER))
-  tiny = [*TINY, f'--config.teacher.spec_file={tmp_path / "tiny.json"}']
+  tiny = [*tiny_run_flags(tmp_path), '--config.runtime.compilation_cache_dir=']
   start = time.perf_counter()
   # Both runs at once: the machine's cores are shared either way.
   single = subprocess.Popen([sys.executable, *MAIN, f'--workdir={one}', *tiny], cwd=ROOT,
@@ -312,8 +291,8 @@ def test_two_processes_write_once_and_match_one_process(tmp_path):
   # The same run as one process: teacher weights, every record, the student.
   teachers = [json.loads((d / 'teacher.json').read_text()) for d in (two, one)]
   assert teachers[0]['variables_sha256'] == teachers[1]['variables_sha256']
-  assert _records(two) == _records(one)
-  assert len(_records(two)) == 2
+  assert run_records(two) == run_records(one)
+  assert len(run_records(two)) == 2
   summaries = [_without(json.loads((d / 'summary.json').read_text()), 'wall_seconds', 'time')
                for d in (two, one)]
   assert summaries[0] == summaries[1]

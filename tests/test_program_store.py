@@ -4,6 +4,7 @@ new process without tracing or compiling, and trains exactly as if compiled."""
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT
+from conftest import run_records
+from conftest import tiny_run_flags
 from n2n_jax import data as data_lib
 from n2n_jax import evaluator as E
 from n2n_jax import models
@@ -225,3 +229,32 @@ def test_a_new_process_loads_what_another_compiled(tmp_path):
   third = run_child(other, jax_cache)
   assert third['error'] is None and third['accuracy'] == first['accuracy']
   assert not os.path.isdir(other) or os.listdir(other) == []
+
+
+def test_caches_do_not_change_a_search(tmp_path):
+  """The same command line with every cache off, with empty caches (programs
+  compiled and stored) and with the program store filled (programs loaded):
+  the same records, the same student."""
+  flags = tiny_run_flags(tmp_path)
+  cold, warm = tmp_path / 'cold_cache', tmp_path / 'warm_cache'
+  runs = {}
+  for name, cache in (('off', ''), ('cold', cold), ('warm', warm)):
+    if name == 'warm':
+      # Only the store carries over: a student the store did not have would
+      # compile afresh here (JAX's own cache is empty) and add an entry.
+      shutil.copytree(cold / program_store.SUBDIR, warm / program_store.SUBDIR)
+    workdir = tmp_path / name
+    done = subprocess.run([sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
+                           f'--workdir={workdir}', *flags,
+                           f'--config.runtime.compilation_cache_dir={cache}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((workdir / 'summary.json').read_text())
+    del summary['wall_seconds'], summary['time']
+    runs[name] = (run_records(workdir), summary)
+  stored = sorted(os.listdir(cold / program_store.SUBDIR))
+  assert stored and sorted(os.listdir(warm / program_store.SUBDIR)) == stored
+  assert not (tmp_path / 'off' / program_store.SUBDIR).exists()
+  assert runs['off'] == runs['cold'] == runs['warm']
+  records = runs['off'][0]
+  assert len(records) == 2 and any(a is not None for r in records for a in r['accuracies'])
