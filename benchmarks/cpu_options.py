@@ -56,7 +56,7 @@ VARIANTS = {
     'hugetlb': (YNN_OFF, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}),
 }
 # 'jax_default' is left out unless asked for: its backward convolutions run
-# ~10x slower (DESIGN.md), so its teacher figure alone takes minutes.
+# ~10x slower (the team's DESIGN.md), so its teacher figure alone takes minutes.
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != 'jax_default')
 QUICK_VARIANTS = ('cli', 'opt_level_0')
 

@@ -4,6 +4,7 @@ and how much of a real search goes to compiling.
 
   python benchmarks/throughput.py [--quick] [--torch [--torch-threads=N]] [--json-only]
                                   [--data=synthetic|fashion_mnist] [--compile-threads=N]
+                                  [--share-stage2=auto|on|off]
 
 Figures (each printed with what it measures, then all of them as ONE JSON line,
 always the last line of stdout):

@@ -12,8 +12,9 @@ data.path at the 256_ObjectCategories folder. The 257th class (clutter) is
 left out; 20 % of each class is held out as the test split (there is no
 official split), 10 % of the rest for validation. Images are resized to
 224x224 and kept on the device: ~18 GB as float32, so use a GPU with enough
-memory, or --config.data.image_size=64 on smaller machines (then the teacher
-sees 64x64 inputs and the parameter count stays the same).
+memory, or add --config.data.image_size=64 --config.teacher.input_shape='(64, 64, 3)'
+on smaller machines (the teacher then sees 64x64 inputs; its parameter count
+stays the same).
 Teacher schedule: the paper's (appendix 10.2) as we read it: SGD lr 0.01 for 50
 epochs, then 0.001 for 20 more; crop + flip augmentation.
 Expected teacher: 47.65 % test accuracy (paper). Runtime not measured yet; estimated

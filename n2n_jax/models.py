@@ -24,7 +24,7 @@ BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
 def _pool_by_reshape(x, window: int, reduce):
   """Non-overlapping pooling as reshape + reduce. On the CPU this is markedly
-  faster than reduce_window (DESIGN.md); rows/columns that do not fill a
+  faster than reduce_window (the team's DESIGN.md); rows/columns that do not fill a
   window are dropped, as floor-mode pooling does."""
   n, h, w, c = x.shape
   ho, wo = h // window, w // window
@@ -148,7 +148,7 @@ def _host_init(path, leaf, seed: int) -> np.ndarray:
 def init_variables(model: SpecNet, seed: int, input_shape, shapes=None) -> dict:
   """Initial {'params', 'batch_stats'} for `model`, built on the host from
   `jax.eval_shape` shapes. Compiling `model.init` instead costs seconds per
-  new architecture (DESIGN.md; 2-11 s measured here), which a search that
+  new architecture (the team's DESIGN.md; 2-11 s measured here), which a search that
   builds hundreds of students cannot afford. `shapes`: variable_shapes(model,
   input_shape) if the caller has them (tracing the model for them takes
   0.2-0.3 s for a VGG-13 student)."""

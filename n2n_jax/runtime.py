@@ -7,8 +7,8 @@ import os
 import jax
 
 # XLA CPU's YNN fusions slow the convolutions these CNNs are made of; turning
-# them off gave +25-40 % training throughput on our 2-core machines (DESIGN.md
-# and the foundation issue's note). The flag only concerns the CPU backend.
+# them off gave +25-40 % training throughput on our 2-core machines (the team's
+# DESIGN.md and the foundation issue's note). The flag only concerns the CPU backend.
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
 # runtime.deterministic: XLA's GPU kernels give the same result on every run
 # (two runs of a Fashion-MNIST search on an H200 without it differed in stage

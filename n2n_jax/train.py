@@ -5,7 +5,7 @@ A step is `step(state, data, indices, key) -> (state, metrics)`: it gathers its
 batch from arrays already on the device, so an epoch needs no host transfers.
 An epoch runs either as one compiled `lax.scan` over its steps ('scan') or as
 a Python loop over a jitted step ('loop'). On the CPU, XLA lowers the
-backward convolutions inside a scanned body to slow naive loops (DESIGN.md:
+backward convolutions inside a scanned body to slow naive loops (the team's DESIGN.md:
 ~25x slower), so 'auto' takes 'loop' there and 'scan' on GPUs/TPUs.
 """
 
