@@ -24,7 +24,9 @@
 # overrides]` then fm_det2 (do the two runs repeat, and what does it cost against the
 # 232 s search above); and
 # `XLA_FLAGS=--xla_gpu_autotune_level=0 benchmarks/gpu_session.sh threads` (compile time
-# against step time without autotuning).
+# against step time without autotuning); and `search fm_shared1 10 6 20 460
+# --config.runtime.share_stage1_programs=on [same overrides]` (stage 1 in one program
+# per set of pools kept, off by default: its stage-1 seconds against fm_shared's).
 #
 # Needs: python3 with jax[cuda] and the preinstalled packages above; wheels in
 # .whl/ (ml_collections, tensorboardX: missing from that image) are installed

@@ -4,7 +4,7 @@ and how much of a real search goes to compiling.
 
   python benchmarks/throughput.py [--quick] [--torch [--torch-threads=N]] [--json-only]
                                   [--data=synthetic|fashion_mnist] [--compile-threads=N]
-                                  [--share-stage2=auto|on|off]
+                                  [--share-stage2=auto|on|off] [--share-stage1=auto|on|off]
 
 Figures (each printed with what it measures, then all of them as ONE JSON line,
 always the last line of stdout):
@@ -54,7 +54,8 @@ threads that compile students ahead in the iteration and the short search
 (runtime.compile_threads; default, as on the command line: one per 4 cores).
 --share-stage2=auto|on|off sets the short search's
 runtime.share_stage2_program (default auto, as on the command line: on for
-GPUs and TPUs); the JSON line says what it resolved to.
+GPUs and TPUs), --share-stage1=auto|on|off its runtime.share_stage1_programs
+(default off, as on the command line); the JSON line says what each resolved to.
 """
 
 from __future__ import annotations
@@ -564,6 +565,9 @@ def main(argv=None) -> dict:
   parser.add_argument('--share-stage2', choices=runtime.SWITCHES, default='auto',
                       help="the short search's runtime.share_stage2_program (stage 2 in its "
                            "source's program; auto: on for GPUs and TPUs)")
+  parser.add_argument('--share-stage1', choices=runtime.SWITCHES, default='off',
+                      help="the short search's runtime.share_stage1_programs (stage 1 in the "
+                           "teacher's programs, one per set of pools kept)")
   args = parser.parse_args(argv)
   if args.compile_threads < 0:
     parser.error(f'--compile-threads must be >= 0, got {args.compile_threads}')
@@ -578,6 +582,9 @@ def main(argv=None) -> dict:
   if args.share_stage2 != 'auto':
     profile = dataclasses.replace(profile, search=dict(
         profile.search, **{'runtime.share_stage2_program': args.share_stage2}))
+  if args.share_stage1 != 'off':
+    profile = dataclasses.replace(profile, search=dict(
+        profile.search, **{'runtime.share_stage1_programs': args.share_stage1}))
   # No persistent cache, whatever the environment says, except where a figure
   # asks for one (in a folder of its own).
   persistent_cache(None)
@@ -594,13 +601,15 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   out = {'backend': backend, 'device_kind': jax.devices()[0].device_kind,
          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
          'compile_threads': runtime.compile_threads(args.compile_threads),
-         'share_stage2_program': runtime.share_stage2_program(args.share_stage2),
+         'share_stage2_program': runtime.share_programs(args.share_stage2),
+         'share_stage1_programs': runtime.share_programs(args.share_stage1),
          'jax_version': jax.__version__, 'command': shlex.join([sys.executable] + sys.argv),
          'machine': platform.platform(), 'quick': args.quick, 'data': args.data,
          'teacher': profile.teacher, 'batch_size': BATCH}
   say(f'device: {backend} ({out["device_kind"]}) x{out["device_count"]}, '
       f'{out["cpu_count"]} CPU cores ({out["compile_threads"]} compiling students ahead), '
       f'stage 2 in one program: {"on" if out["share_stage2_program"] else "off"}, '
+      f'stage 1 in shared programs: {"on" if out["share_stage1_programs"] else "off"}, '
       f'jax {jax.__version__}, {out["machine"]}')
   sections = {}  # wall seconds each part of this benchmark took
 

@@ -167,6 +167,14 @@ def base_config() -> ml_collections.ConfigDict:
   # student (2.5-9 s on an H200) outweighs training it (0.1-1.4 s), off on
   # CPUs, where arithmetic dominates (docs/performance.md).
   c.runtime.share_stage2_program = 'auto'
+  # Stage 1: train each student as the teacher with the layers it removed
+  # switched off at run time (n2n_jax/padding.py), so that students keeping
+  # the same pooling layers share one compiled program (a removed pool changes
+  # every later shape). Results are the same up to floating-point rounding
+  # (dropout draws other, equally random masks); each student costs the
+  # arithmetic of the teacher without its removed pools. 'on', 'off' (the
+  # default: not yet measured on an accelerator), or 'auto' (as above).
+  c.runtime.share_stage1_programs = 'off'
   # Deterministic XLA kernels on GPUs (--xla_gpu_deterministic_ops), so a run
   # and its re-run or resume give the same numbers; set by the command line
   # before JAX starts. CPU runs are deterministic without it.
@@ -377,6 +385,7 @@ def validate(config) -> None:
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
   _one_of(r.share_stage2_program, runtime.SWITCHES, 'runtime.share_stage2_program')
+  _one_of(r.share_stage1_programs, runtime.SWITCHES, 'runtime.share_stage1_programs')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.
     raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '

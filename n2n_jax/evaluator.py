@@ -117,7 +117,10 @@ class Evaluator:
   stage 2's students) runs each student as that architecture with the
   channels it lacks held at zero (padding.py): students that differ only in
   width then share one compiled program, at the wide network's arithmetic;
-  results are the same up to floating-point rounding."""
+  results are the same up to floating-point rounding. Students that are
+  `inside` with layers removed (stage 1's, inside the teacher) run as
+  `inside` with those layers switched off; they share one program per set of
+  pooling layers kept."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
@@ -237,7 +240,10 @@ class Evaluator:
     if store is not None:
       data_shapes = tuple((x.shape, str(x.dtype)) for x in
                           jax.tree_util.tree_leaves((data, val_images)))
-      store_key = store.key(device, spec_json, self.settings, self.epoch_mode, data_shapes)
+      # Switches (padding.with_switches) are not part of a spec's JSON.
+      switched = (('switched', spec.switched),) if spec.switched else ()
+      store_key = store.key(device, spec_json, self.settings, self.epoch_mode, data_shapes,
+                            *switched)
       loaded = store.load(store_key, spec=spec_json)
       if loaded is not None:
         programs, extras = loaded
@@ -268,18 +274,23 @@ class Evaluator:
       if _PROGRAMS.get(key) is program:
         del _PROGRAMS[key]
 
-  @staticmethod
-  def _wide(spec: spec_lib.NetSpec, inside: spec_lib.NetSpec | None) -> tuple:
-    """(the spec to compile, the student's padding.embedding in it or None).
-    A student that does not fit `inside` runs as itself (a broken one then
-    fails with its own SpecError when it trains)."""
-    if inside is None:
-      return spec, None
-    try:
-      wide = padding.widen(spec, inside)
-      return wide, padding.embedding(spec, wide)
-    except (padding.NotEmbeddable, spec_lib.SpecError):
-      return spec, None
+  def _wide(self, spec: spec_lib.NetSpec, inside: spec_lib.NetSpec | None) -> tuple:
+    """(the spec to compile, the student's padding.embedding in it or None,
+    the switches that make it the student or None). A student with the same
+    layers as `inside` runs as `inside` (padding.widen), one with layers
+    removed as `inside` with switches (padding.with_switches); one that fits
+    neither, or whose wide network would not fit the device's memory, runs as
+    itself (a broken one then fails with its own SpecError when it trains)."""
+    if inside is not None:
+      for fit in (lambda: (padding.widen(spec, inside), None),
+                  lambda: padding.with_switches(spec, inside)):
+        try:
+          wide, on = fit()
+          if not self._too_large(wide):
+            return wide, padding.embedding(spec, wide, on), on
+        except (padding.NotEmbeddable, spec_lib.SpecError):
+          pass
+    return spec, None, None
 
   def start_compiling(self, jobs) -> None:
     """Start compiling the programs of [(spec, device), ...] in order on
@@ -387,7 +398,7 @@ class Evaluator:
     start = time.perf_counter()
     compile_s, program = 0.0, None
     try:
-      run_spec, places = self._wide(spec, inside)
+      run_spec, places, on = self._wide(spec, inside)
       too_large = self._too_large(run_spec)
       if too_large:
         return StudentResult(float('nan'), too_large)
@@ -403,7 +414,7 @@ class Evaluator:
       if initial_variables is None and self.settings.init == 'teacher':
         variables, _ = models.inherit_variables(variables, self.teacher_variables)
       if places is not None:
-        variables = padding.pad(variables, places, program.shapes)
+        variables = padding.pad(variables, places, program.shapes, on)
       # Teacher weights live on the first device; the program runs on `device`
       # (or on every device of the mesh).
       if self.mesh is None:

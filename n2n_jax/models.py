@@ -32,6 +32,17 @@ def _pool_by_reshape(x, window: int, reduce):
   return reduce(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
 
 
+# The batch_stats entry of a network with switched layers (NetSpec.switched).
+SWITCHES = 'switches'
+
+
+def _pass_through(x, shape):
+  """A switched-off layer: its input, with zero channels appended up to the
+  layer's output width."""
+  extra = shape[-1] - x.shape[-1]
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)]) if extra else x
+
+
 class SpecNet(nn.Module):
   """A network interpreting `spec`. Call with (images NHWC, train: bool);
   train=True needs mutable=['batch_stats'] and, with dropout, a 'dropout' rng."""
@@ -48,9 +59,15 @@ class SpecNet(nn.Module):
     return self._sequence(self.spec.layers, x, train, '')
 
   def _sequence(self, layers, x, train, prefix):
+    switched = self.spec.switched if not prefix else ()
+    if switched:
+      # 1 runs the layer, 0 passes its input on (see padding.py); kept with the
+      # batch-norm statistics, which training carries along unchanged.
+      on = self.variable('batch_stats', SWITCHES, jnp.ones, (len(layers),), jnp.float32).value
     for i, layer in enumerate(layers):
       name = f'{prefix}{i}'
-      x = self._layer(layer, x, train, name)
+      y = self._layer(layer, x, train, name)
+      x = jnp.where(on[i] > 0, y, _pass_through(x, y.shape)) if i in switched else y
       if name in self.gated:
         g = self.get_variable('gates', name)
         x = x * (1 + g.reshape(g.shape[:1] + (1,) * (x.ndim - 2) + g.shape[1:]))
@@ -120,8 +137,8 @@ def variable_shapes(model: SpecNet, input_shape) -> Any:
 
 def _host_init(path, leaf, seed: int) -> np.ndarray:
   """Flax's default initialisers, computed with numpy: lecun-normal (truncated
-  at 2 sd, variance 1/fan_in) kernels, zero biases, unit BN scales, and BN
-  running statistics mean 0 / variance 1."""
+  at 2 sd, variance 1/fan_in) kernels, zero biases, unit BN scales, BN
+  running statistics mean 0 / variance 1, and every switch on."""
   name = path[-1].key
   shape = leaf.shape
   if name == 'kernel':
@@ -138,7 +155,7 @@ def _host_init(path, leaf, seed: int) -> np.ndarray:
       z[bad] = rng.standard_normal(int(bad.sum()), dtype=np.float32)
       bad = np.abs(z) > 2
     return z * np.float32(std)
-  if name in ('scale', 'var'):
+  if name in ('scale', 'var', SWITCHES):
     return np.ones(shape, np.float32)
   if name in ('bias', 'mean'):
     return np.zeros(shape, np.float32)

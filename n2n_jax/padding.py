@@ -11,6 +11,13 @@ decay (batch norm maps an all-zero channel to its bias, which is zero and gets
 no gradient either). The wide network then computes the student's function,
 up to floating-point rounding, and all of stage 2 shares one program.
 
+Stage 1's students are the teacher with layers removed. Each can run as the
+teacher with those layers switched off at run time (`with_switches`): a
+switched-off conv, batch norm, ReLU, dropout or dense layer passes its input
+on, zero-padded to the layer's width. A removed pool changes every later
+shape, so it is left out of the wide network instead, and students that keep
+the same pools share one program.
+
 `embedding` says where each of the student's variables sits inside the wide
 network's; `pad` and `unpad` move variables between the two.
 """
@@ -22,6 +29,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from n2n_jax import models
 from n2n_jax import spec as S
 
 
@@ -63,10 +71,60 @@ def widen(student: S.NetSpec, source: S.NetSpec) -> S.NetSpec:
   return S.NetSpec(student.name, student.input_shape, walk(student.layers, source.layers, 'layers'))
 
 
-def embedding(student: S.NetSpec, wide: S.NetSpec) -> dict:
-  """{variable path: one index array per axis}: where each of `student`'s
-  variables sits in `wide`'s (as from `widen`). Paths are key tuples such as
-  ('params', '3_Conv', 'kernel'), as models.SpecNet names its variables.
+def switchable(layer, shape) -> bool:
+  """Whether `layer`, on inputs of `shape`, can be switched off: replaced by
+  its input with zero channels appended up to its output width. Only for
+  layers that keep the spatial size and do not narrow the activation."""
+  if isinstance(layer, (S.BatchNorm, S.ReLU, S.Dropout)):
+    return True
+  if isinstance(layer, S.Conv):
+    return (len(shape) == 3 and layer.stride == 1 and 2 * layer.padding == layer.kernel - 1
+            and shape[-1] <= layer.filters)
+  if isinstance(layer, S.Dense):
+    return len(shape) == 1 and shape[0] <= layer.features
+  return False
+
+
+def with_switches(student: S.NetSpec, source: S.NetSpec) -> tuple:
+  """(wide, on) for a stage-1 student (`source` with layers removed): `wide`
+  is `source` without the pooling layers the student lacks (a removed pool
+  changes every later shape), with each layer that can be switched off
+  (`switchable`) in wide.switched; `on` (1 or 0 per wide layer) switches it
+  to the student's function. Every student with the same pools shares `wide`,
+  so one program serves them all. The student's layers are matched to the
+  source's in order, earliest first. Raises NotEmbeddable for a student that
+  is not `source` with layers removed, or that removed a layer that cannot be
+  switched off."""
+  mine, layers, on, matched = student.layers, [], [], 0
+  for layer in source.layers:
+    running = matched < len(mine) and mine[matched] == layer
+    if running or not isinstance(layer, (S.MaxPool, S.AvgPool)):
+      layers.append(layer)
+      on.append(float(running))
+      matched += running
+  if matched < len(mine):
+    raise NotEmbeddable(f'layers[{matched}] ({type(mine[matched]).__name__}) is not the '
+                        'source\'s next layer: the student is not the source with layers removed')
+  switched, shape = [], tuple(student.input_shape)
+  for j, layer in enumerate(layers):
+    if switchable(layer, shape):
+      switched.append(j)
+    elif not on[j]:
+      raise NotEmbeddable(f'removed layer {type(layer).__name__} cannot be switched off on '
+                          f'inputs of shape {shape}')
+    shape = S.sequence_output_shape((layer,), shape)
+  wide = S.NetSpec(source.name, source.input_shape, tuple(layers), tuple(switched))
+  return wide, np.asarray(on, np.float32)
+
+
+def embedding(student: S.NetSpec, wide: S.NetSpec, on=None) -> dict:
+  """{student variable path: (wide variable path, one index array per
+  axis)}: where each of `student`'s variables sits in `wide`'s. Paths are key
+  tuples such as ('params', '3_Conv', 'kernel'), as models.SpecNet names its
+  variables. `wide` comes from `widen` (the same layers, wider), or from
+  `with_switches` with its `on`: the student's layers are then the wide
+  layers switched on, in order, and a switched-off layer passes its input's
+  channels on where they were.
 
   A layer's input channels follow the activation it reads: the first
   channels of each conv or dense output, wherever a Concat or Flatten has put
@@ -74,45 +132,63 @@ def embedding(student: S.NetSpec, wide: S.NetSpec) -> dict:
   line up."""
   out = {}
 
-  def walk(mine, theirs, shape, wide_shape, channels, prefix):
-    for i, (a, b) in enumerate(zip(mine, theirs)):
-      scope = f'{prefix}{i}_{type(a).__name__}'
+  def pairs(mine, theirs, prefix, wide_prefix):
+    return [(a, b, f'{prefix}{i}', f'{wide_prefix}{i}')
+            for i, (a, b) in enumerate(zip(mine, theirs))]
+
+  def put(collection, scope, wide_scope, name, index):
+    out[(collection, scope, name)] = ((collection, wide_scope, name), index)
+
+  def walk(layers, shape, wide_shape, channels):
+    for a, b, here, there in layers:
+      if a is None:  # switched off
+        wide_shape = S.sequence_output_shape((b,), wide_shape)
+        continue
+      scope, wide_scope = f'{here}_{type(a).__name__}', f'{there}_{type(b).__name__}'
       if isinstance(a, S.Conv):
         k = np.arange(a.kernel)
-        out[('params', scope, 'kernel')] = (k, k, channels, np.arange(a.filters))
+        put('params', scope, wide_scope, 'kernel', (k, k, channels, np.arange(a.filters)))
         channels = np.arange(a.filters)
       elif isinstance(a, S.Dense):
-        out[('params', scope, 'kernel')] = (channels, np.arange(a.features))
+        put('params', scope, wide_scope, 'kernel', (channels, np.arange(a.features)))
         channels = np.arange(a.features)
       elif isinstance(a, S.BatchNorm):
         for collection, names in (('params', ('scale', 'bias')), ('batch_stats', ('mean', 'var'))):
           for name in names:
-            out[(collection, scope, name)] = (channels,)
+            put(collection, scope, wide_scope, name, (channels,))
       elif isinstance(a, S.Flatten) and len(shape) == 3:
         h, w, _ = shape
         channels = np.add.outer(np.arange(h * w) * wide_shape[-1], channels).ravel()
       elif isinstance(a, S.Residual):
-        main = walk(a.main, b.main, shape, wide_shape, channels, f'{prefix}{i}_main_')
-        short = walk(a.shortcut, b.shortcut, shape, wide_shape, channels,
-                     f'{prefix}{i}_shortcut_')
+        main = walk(pairs(a.main, b.main, f'{here}_main_', f'{there}_main_'),
+                    shape, wide_shape, channels)
+        short = walk(pairs(a.shortcut, b.shortcut, f'{here}_shortcut_', f'{there}_shortcut_'),
+                     shape, wide_shape, channels)
         if not np.array_equal(main, short):
           raise NotEmbeddable(f'{scope}: main path and shortcut channels do not line up')
         channels = main
       elif isinstance(a, S.Concat):
         parts, offset = [], 0
         for j, (x, y) in enumerate(zip(a.branches, b.branches)):
-          part = walk(x, y, shape, wide_shape, channels, f'{prefix}{i}_branches_{j}_')
+          part = walk(pairs(x, y, f'{here}_branches_{j}_', f'{there}_branches_{j}_'),
+                      shape, wide_shape, channels)
           parts.append(part + offset)
           offset += S.sequence_output_shape(y, wide_shape)[-1]
         channels = np.concatenate(parts)
       if isinstance(a, (S.Conv, S.Dense)) and a.use_bias:
-        out[('params', scope, 'bias')] = (channels,)
+        put('params', scope, wide_scope, 'bias', (channels,))
       shape = S.sequence_output_shape((a,), shape)
       wide_shape = S.sequence_output_shape((b,), wide_shape)
     return channels
 
-  walk(student.layers, wide.layers, student.input_shape, wide.input_shape,
-       np.arange(student.input_shape[-1]), '')
+  if on is None:
+    top = pairs(student.layers, wide.layers, '', '')
+  else:
+    mine, top = iter(enumerate(student.layers)), []
+    for j, (b, running) in enumerate(zip(wide.layers, on)):
+      i, a = next(mine) if running else (None, None)
+      top.append((a, b, str(i), str(j)))
+  walk(top, student.input_shape, wide.input_shape, np.arange(student.input_shape[-1]))
   return out
 
 
@@ -126,20 +202,27 @@ def student_shapes(places: dict) -> dict:
   """The student's variable tree as ShapeDtypeStructs, from its embedding
   (models.variable_shapes without tracing the student)."""
   tree = {'params': {}, 'batch_stats': {}}
-  for (collection, scope, name), index in places.items():
+  for (collection, scope, name), (_, index) in places.items():
     shape = tuple(len(i) for i in index)
     tree[collection].setdefault(scope, {})[name] = jax.ShapeDtypeStruct(shape, np.float32)
   return tree
 
 
-def pad(variables: dict, places: dict, wide_shapes: dict) -> dict:
-  """The student's `variables` placed in zero arrays of `wide_shapes` (host arrays)."""
+def pad(variables: dict, places: dict, wide_shapes: dict, on=None) -> dict:
+  """The student's `variables` placed in zero arrays of `wide_shapes` (host
+  arrays), with the switches `on` (from with_switches) where wide has them."""
+  where = {wide_path: (path, index) for path, (wide_path, index) in places.items()}
+
   def place(key_path, leaf):
     wide = np.zeros(leaf.shape, leaf.dtype)
-    path = tuple(k.key for k in key_path)
-    index = places.get(path)
-    if index is None:
-      raise NotEmbeddable(f'no student variable for {"/".join(path)}')
+    wide_path = tuple(k.key for k in key_path)
+    if wide_path == ('batch_stats', models.SWITCHES) and on is not None:
+      return np.asarray(on, leaf.dtype)
+    if wide_path not in where:
+      if on is not None and not on[int(wide_path[1].split('_')[0])]:
+        return wide  # a switched-off layer's variables: never read
+      raise NotEmbeddable(f'no student variable for {"/".join(wide_path)}')
+    path, index = where[wide_path]
     wide[np.ix_(*index)] = np.asarray(_get(variables, path))
     return wide
   return jax.tree_util.tree_map_with_path(place, dict(wide_shapes))
@@ -148,8 +231,7 @@ def pad(variables: dict, places: dict, wide_shapes: dict) -> dict:
 def unpad(wide_variables: dict, places: dict) -> dict:
   """The student's variables cut out of the wide network's (host arrays)."""
   tree = {'params': {}, 'batch_stats': {}}
-  for path, index in places.items():
-    collection, scope, name = path
-    tree[collection].setdefault(scope, {})[name] = np.asarray(_get(wide_variables, path))[
+  for (collection, scope, name), (wide_path, index) in places.items():
+    tree[collection].setdefault(scope, {})[name] = np.asarray(_get(wide_variables, wide_path))[
         np.ix_(*index)]
   return tree

@@ -483,7 +483,13 @@ def _run_lines(summary: dict, records: list[dict]) -> list[str]:
                   sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
   lines.append(f'- Degenerate students (reward -1): {n_degenerate}{share}'
                + (f': {why}.' if why else '.'))
-  if any(r.get('shared_program') for r in records):
+  shared = [s for s, rs in stages.items() if any(r.get('shared_program') for r in rs)]
+  if 1 in shared:
+    lines.append("- Stage 1 trained its students inside the teacher's compiled programs, "
+                 'removed layers switched off (runtime.share_stage1_programs): the same results '
+                 'as on their own programs up to floating-point rounding, except for dropout '
+                 'masks.')
+  if 2 in shared:
     lines.append("- Stage 2 trained its students inside their source's compiled program "
                  '(runtime.share_stage2_program): the same results as on their own programs '
                  'up to floating-point rounding, except for dropout masks.')

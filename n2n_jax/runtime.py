@@ -50,10 +50,11 @@ def compile_threads(requested: int) -> int:
 SWITCHES = ('auto', 'on', 'off')
 
 
-def share_stage2_program(switch: str) -> bool:
-  """runtime.share_stage2_program: 'on', 'off', or 'auto' (on unless JAX runs
-  on the CPU: on accelerators compiling a student costs more than training it
-  at its source's size, on CPUs the arithmetic dominates)."""
+def share_programs(switch: str) -> bool:
+  """runtime.share_stage2_program or share_stage1_programs: 'on', 'off', or
+  'auto' (on unless JAX runs on the CPU: on accelerators compiling a student
+  costs more than training it at its source's size, on CPUs the arithmetic
+  dominates)."""
   if switch not in SWITCHES:
     raise ValueError(f'unknown switch {switch!r}; valid: {", ".join(SWITCHES)}')
   return switch == 'on' or (switch == 'auto' and jax.default_backend() != 'cpu')

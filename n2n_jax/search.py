@@ -212,7 +212,8 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   results, reused, to_train = _known_results(ctx, students, trainable)
   # A student's key depends on its rollout index only, so reusing results
   # never changes what the students that do train see.
-  shared = stage.number == 2 and runtime.share_stage2_program(config.runtime.share_stage2_program)
+  shared = runtime.share_programs(config.runtime.share_stage2_program if stage.number == 2
+                                  else config.runtime.share_stage1_programs)
   trained = ctx.evaluator.train_many(
       [(students[i], jax.random.fold_in(train_key, i)) for i in to_train], config.seed,
       inside=stage.source if shared else None)
@@ -256,7 +257,9 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
       'policy_loss': loss, 'seconds': round(time.perf_counter() - start, 3),
       'specs': [_describe_student(s) for s in students],
       'reused': [i in reused for i in range(len(students))],
-      'shared_program': shared,  # trained inside the stage's source (share_stage2_program)
+      # Trained inside the stage's source (runtime.share_stage1_programs or
+      # share_stage2_program).
+      'shared_program': shared,
   }
   return state, record, students
 

@@ -111,15 +111,22 @@ _BY_NAME = {cls.__name__: cls for cls in LAYER_TYPES + _CONTAINERS}
 
 @dataclasses.dataclass(frozen=True)
 class NetSpec:
-  """A whole network: layers applied in order to an (H, W, C) image."""
+  """A whole network: layers applied in order to an (H, W, C) image.
+
+  `switched`: indices of top-level layers that a run-time switch can turn
+  into an identity (a network that runs many stage-1 students in one
+  program, see padding.py); () for a plain network, which is all that users
+  write and JSON holds."""
   name: str
   input_shape: tuple  # (H, W, C)
   layers: tuple
+  switched: tuple = ()
 
   def __post_init__(self):
     # Accept lists from users and JSON; store tuples so the spec stays hashable.
     object.__setattr__(self, 'input_shape', tuple(int(d) for d in self.input_shape))
     object.__setattr__(self, 'layers', _freeze(self.layers))
+    object.__setattr__(self, 'switched', tuple(int(i) for i in self.switched))
 
 
 def _freeze(layers) -> tuple:

@@ -42,6 +42,7 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
   # The warm figure loaded every program from the program store.
   assert r['new_architecture_warm_compiles'] == 0
   assert r['share_stage2_program'] is (r['backend'] != 'cpu')  # --share-stage2=auto
+  assert r['share_stage1_programs'] is False  # --share-stage1=off
   assert 0 <= r['compile_fraction'] <= 1 and 0 <= r['compile_fraction_rerun'] <= 1
   assert r['compile_fraction_xla'] >= 0
   assert _positive(r['train_gflops']) and _positive(r['matmul_peak_gflops'])

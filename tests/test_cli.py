@@ -80,6 +80,7 @@ def test_cli_bad_value_exits_2_with_field_name(tmp_path):
     ('runtime.epoch_mode', 'fast', 'choose one of auto, scan, loop'),
     ('runtime.compile_threads', -1, 'runtime.compile_threads must be an integer >= 0'),
     ('runtime.share_stage2_program', 'yes', 'choose one of auto, on, off'),
+    ('runtime.share_stage1_programs', 'True', 'choose one of auto, on, off'),
     ('search.stage1_iterations', -1, 'search.stage1_iterations must be a non-negative integer'),
     ('search.reward', 'accuracy', 'choose one of n2n, naive'),
     ('policy.method', 'ppo', 'choose one of reinforce, actor_critic'),

@@ -10,6 +10,7 @@ import pytest
 from n2n_jax import data as data_lib
 from n2n_jax import evaluator as E
 from n2n_jax import models
+from n2n_jax import padding
 from n2n_jax import spec as S
 from n2n_jax import train
 from n2n_jax import zoo
@@ -212,9 +213,61 @@ def test_students_inside_their_source_share_one_program(setup, monkeypatch):
   for x, y in zip(jax.tree_util.tree_leaves(kept.variables),
                   jax.tree_util.tree_leaves(own[1].variables)):
     np.testing.assert_allclose(x, y, atol=5e-3)
-  # A student with other layers than `inside` (a stage-1 student) runs as itself.
+  # A student that is neither `inside` shrunk nor `inside` with layers
+  # removed (here: both) runs as itself.
   compiled.clear()
-  removed = small_student()
+  removed = S.shrink(small_student(), [0.5] * len(S.shrink_vars(small_student())))
   alone = ev.train(removed, jax.random.key(5), 0, inside=source)
   assert compiled == [removed] and alone.error is None
   assert alone.accuracy == ev.train(removed, jax.random.key(5), 0).accuracy
+
+
+def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(setup, monkeypatch):
+  # Three students of the teacher (without dropout, as above) with layers
+  # removed: two keep the same pooling layers and share one program with
+  # switches, the third keeps others and gets a second one. Each matches its
+  # own program's result up to rounding.
+  ds, _, logits = setup
+  source = S.NetSpec('digits_cnn', TEACHER.input_shape,
+                     tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)))
+  rng, by_wide = np.random.default_rng(0), {}
+  while len(by_wide) < 2 or max(map(len, by_wide.values())) < 2:
+    student = S.remove(source, list(rng.random(S.removable_count(source)) < 0.6))
+    if not S.is_degenerate(student) and student not in sum(by_wide.values(), []):
+      by_wide.setdefault(padding.with_switches(student, source)[0], []).append(student)
+  pair = next(v for v in by_wide.values() if len(v) >= 2)[:2]
+  other = next(v for v in by_wide.values() if v[0] not in pair)[0]
+  students = pair + [other]
+  wides = [padding.with_switches(s, source)[0] for s in students]
+  assert wides[0] == wides[1] != wides[2] and all(w.switched for w in wides)
+  jobs = [(s, jax.random.key(i)) for i, s in enumerate(students)]
+  compiled = []
+  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
+
+  def watched(self, spec, device, key):
+    compiled.append(spec)
+    return real_compile(self, spec, device, key)
+
+  monkeypatch.setattr(E.Evaluator, '_compile', watched)
+  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=2, max_train_examples=256))
+  own = [ev.train(s, k, 0, keep_variables=True) for s, k in jobs]
+  compiled.clear()
+  inside = [ev.train(s, k, 0, keep_variables=True, inside=source) for s, k in jobs]
+  assert compiled == [wides[0], wides[2]]
+  for a, b in zip(inside, own):
+    assert a.error is None and abs(a.accuracy - b.accuracy) <= 1.5 / len(ds.val_labels)
+    assert (jax.tree_util.tree_map(np.shape, a.variables)
+            == jax.tree_util.tree_map(np.shape, b.variables))
+    for x, y in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
+      np.testing.assert_allclose(x, y, atol=5e-3)
+  # Where the wide network would not fit the device's memory but the student
+  # does, the student runs on its own program.
+  limit = E.training_memory_bytes(students[0], 64)
+  assert E.training_memory_bytes(wides[0], 64) > limit
+  small = E.Evaluator(ds, logits, E.DistillSettings(epochs=2, max_train_examples=256),
+                      memory_limit_bytes=limit)
+  compiled.clear()
+  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  alone = small.train(students[0], jobs[0][1], 0, inside=source)
+  assert compiled == [students[0]] and alone.accuracy == own[0].accuracy

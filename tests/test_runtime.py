@@ -72,9 +72,9 @@ app.run(main.main, flags_parser=main.parse_flags)
 
 
 def test_share_stage2_program_auto_is_on_for_accelerators_only(monkeypatch):
-  assert runtime.share_stage2_program('on') and not runtime.share_stage2_program('off')
+  assert runtime.share_programs('on') and not runtime.share_programs('off')
   for backend, expected in (('cpu', False), ('gpu', True), ('tpu', True)):
     monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
-    assert runtime.share_stage2_program('auto') is expected
+    assert runtime.share_programs('auto') is expected
   with pytest.raises(ValueError, match='valid: auto, on, off'):
-    runtime.share_stage2_program(True)
+    runtime.share_programs(True)

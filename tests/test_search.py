@@ -60,10 +60,14 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   assert accuracy == pytest.approx(summary['student']['test_accuracy'], abs=1e-6)
 
 
-def test_share_stage2_program_runs_stage_2_inside_its_source(config_factory, teacher_dir,
-                                                             tmp_path, monkeypatch):
+@pytest.mark.parametrize('stage', [1, 2])
+def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, teacher_dir,
+                                                      tmp_path, monkeypatch):
   config = tiny_search(config_factory('digits'))
-  config.runtime.share_stage2_program = 'on'
+  if stage == 1:
+    config.runtime.share_stage1_programs = 'on'
+  else:
+    config.runtime.share_stage2_program = 'on'
   calls = []  # (jobs' specs, inside) per train_many call
   real_train_many = evaluator_lib.Evaluator.train_many
 
@@ -74,20 +78,29 @@ def test_share_stage2_program_runs_stage_2_inside_its_source(config_factory, tea
   monkeypatch.setattr(evaluator_lib.Evaluator, 'train_many', spy)
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   experiment.run(config, workdir)
-  assert [inside for _, inside in calls[:2]] == [None, None]  # stage 1: each its own program
-  source = calls[2][1]
-  assert source is not None and all(inside == source for _, inside in calls[2:])
-  for specs, _ in calls[2:]:
-    assert all(padding.widen(spec, source) == source for spec in specs)
   records = report.read_metrics(workdir)
-  assert [r['shared_program'] for r in records] == [r['stage'] == 2 for r in records]
-  assert "inside their source's compiled program" in open(os.path.join(workdir,
-                                                                        'report.md')).read()
-  stage2 = [r for r in records if r['stage'] == 2]
+  assert [r['shared_program'] for r in records] == [r['stage'] == stage for r in records]
+  assert len(calls) == len(records)  # one train_many per iteration
+  shared = [call for call, r in zip(calls, records) if r['stage'] == stage]
+  assert [inside for (_, inside), r in zip(calls, records) if r['stage'] != stage] == [None] * 2
+  source = shared[0][1]
+  assert source is not None and all(inside == source for _, inside in shared)
+  # Every student fits its source: widened back to it (stage 2), or the
+  # source with layers switched off (stage 1).
+  for specs, _ in shared:
+    for spec in specs:
+      if stage == 2:
+        assert padding.widen(spec, source) == source
+      else:
+        wide, on = padding.with_switches(spec, source)
+        assert wide.switched and sum(on) == len(spec.layers)
+  text = open(os.path.join(workdir, 'report.md')).read()
+  assert f'runtime.share_stage{stage}_program' in text
+  trained = [r for r in records if r['stage'] == stage]
   # Every student that is not degenerate (params 0) trained: it has an accuracy.
-  assert all(accuracy is not None for r in stage2
+  assert all(accuracy is not None for r in trained
              for accuracy, params in zip(r['accuracies'], r['params']) if params)
-  assert any(params for r in stage2 for params in r['params'])
+  assert any(params for r in trained for params in r['params'])
 
 
 def test_export_round_trip_gives_identical_logits(tmp_path):
