@@ -220,7 +220,7 @@ def pad(variables: dict, places: dict, wide_shapes: dict, on=None) -> dict:
       return np.asarray(on, leaf.dtype)
     if wide_path not in where:
       if on is not None and not on[int(wide_path[1].split('_')[0])]:
-        return wide  # a switched-off layer's variables: never read
+        return wide  # a switched-off layer's: its output is discarded
       raise NotEmbeddable(f'no student variable for {"/".join(wide_path)}')
     path, index = where[wide_path]
     wide[np.ix_(*index)] = np.asarray(_get(variables, path))
