@@ -71,7 +71,7 @@ app.run(main.main, flags_parser=main.parse_flags)
       'flags: ' + ' '.join(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS)]
 
 
-def test_share_stage2_program_auto_is_on_for_accelerators_only(monkeypatch):
+def test_share_programs_auto_is_on_for_accelerators_only(monkeypatch):
   assert runtime.share_programs('on') and not runtime.share_programs('off')
   for backend, expected in (('cpu', False), ('gpu', True), ('tpu', True)):
     monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
