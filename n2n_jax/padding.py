@@ -13,8 +13,9 @@ up to floating-point rounding, and all of stage 2 shares one program.
 
 Stage 1's students are the teacher with layers removed. Each can run as the
 teacher with those layers switched off at run time (`with_switches`): a
-switched-off conv, batch norm, ReLU, dropout or dense layer passes its input
-on, zero-padded to the layer's width. A removed pool changes every later
+switched-off conv, batch norm, ReLU or dropout layer (the kinds stage 1
+removes; dense layers too, where they do not narrow) passes its input on,
+zero-padded to the layer's width. A removed pool changes every later
 shape, so it is left out of the wide network instead, and students that keep
 the same pools share one program.
 

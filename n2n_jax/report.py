@@ -485,10 +485,10 @@ def _run_lines(summary: dict, records: list[dict]) -> list[str]:
                + (f': {why}.' if why else '.'))
   shared = [s for s, rs in stages.items() if any(r.get('shared_program') for r in rs)]
   if 1 in shared:
-    lines.append("- Stage 1 trained its students inside the teacher's compiled programs, "
-                 'removed layers switched off (runtime.share_stage1_programs): the same results '
-                 'as on their own programs up to floating-point rounding, except for dropout '
-                 'masks.')
+    lines.append("- Stage 1 trained its students inside the teacher's compiled programs where "
+                 'they fit, removed layers switched off (runtime.share_stage1_programs): the '
+                 'same results as on their own programs up to floating-point rounding, except '
+                 'for dropout masks.')
   if 2 in shared:
     lines.append("- Stage 2 trained its students inside their source's compiled program "
                  '(runtime.share_stage2_program): the same results as on their own programs '

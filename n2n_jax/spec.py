@@ -126,7 +126,7 @@ class NetSpec:
     # Accept lists from users and JSON; store tuples so the spec stays hashable.
     object.__setattr__(self, 'input_shape', tuple(int(d) for d in self.input_shape))
     object.__setattr__(self, 'layers', _freeze(self.layers))
-    object.__setattr__(self, 'switched', tuple(int(i) for i in self.switched))
+    object.__setattr__(self, 'switched', tuple(sorted({int(i) for i in self.switched})))
 
 
 def _freeze(layers) -> tuple:
@@ -505,6 +505,9 @@ def validate(spec: NetSpec, input_shape: Sequence[int] | None = None) -> None:
   """Raise SpecError (naming the layer) unless the spec builds for input_shape."""
   if not spec.layers:
     raise SpecError(f'spec {spec.name!r} has no layers')
+  if spec.switched and not 0 <= spec.switched[0] <= spec.switched[-1] < len(spec.layers):
+    raise SpecError(f'spec {spec.name!r} switches layers {list(spec.switched)}, but it has '
+                    f'{len(spec.layers)} layers')
   out = output_shape(spec, input_shape)
   if len(out) != 1:
     raise SpecError(f'spec {spec.name!r} ends with shape {out}, not class logits; '

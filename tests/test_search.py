@@ -69,19 +69,35 @@ def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, te
   else:
     config.runtime.share_stage2_program = 'on'
   calls = []  # (jobs' specs, inside) per train_many call
+  compiled = []  # specs of the programs compiled, in order
+  compiled_in = []  # those compiled during each train_many call
   real_train_many = evaluator_lib.Evaluator.train_many
+  real_compile = evaluator_lib.Evaluator._compile  # pylint: disable=protected-access
 
   def spy(self, jobs, seed, **kwargs):
     calls.append(([spec for spec, _ in jobs], kwargs.get('inside')))
-    return real_train_many(self, jobs, seed, **kwargs)
+    before = len(compiled)
+    results = real_train_many(self, jobs, seed, **kwargs)
+    compiled_in.append(compiled[before:])
+    return results
+
+  def watched(self, spec, device, key):
+    compiled.append(spec)
+    return real_compile(self, spec, device, key)
 
   monkeypatch.setattr(evaluator_lib.Evaluator, 'train_many', spy)
+  monkeypatch.setattr(evaluator_lib.Evaluator, '_compile', watched)
+  evaluator_lib._PROGRAMS.clear()  # pylint: disable=protected-access
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   experiment.run(config, workdir)
   records = report.read_metrics(workdir)
   assert [r['shared_program'] for r in records] == [r['stage'] == stage for r in records]
   assert len(calls) == len(records)  # one train_many per iteration
   shared = [call for call, r in zip(calls, records) if r['stage'] == stage]
+  if stage == 1:
+    # Students really trained inside: only switched networks compiled.
+    during_stage = [spec for during in compiled_in[:len(shared)] for spec in during]
+    assert during_stage and all(spec.switched for spec in during_stage)
   assert [inside for (_, inside), r in zip(calls, records) if r['stage'] != stage] == [None] * 2
   source = shared[0][1]
   assert source is not None and all(inside == source for _, inside in shared)
@@ -93,7 +109,7 @@ def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, te
         assert padding.widen(spec, source) == source
       else:
         wide, on = padding.with_switches(spec, source)
-        assert wide.switched and sum(on) == len(spec.layers)
+        assert wide.switched and sum(on) == len(spec.layers) and wide in compiled
   text = open(os.path.join(workdir, 'report.md')).read()
   assert f'runtime.share_stage{stage}_program' in text
   trained = [r for r in records if r['stage'] == stage]

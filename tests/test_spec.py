@@ -848,3 +848,13 @@ def test_short_text_pictures_the_layers():
   block = zoo.basic_block(128, 2, 64)[0]
   assert S.short_text((block,)) == 'Res[C128/2 B R C128 B|C128k1/2 B]'
   assert S.short_text(zoo.fire(16, 64)) == 'C16k1 R Cat[C64k1 R|C64 R]'
+
+
+def test_switched_layers_are_normalised_and_checked():
+  layers = (Conv(4, padding=1), ReLU(), Flatten(), Dense(10))
+  spec = S.NetSpec('s', (8, 8, 1), layers, switched=[1, 0, 1])
+  assert spec.switched == (0, 1) and spec == S.NetSpec('s', (8, 8, 1), layers, (0, 1))
+  assert spec != S.NetSpec('s', (8, 8, 1), layers)  # a switched network is another program
+  S.validate(spec)
+  with pytest.raises(S.SpecError, match=r"switches layers \[1, 4\], but it has 4 layers"):
+    S.validate(S.NetSpec('s', (8, 8, 1), layers, switched=(1, 4)))
