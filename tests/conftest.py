@@ -95,6 +95,23 @@ def run_records(workdir):
     return without_timing(json.loads(line) for line in f)
 
 
+@pytest.fixture
+def compiled_specs(monkeypatch):
+  """The specs Evaluator compiles programs for, in order, from an empty
+  in-memory program cache."""
+  from n2n_jax import evaluator  # pylint: disable=g-import-not-at-top
+  compiled = []
+  real_compile = evaluator.Evaluator._compile  # pylint: disable=protected-access
+
+  def watched(self, spec, device, key):
+    compiled.append(spec)
+    return real_compile(self, spec, device, key)
+
+  monkeypatch.setattr(evaluator.Evaluator, '_compile', watched)
+  evaluator._PROGRAMS.clear()  # pylint: disable=protected-access
+  return compiled
+
+
 def without_timing(records):
   return [{k: v for k, v in r.items() if k != 'seconds'} for r in records]
 

@@ -16,6 +16,10 @@ from n2n_jax import train
 from n2n_jax import zoo
 
 TEACHER = zoo.get('digits_cnn', (8, 8, 1), 10)
+# Padded layers draw their dropout masks over all their channels (padding.py),
+# so tests of students inside a source compare on a source without dropout.
+NO_DROPOUT = S.NetSpec('digits_cnn', TEACHER.input_shape,
+                       tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)))
 
 
 @pytest.fixture(scope='module')
@@ -177,26 +181,16 @@ def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
   assert results[1].error == 'RuntimeError: injected compile failure'
 
 
-def test_students_inside_their_source_share_one_program(setup, monkeypatch):
+def test_students_inside_their_source_share_one_program(setup, compiled_specs):
   # Two shrunk students (the source without dropout: padded layers draw their
   # dropout masks over all their channels, see padding.py) trained inside the
   # source compile one program between them, and match their own programs'
   # results up to rounding.
   ds, _, logits = setup
-  source = S.NetSpec('digits_cnn', TEACHER.input_shape,
-                     tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)))
+  source, compiled = NO_DROPOUT, compiled_specs
   students = [S.shrink(source, [f] * len(S.shrink_vars(source))) for f in (0.5, 0.25)]
   jobs = [(s, jax.random.key(i)) for i, s in enumerate(students)]
   settings = E.DistillSettings(epochs=2, max_train_examples=256)
-  compiled = []
-  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
-
-  def watched(self, spec, device, key):
-    compiled.append(spec)
-    return real_compile(self, spec, device, key)
-
-  monkeypatch.setattr(E.Evaluator, '_compile', watched)
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
   ev = E.Evaluator(ds, logits, settings)
   own = [ev.train(s, k, 0, keep_variables=True) for s, k in jobs]
   assert compiled == students
@@ -222,14 +216,14 @@ def test_students_inside_their_source_share_one_program(setup, monkeypatch):
   assert alone.accuracy == ev.train(removed, jax.random.key(5), 0).accuracy
 
 
-def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(setup, monkeypatch):
+def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(
+    setup, compiled_specs):
   # Three students of the teacher (without dropout, as above) with layers
   # removed: two keep the same pooling layers and share one program with
   # switches, the third keeps others and gets a second one. Each matches its
   # own program's result up to rounding.
   ds, _, logits = setup
-  source = S.NetSpec('digits_cnn', TEACHER.input_shape,
-                     tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)))
+  source, compiled = NO_DROPOUT, compiled_specs
   rng, by_wide = np.random.default_rng(0), {}
   while len(by_wide) < 2 or max(map(len, by_wide.values())) < 2:
     student = S.remove(source, list(rng.random(S.removable_count(source)) < 0.6))
@@ -241,15 +235,6 @@ def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(setup
   wides = [padding.with_switches(s, source)[0] for s in students]
   assert wides[0] == wides[1] != wides[2] and all(w.switched for w in wides)
   jobs = [(s, jax.random.key(i)) for i, s in enumerate(students)]
-  compiled = []
-  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
-
-  def watched(self, spec, device, key):
-    compiled.append(spec)
-    return real_compile(self, spec, device, key)
-
-  monkeypatch.setattr(E.Evaluator, '_compile', watched)
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
   ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=2, max_train_examples=256))
   own = [ev.train(s, k, 0, keep_variables=True) for s, k in jobs]
   compiled.clear()

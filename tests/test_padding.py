@@ -183,7 +183,8 @@ def test_a_student_with_layers_switched_off_computes_the_students_function(name,
 
 def test_students_that_do_not_fit_switches_are_refused():
   source = zoo.get('digits_cnn', (8, 8, 1), 10)
-  shrunk_and_removed = S.shrink(removed(source), [0.5] * len(S.shrink_vars(removed(source))))
+  student = removed(source)
+  shrunk_and_removed = S.shrink(student, [0.5] * len(S.shrink_vars(student)))
   with pytest.raises(P.NotEmbeddable, match="not the source's next layer"):
     P.with_switches(shrunk_and_removed, source)
   # A removed conv that narrows the activation (64 -> 16 channels) has no

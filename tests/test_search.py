@@ -62,17 +62,16 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
 
 @pytest.mark.parametrize('stage', [1, 2])
 def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, teacher_dir,
-                                                      tmp_path, monkeypatch):
+                                                      tmp_path, monkeypatch, compiled_specs):
   config = tiny_search(config_factory('digits'))
   if stage == 1:
     config.runtime.share_stage1_programs = 'on'
   else:
     config.runtime.share_stage2_program = 'on'
   calls = []  # (jobs' specs, inside) per train_many call
-  compiled = []  # specs of the programs compiled, in order
+  compiled = compiled_specs  # specs of the programs compiled, in order
   compiled_in = []  # those compiled during each train_many call
   real_train_many = evaluator_lib.Evaluator.train_many
-  real_compile = evaluator_lib.Evaluator._compile  # pylint: disable=protected-access
 
   def spy(self, jobs, seed, **kwargs):
     calls.append(([spec for spec, _ in jobs], kwargs.get('inside')))
@@ -81,13 +80,7 @@ def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, te
     compiled_in.append(compiled[before:])
     return results
 
-  def watched(self, spec, device, key):
-    compiled.append(spec)
-    return real_compile(self, spec, device, key)
-
   monkeypatch.setattr(evaluator_lib.Evaluator, 'train_many', spy)
-  monkeypatch.setattr(evaluator_lib.Evaluator, '_compile', watched)
-  evaluator_lib._PROGRAMS.clear()  # pylint: disable=protected-access
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   experiment.run(config, workdir)
   records = report.read_metrics(workdir)
