@@ -22,8 +22,11 @@ import numpy as np
 from n2n_jax import models
 from n2n_jax import padding
 from n2n_jax import program_store as program_store_lib
+from n2n_jax import scoring
 from n2n_jax import spec as spec_lib
 from n2n_jax import train as train_lib
+
+StudentResult = scoring.StudentResult  # where the evaluator's callers have found it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +42,6 @@ class DistillSettings:
 
 
 INITS = ('scratch', 'teacher')
-
-
-@dataclasses.dataclass
-class StudentResult:
-  accuracy: float  # on the validation split; nan when training failed
-  error: str | None  # why the student failed (its reward is then -1), else None
-  train_seconds: float = 0.0
-  compile_seconds: float = 0.0
-  variables: dict | None = None
 
 
 @dataclasses.dataclass
@@ -378,6 +372,12 @@ class Evaluator:
     for t in threads:
       t.join()
     return results
+
+  def __call__(self, students, keys, seed: int, *,
+               inside: spec_lib.NetSpec | None = None) -> list:
+    """The search's scorer (scoring.Scorer): each student distilled and
+    scored on the validation split, as `train_many` does."""
+    return self.train_many(list(zip(students, keys)), seed, inside=inside)
 
   def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
             progress=None, device=None, initial_variables: dict | None = None,

@@ -38,6 +38,7 @@ from n2n_jax import reinforce
 from n2n_jax import report
 from n2n_jax import reward as reward_lib
 from n2n_jax import runtime
+from n2n_jax import scoring
 from n2n_jax import spec as spec_lib
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
@@ -144,7 +145,7 @@ class SearchContext:
   workdir: str
   teacher: object  # teacher.Teacher
   dataset: object
-  evaluator: evaluator_lib.Evaluator
+  scorer: scoring.Scorer  # students -> validation accuracies (the Evaluator by default)
   teacher_params: int
   teacher_accuracy: float  # validation accuracy: the reward's A_teacher
   constraints: reward_lib.Constraints | None
@@ -158,8 +159,8 @@ def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
   """(reward, why-degenerate or None, violations)."""
   if spec_lib.is_degenerate(student):
     return reward_lib.DEGENERATE_REWARD, f'{student.kind}: {student.reason}', ()
-  if result.error is not None:
-    return reward_lib.DEGENERATE_REWARD, result.error, ()
+  if result.error is not None or not math.isfinite(result.accuracy):
+    return reward_lib.DEGENERATE_REWARD, result.error or 'the accuracy is not finite', ()
   params = spec_lib.param_count(student)
   measured = {'params': params, 'flops': spec_lib.flops(student)}
   k = ctx.config.constraints
@@ -186,7 +187,7 @@ def _known_results(ctx: SearchContext, students, trainable) -> tuple:
   for i in trainable:
     key = architecture_key(students[i])
     if key in ctx.known_accuracies:
-      results[i] = evaluator_lib.StudentResult(ctx.known_accuracies[key], None)
+      results[i] = scoring.StudentResult(ctx.known_accuracies[key], None)
       reused[i] = None
     elif key in first:
       reused[i] = first[key]
@@ -214,16 +215,16 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   # never changes what the students that do train see.
   shared = runtime.share_programs(config.runtime.share_stage2_program if stage.number == 2
                                   else config.runtime.share_stage1_programs)
-  trained = ctx.evaluator.train_many(
-      [(students[i], jax.random.fold_in(train_key, i)) for i in to_train], config.seed,
-      inside=stage.source if shared else None)
-  results.update(zip(to_train, trained))
+  chosen = [students[i] for i in to_train]
+  trained = ctx.scorer(chosen, [jax.random.fold_in(train_key, i) for i in to_train],
+                       config.seed, inside=stage.source if shared else None)
+  results.update(zip(to_train, scoring.check_results(trained, chosen)))
   for i, twin in reused.items():
     if twin is not None:  # sampled twice in this iteration: trained once
       results[i] = results[twin]
   rewards, accuracies, params, degenerate, violations = [], [], [], [], []
   for i, student in enumerate(students):
-    result = results.get(i, evaluator_lib.StudentResult(float('nan'), None))
+    result = results.get(i, scoring.StudentResult(float('nan'), None))
     r, why, broken = _score(ctx, student, result, iteration - 1)
     rewards.append(float(r))
     accuracies.append(None if math.isnan(result.accuracy) else float(result.accuracy))
@@ -333,6 +334,22 @@ def _compile_in_background(update, state, stage: Stage, rollouts: int) -> thread
   return thread
 
 
+def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evaluator:
+  """The default scorer: students distilled from the teacher's logits as
+  config.distill says, on the devices and with the caches config.runtime says."""
+  d = config.distill
+  return evaluator_lib.Evaluator(
+      dataset, teacher_logits,
+      evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay,
+                                    init=d.init, max_train_examples=d.max_train_examples),
+      config.runtime.epoch_mode, teacher.variables,
+      memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
+      devices=student_devices(config.runtime.student_devices),
+      compile_ahead=config.runtime.compile_ahead,
+      compile_threads=runtime.compile_threads(config.runtime.compile_threads),
+      program_store=program_store.for_cache_dir(config.runtime.compilation_cache_dir))
+
+
 def student_devices(count: int) -> list:
   """The devices an iteration's students are spread over: the first `count`
   local devices (0 = all of them)."""
@@ -345,8 +362,14 @@ OUTPUTS = (report.METRICS_FILE, report.SUMMARY_FILE, report.TENSORBOARD_DIR, 're
            'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png', STUDENT_DIR)
 
 
-def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dict:
-  """The whole compression pipeline after the teacher; returns summary.json's content."""
+def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
+        scorer: scoring.Scorer | None = None) -> dict:
+  """The whole compression pipeline after the teacher; returns summary.json's content.
+
+  `scorer` turns each iteration's students into validation accuracies (see
+  scoring.py); by default an evaluator.Evaluator distils them from the
+  teacher as config.distill says. The final training of the chosen student is
+  always real."""
   os.makedirs(workdir, exist_ok=True)
   ckpts = checkpoint_lib.Checkpoints(workdir)
   origin = _search_origin(config)
@@ -387,25 +410,16 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
     states = dict(states)
 
   teacher_logits = train_lib.predict(teacher.model, teacher.variables, dataset.train_images)
-  d = config.distill
-  evaluator = evaluator_lib.Evaluator(
-      dataset, teacher_logits,
-      evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay,
-                                    init=d.init, max_train_examples=d.max_train_examples),
-      config.runtime.epoch_mode, teacher.variables,
-      memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
-      devices=student_devices(config.runtime.student_devices),
-      compile_ahead=config.runtime.compile_ahead,
-      compile_threads=runtime.compile_threads(config.runtime.compile_threads),
-      program_store=program_store.for_cache_dir(config.runtime.compilation_cache_dir))
+  scorer = scorer or _evaluator(config, dataset, teacher, teacher_logits)
   k = config.constraints
   constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
                  if (k.max_params or k.max_flops) else None)
-  ctx = SearchContext(config, workdir, teacher, dataset, evaluator,
+  ctx = SearchContext(config, workdir, teacher, dataset, scorer,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
                       constraints, teacher_logits,
                       meta.setdefault('known_accuracies', {}) if config.search.reuse_results
                       else None)
+
 
   # Process 0 writes the logs; the others compute the same records.
   primary = distributed.is_primary()
@@ -449,7 +463,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
         record['best_reward'] = meta[key]['reward'] if meta[key] else reward_lib.DEGENERATE_REWARD
         meta['records'].append(record)
         meta['done'][str(number)] = iteration
-        meta['compile_seconds'] = compile_before + evaluator.compile_seconds
+        meta['compile_seconds'] = compile_before + getattr(scorer, 'compile_seconds', 0.0)
         meta['search_seconds'] = time.perf_counter() - search_start
         ckpts.save(len(meta['records']), states, meta)
         if primary:
