@@ -250,7 +250,8 @@ def _legend_below(ax):
   ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
 
 
-def _plot_stage(stage: int, records: list[dict], path: str) -> str:
+def stage_figure(stage: int, records: list[dict]) -> Figure:
+  """One stage's Figure 3 (see plot_search), not yet saved."""
   fig = Figure(figsize=(8, 4.8))
   ax = fig.add_subplot()
   its = np.array([r['iteration'] for r in records])
@@ -294,13 +295,13 @@ def _plot_stage(stage: int, records: list[dict], path: str) -> str:
   ax.xaxis.get_major_locator().set_params(integer=True)
   ax.grid(alpha=0.3)
   _legend_below(ax)
-  return _save(fig, path)
+  return fig
 
 
 def plot_search(records: list[dict], path_prefix: str) -> list[str]:
   """Figure 3: per stage, reward, accuracy and compression against iteration.
   Writes {path_prefix}_stage1.png and, if stage 2 ran, _stage2.png; returns the paths."""
-  return [_plot_stage(stage, rs, f'{path_prefix}_stage{stage}.png')
+  return [_save(stage_figure(stage, rs), f'{path_prefix}_stage{stage}.png')
           for stage, rs in _by_stage(records).items()]
 
 
@@ -327,6 +328,11 @@ def params_axis(ax) -> None:
 def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, path: str) -> str:
   """Every sampled non-degenerate student as a point (x = #params, log scale;
   y = validation accuracy), the teacher and the chosen student marked. Returns path."""
+  return _save(accuracy_vs_params_figure(records, teacher, chosen), path)
+
+
+def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict) -> Figure:
+  """plot_accuracy_vs_params's figure, not yet saved."""
   fig = Figure(figsize=(8, 5))
   ax = fig.add_subplot()
   all_params, all_acc = [], []
@@ -371,7 +377,7 @@ def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, pa
                fontsize=10)
   ax.grid(alpha=0.3, which='both')
   _legend_below(ax)
-  return _save(fig, path)
+  return fig
 
 
 # --- summary.json and report.md ------------------------------------------------------------------

@@ -43,7 +43,13 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
   assert r['new_architecture_warm_compiles'] == 0
   assert r['share_stage2_program'] is (r['backend'] != 'cpu')  # --share-stage2=auto
   assert r['share_stage1_programs'] is False  # --share-stage1=off
-  assert 0 <= r['compile_fraction'] <= 1 and 0 <= r['compile_fraction_rerun'] <= 1
+  # The fractions are the parts of the search's time spent waiting for compiles.
+  assert r['compile_fraction'] == pytest.approx(
+      r['search_compile_seconds'] / (r['search_seconds'] + r['final_seconds']))
+  assert r['compile_fraction_rerun'] == pytest.approx(
+      r['rerun_compile_seconds'] / (r['rerun_search_seconds'] + r['rerun_final_seconds']))
+  # A re-run finds its programs in the caches the first run filled.
+  assert r['rerun_compile_seconds'] < r['search_compile_seconds']
   assert r['compile_fraction_xla'] >= 0
   assert _positive(r['train_gflops']) and _positive(r['matmul_peak_gflops'])
   assert r['train_vs_matmul_peak'] == pytest.approx(r['train_gflops'] / r['matmul_peak_gflops'],

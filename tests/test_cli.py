@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import DIGITS_CNN_PARAMS, ROOT
 from n2n_jax import config as config_lib
 from n2n_jax import experiment
 from n2n_jax import spec as S
@@ -53,7 +53,7 @@ def test_cli_describe_subprocess_exits_zero():
       [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
        '--config.mode=describe'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
-  assert json.loads(proc.stdout)['params'] == 140_778
+  assert json.loads(proc.stdout)['params'] == DIGITS_CNN_PARAMS
 
 
 def test_cli_bad_value_exits_2_with_field_name(tmp_path):
@@ -143,7 +143,12 @@ def test_missing_idx_folder_names_path_and_remedy(config_factory, tmp_path):
     run(config, str(tmp_path / 'run'))
   assert 'apt-get install dataset-fashion-mnist' in str(err.value)
   config.mode = 'describe'  # the declared input shape stands in for the data
-  assert run(config)['params'] == 9_414_858
+  # VGG-13 on 28x28x1, by hand: 3x3 convs 1-64-64, 64-128-128, 128-256-256,
+  # 256-512-512, 512-512-512 with biases and batch norms, then Dense(512 -> 10).
+  widths = [(1, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512),
+            (512, 512), (512, 512), (512, 512)]
+  vgg13 = sum(9 * i * o + o + 2 * o for i, o in widths) + 512 * 10 + 10
+  assert run(config)['params'] == vgg13 == 9_414_858
 
 
 def test_every_zoo_name_is_listed_in_errors():

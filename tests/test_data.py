@@ -64,8 +64,12 @@ def test_digits_shapes_and_split_sizes(digits):
                          (digits.test_images, digits.test_labels)]:
     assert images.dtype == np.float32 and labels.dtype == np.int32
     assert len(images) == len(labels)
-    assert 0 <= int(labels.min()) and int(labels.max()) < 10
     assert isinstance(images, jax.Array)
+  # The three splits hold scikit-learn's labels, each image once: the same
+  # count per class.
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  every = np.concatenate([digits.train_labels, digits.val_labels, digits.test_labels])
+  np.testing.assert_array_equal(np.bincount(every), np.bincount(load_digits().target))
 
 
 def test_digits_splits_partition_the_dataset(digits):
@@ -289,15 +293,13 @@ def test_idx_absurd_header_rejected_without_allocating(tmp_path, compress):
   payload = idx_bytes(np.zeros(64, np.uint8), magic=0x803, dims=(2**31, 2**31, 2**31))
   path = write_file(tmp_path / "images", payload, compress)
   tracemalloc.start()
-  start = time.perf_counter()
   try:
     with pytest.raises(data.DataError) as info:
       data.read_idx(path)
     _, peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
-  assert time.perf_counter() - start < 2.0
-  assert peak < 8 * 2**20
+  assert peak < 8 * 2**20  # nothing near the declared size was allocated or read
   assert path in str(info.value)
 
 
@@ -327,7 +329,8 @@ def test_debian_fashion_mnist():
 
 @pytest.fixture(scope="module")
 def tfds():
-  return pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets  # pylint: disable=g-import-not-at-top  # a dependency; slow to import
+  return tensorflow_datasets
 
 
 @pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
@@ -346,14 +349,20 @@ def test_tfds_mock_data(tfds, name, shape):
   assert_train_normalised(dataset)
   for labels in (dataset.train_labels, dataset.val_labels, dataset.test_labels):
     assert labels.dtype == np.int32
-    assert 0 <= int(labels.min()) and int(labels.max()) < 10
+  # The test split is the source's, in its order: read it back directly.
+  with tfds.testing.mock_data(num_examples=40):
+    source = tfds.data_source(name, split="test")
+    expected = [int(source[i]["label"]) for i in range(len(source))]
+  np.testing.assert_array_equal(dataset.test_labels, expected)
 
 
 def test_tfds_not_prepared_fails_fast_with_alternatives(tfds, tmp_path):
   start = time.perf_counter()
   with pytest.raises(data.DataError) as info:
     data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path)))
-  assert time.perf_counter() - start < 10.0
+  # The time is the behaviour: TFDS itself would retry for ~205 s offline.
+  # The margin is wide (this takes well under a second).
+  assert time.perf_counter() - start < 30.0
   message = str(info.value)
   for expected in ("'mnist'", str(tmp_path), "not prepared", "download=True",
                    "n2n_jax[tfds]", "'idx'", "'digits'"):
@@ -366,7 +375,7 @@ def test_tfds_download_without_tensorflow_fails_fast(tfds, tmp_path):
   start = time.perf_counter()
   with pytest.raises(data.DataError) as info:
     data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path), download=True))
-  assert time.perf_counter() - start < 10.0
+  assert time.perf_counter() - start < 30.0  # fails fast, as above
   assert "TensorFlow" in str(info.value) and "n2n_jax[tfds]" in str(info.value)
   assert str(tmp_path) in str(info.value)
 
@@ -375,7 +384,8 @@ def test_download_probe_gives_up_fast_on_an_unresolvable_host():
   # .invalid never resolves (RFC 2606), online or off.
   start = time.perf_counter()
   assert not data._url_answers("https://tfds-host.invalid/mnist.gz", timeout_s=3.0)
-  assert time.perf_counter() - start < 4.0
+  # The behaviour is giving up within the 3 s asked for; the rest is margin.
+  assert time.perf_counter() - start < 10.0
 
 
 def test_tfds_table_matches_tfds_feature_specs(tfds, tmp_path):

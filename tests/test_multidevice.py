@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+
 DEVICES = 4
 
 
@@ -37,7 +38,11 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
   assert report['single_devices'] == [0]
   assert report['parallel']['records'] == report['single']['records']
   assert report['parallel']['student'] == report['single']['student']
-  assert any(a is not None for r in report['single']['records'] for a in r['accuracies'])
+  # Both stages ran, and each trained students.
+  assert [r['stage'] for r in report['single']['records']] == [1, 1, 2]
+  for stage in (1, 2):
+    assert any(a is not None for r in report['single']['records'] if r['stage'] == stage
+               for a in r['accuracies'])
   # Students train on one device each; the final training splits its batches
   # over all four (runtime.final_devices=0), or trains on one when asked, and
   # both reach the same student up to the order of floating-point sums.
@@ -64,7 +69,7 @@ def _child(workdir):
 
   def tiny_config(mode='compress'):
     config = conftest.tiny_search(conftest.quiet_config('digits'))
-    config.search.stage2_iterations = 0
+    config.search.stage2_iterations = 1
     config.search.rollouts = 3
     config.final.epochs = 1
     config.mode = mode

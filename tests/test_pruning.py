@@ -20,7 +20,7 @@ from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train
 from n2n_jax import zoo
-from conftest import tiny_search, workdir_with_teacher
+from conftest import DIGITS_CNN_PARAMS, tiny_search, workdir_with_teacher
 
 # conv0 (4 filters, 6x6) - BN - ReLU - pool - conv4 (3 filters, 3x3) - ReLU - Flatten - Dense.
 PLAIN = S.NetSpec('plain', (6, 6, 2), (
@@ -230,7 +230,7 @@ def _prune_config(config_factory):
 def test_prune_end_to_end_meets_the_stopping_rule(config_factory, teacher_dir, tmp_path):
   config = _prune_config(config_factory)
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
-  teacher_params = 140_778
+  teacher_params = DIGITS_CNN_PARAMS
   # A reference N2N student at under half the teacher's size whose accuracy
   # does not bind (30 % of the filters leave ~70k parameters).
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -253,6 +253,9 @@ def test_prune_end_to_end_meets_the_stopping_rule(config_factory, teacher_dir, t
   assert json.load(open(os.path.join(folder, 'summary.json'))) == json.loads(json.dumps(summary))
   model, variables = export.load_student(os.path.join(folder, 'student'))
   assert S.param_count(model.spec) == summary['student']['params']
+  # One step removed ceil(0.3 * 320) = 96 of the teacher's 32+32+64+64+128
+  # prunable filters (the classifier is not prunable).
+  assert sum(l.filters for l in model.spec.layers if isinstance(l, S.Conv)) == 320 - 96
   ds = data_lib.load(config.data)
   accuracy = train.accuracy(model, variables, ds.test_images, ds.test_labels)
   assert accuracy == pytest.approx(summary['student']['test_accuracy'], abs=1e-6)

@@ -233,6 +233,64 @@ def _check_png(path):
   assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
+def _rollouts(stage):
+  """make_records' inputs for one stage, by hand: (iteration, params or None,
+  accuracy, reward) per rollout."""
+  out = []
+  for r in make_records():
+    if r['stage'] == stage:
+      for params, acc, reward, why in zip(r['params'], r['accuracies'], r['rewards'],
+                                          r['degenerate']):
+        out.append((r['iteration'], params if why is None else None, acc, reward))
+  return out
+
+
+def _points(ax):
+  """Every scattered point of an axes, as a set of rounded (x, y)."""
+  return {(round(float(x), 9), round(float(y), 9)) for c in ax.collections
+          for x, y in c.get_offsets()}
+
+
+@pytest.mark.parametrize('stage', [1, 2])
+def test_search_figure_plots_the_records_values(records, stage):
+  ax = report.stage_figure(stage, [r for r in records if r['stage'] == stage]).axes[0]
+  rollouts = _rollouts(stage)
+  iterations = sorted({it for it, *_ in rollouts})
+  valid = [(it, p, a, r) for it, p, a, r in rollouts if p is not None]
+  expected = ({(it, r) for it, _, _, r in rollouts}  # rewards, -1 for degenerate ones
+              | {(it, a) for it, _, a, _ in valid}
+              | {(it, 1 - p / TEACHER_PARAMS) for it, p, _, _ in valid})
+  assert _points(ax) == {(round(float(x), 9), round(float(y), 9)) for x, y in expected}
+  lines = {line.get_label(): line for line in ax.lines}
+  by_iteration = lambda values: [np.mean([v for it2, v in values if it2 == it])
+                                 for it in iterations]
+  np.testing.assert_allclose(lines['reward (mean)'].get_xydata(), np.column_stack(
+      [iterations, by_iteration([(it, r) for it, _, _, r in rollouts])]))
+  np.testing.assert_allclose(lines['accuracy (mean)'].get_ydata(),
+                             by_iteration([(it, a) for it, _, a, _ in valid]))
+  np.testing.assert_allclose(lines['compression C = 1 - student/teacher (mean)'].get_ydata(),
+                             by_iteration([(it, 1 - p / TEACHER_PARAMS) for it, p, _, _ in valid]))
+  best = np.maximum.accumulate([max(r for it2, _, _, r in rollouts if it2 == it)
+                                for it in iterations])
+  np.testing.assert_allclose(lines['best reward so far'].get_ydata(), best)
+
+
+def test_accuracy_vs_params_figure_plots_every_real_student(records):
+  summary = make_summary()
+  ax = report.accuracy_vs_params_figure(records, summary['teacher'],
+                                        summary['student']).axes[0]
+  students = [(p, 100 * a) for stage in (1, 2) for _, p, a, _ in _rollouts(stage)
+              if p is not None]
+  marked = {(TEACHER_PARAMS, 100 * TEACHER['val_accuracy']),
+            (summary['student']['params'], 100 * summary['student']['val_accuracy'])}
+  assert _points(ax) == {(round(float(x), 9), round(float(y), 9))
+                         for x, y in set(students) | marked}
+  (front,) = [l for l in ax.lines if l.get_label() == 'best accuracy at this size or less']
+  by_size = sorted(students)
+  np.testing.assert_allclose(front.get_xdata(), [p for p, _ in by_size])
+  np.testing.assert_allclose(front.get_ydata(), np.maximum.accumulate([a for _, a in by_size]))
+
+
 def test_search_plots_one_per_stage(tmp_path, records):
   paths = report.plot_search(records, str(tmp_path / 'plots' / 'search'))
   assert paths == [str(tmp_path / 'plots' / 'search_stage1.png'),

@@ -21,7 +21,7 @@ from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import zoo
-from conftest import tiny_search, workdir_with_teacher, without_timing
+from conftest import best_recorded, tiny_search, workdir_with_teacher, without_timing
 
 
 def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
@@ -42,7 +42,13 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   teacher_params = summary['teacher']['params']
   assert summary['student']['params'] < teacher_params
   assert summary['compression'] == pytest.approx(teacher_params / summary['student']['params'])
-  assert 0.0 <= summary['student']['test_accuracy'] <= 1.0
+  # The student trained to the end is the search's best (tests/test_search_decisions.py
+  # checks the choice on searches scored by rules).
+  best = best_recorded(records)
+  assert S.short_text(S.from_dict(summary['student']['spec'])) == best['spec_text']
+  assert (summary['student']['stage'], summary['student']['params'],
+          summary['student']['search_val_accuracy']) == (best['stage'], best['params'],
+                                                         best['val_accuracy'])
   assert set(summary['time']) == {'teacher', 'search', 'compile', 'final'}
   for name in ('report.md', 'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 1000, name
