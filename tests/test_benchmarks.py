@@ -12,6 +12,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses: the full suite only
+
 SCRIPT = ROOT / 'benchmarks' / 'throughput.py'
 SIZES = ('small', 'medium', 'teacher')
 

@@ -168,6 +168,7 @@ def test_a_busy_workdir_is_refused(config_factory, tmp_path):
   assert os.listdir(tmp_path) == [workdir_lock.LOCK_FILE]  # nothing was written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,message', [
     (['--config=configs/digits.py', '--config.teacher.nme=x'], 'Did you mean "name"'),
     (['--config=configs/nope.py'], "No such file or directory: 'configs/nope.py'"),

@@ -56,6 +56,7 @@ def _cli(argv, capsys):
 
 # --- rows ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rows_equal_the_summary(run_dir):
   summary = _read(run_dir, 'summary.json')
   rows = compare.collect([run_dir])
@@ -123,6 +124,7 @@ def _degenerate_record(stage, iteration, template, reasons):
   return r
 
 
+@pytest.mark.slow
 def test_first_k_statistics_match_the_metrics_log(run_dir, tmp_path):
   workdir = _copy(run_dir, tmp_path, 'more')
   records = report.read_metrics(workdir)
@@ -157,6 +159,7 @@ def test_first_k_statistics_match_the_metrics_log(run_dir, tmp_path):
 
 # --- output --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_markdown_has_the_paper_table_rows(run_dir, capsys):
   summary = _read(run_dir, 'summary.json')
   teacher, student, stage1 = summary['teacher'], summary['student'], summary['stage1_best']
@@ -182,6 +185,7 @@ def test_markdown_has_the_paper_table_rows(run_dir, capsys):
   assert [line.split(' | ')[1:3] for line in search] == [['1', '1'], ['2', '1']]
 
 
+@pytest.mark.slow
 def test_text_is_the_default_and_lists_every_result(run_dir, capsys):
   code, out, _ = _cli([run_dir, '--first=1'], capsys)
   assert code == 0
@@ -192,6 +196,7 @@ def test_text_is_the_default_and_lists_every_result(run_dir, capsys):
   assert 'Reward (first 1)' in out
 
 
+@pytest.mark.slow
 def test_json_parses_and_plot_is_a_png(run_dir, tmp_path, capsys):
   other = _copy(run_dir, tmp_path, 'other')
   path = str(tmp_path / 'plots' / 'compare.png')
@@ -222,6 +227,7 @@ def _write_baseline(workdir, name, method, params, val, test, **extra):
   return summary
 
 
+@pytest.mark.slow
 def test_baselines_in_the_workdir_get_rows(run_dir, tmp_path, capsys):
   workdir = _copy(run_dir, tmp_path, 'with_baselines')
   teacher = _read(workdir, TEACHER_FILE)
@@ -247,6 +253,7 @@ def test_baselines_in_the_workdir_get_rows(run_dir, tmp_path, capsys):
   assert '| with_baselines: Hand-designed (mini_cnn) | 61.00% | 5K |' in out
 
 
+@pytest.mark.slow
 def test_a_search_without_summary_shows_what_it_has(run_dir, teacher_dir, tmp_path, capsys):
   workdir = _copy(run_dir, tmp_path, 'running')
   os.remove(os.path.join(workdir, 'summary.json'))
@@ -283,6 +290,7 @@ def test_a_search_without_summary_shows_what_it_has(run_dir, teacher_dir, tmp_pa
 
 # --- errors --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_not_a_workdir_exits_2_naming_it(run_dir, tmp_path):
   bogus = tmp_path / 'not_a_run'
   bogus.mkdir()
@@ -296,6 +304,7 @@ def test_not_a_workdir_exits_2_naming_it(run_dir, tmp_path):
   assert proc.stdout == ''
 
 
+@pytest.mark.slow
 def test_missing_dir_and_corrupt_metrics_exit_2(run_dir, tmp_path, capsys):
   missing = str(tmp_path / 'missing')
   code, out, err = _cli([missing], capsys)
@@ -312,6 +321,7 @@ def test_missing_dir_and_corrupt_metrics_exit_2(run_dir, tmp_path, capsys):
   assert code == 2 and corrupt in err and 'line 1' in err
 
 
+@pytest.mark.slow
 def test_labels_must_match_the_dirs(run_dir, capsys):
   with pytest.raises(SystemExit) as e:
     compare.main([run_dir, '--labels=a,b'])
@@ -329,6 +339,7 @@ def test_stage_stats_of_no_records_are_empty():
   assert not any(isinstance(v, float) and math.isnan(v) for v in stats.values())
 
 
+@pytest.mark.slow
 def test_default_labels_tell_runs_apart(run_dir, tmp_path):
   a = _copy(run_dir, tmp_path / 'a', 'run')
   b = _copy(run_dir, tmp_path / 'b', 'run')
@@ -338,6 +349,7 @@ def test_default_labels_tell_runs_apart(run_dir, tmp_path):
   assert labels([a, a + os.sep]) == ['run #1', 'run #2']  # same folder
 
 
+@pytest.mark.slow
 def test_a_cut_last_metrics_line_is_a_one_line_warning(run_dir, tmp_path, capsys):
   workdir = _copy(run_dir, tmp_path, 'cut')
   with open(os.path.join(workdir, report.METRICS_FILE), 'a') as f:

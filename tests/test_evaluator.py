@@ -36,6 +36,7 @@ def small_student():
   return S.remove(TEACHER, keep)
 
 
+@pytest.mark.slow
 def test_untrainable_student_is_a_result_not_an_exception(setup):
   ds, _, logits = setup
   student = small_student()
@@ -49,6 +50,7 @@ def test_untrainable_student_is_a_result_not_an_exception(setup):
   assert result.error.startswith('SpecError') and 'collapsed' in result.error
 
 
+@pytest.mark.slow
 def test_distillation_subset_and_seeded_init(setup):
   ds, _, logits = setup
   ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=2, max_train_examples=200))
@@ -87,6 +89,7 @@ def test_inherit_teacher_weights_where_shapes_match(setup):
                                 fresh['params']['0_Conv']['kernel'])
 
 
+@pytest.mark.slow
 def test_students_train_from_teacher_weights(setup):
   # The inherited variables go through the same compiled initial-state program
   # as fresh ones; a student the teacher's weights start differs from scratch.
@@ -124,6 +127,7 @@ def _students(n):
   return out[:n]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('threads', [1, 2])
 def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(
     setup, monkeypatch, threads):
@@ -163,6 +167,7 @@ def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(
   assert ahead.compile_seconds == pytest.approx(sum(r.compile_seconds for r in results))
 
 
+@pytest.mark.slow
 def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
   ds, _, logits = setup
   ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256))
@@ -181,6 +186,7 @@ def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
   assert results[1].error == 'RuntimeError: injected compile failure'
 
 
+@pytest.mark.slow
 def test_students_inside_their_source_share_one_program(setup, compiled_specs):
   # Two shrunk students (the source without dropout: padded layers draw their
   # dropout masks over all their channels, see padding.py) trained inside the
@@ -216,6 +222,7 @@ def test_students_inside_their_source_share_one_program(setup, compiled_specs):
   assert alone.accuracy == ev.train(removed, jax.random.key(5), 0).accuracy
 
 
+@pytest.mark.slow
 def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(
     setup, compiled_specs):
   # Three students of the teacher (without dropout, as above) with layers

@@ -38,6 +38,7 @@ def test_unknown_variant_lists_the_valid_ones():
     quiet_config('mnist_conv4', 'tiny')
 
 
+@pytest.mark.slow
 def test_reduced_mnist_run_on_tfds_mock_data(tmp_path):
   """The whole pipeline of a TFDS experiment, on mock MNIST images: the path
   a real run takes once the dataset is prepared."""
@@ -63,6 +64,7 @@ def digits_workdir(teacher_dir, tmp_path):
   return path
 
 
+@pytest.mark.slow
 def test_handdesigned_student_is_distilled_like_the_n2n_student(digits_workdir):
   config = tiny_search(quiet_config('digits'))
   config.mode = 'handdesigned'
@@ -93,6 +95,7 @@ def test_handdesigned_student_is_distilled_like_the_n2n_student(digits_workdir):
   assert accuracy > untrained + 0.5, (accuracy, untrained)
 
 
+@pytest.mark.slow
 def test_handdesigned_student_that_cannot_take_the_input_is_a_clear_error(digits_workdir):
   config = tiny_search(quiet_config('digits'))
   config.mode = 'handdesigned'

@@ -754,6 +754,7 @@ def test_every_numeric_field_refuses_nan_and_negative_values(fuzz_cases):
       fuzz_cases['config overrides'][outcome] += 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('override, message', [
     ('--config.teacher.input_shape=' + '~' * 5000 + '1',
      'error: --config.teacher.input_shape is nested too deeply'),

@@ -19,6 +19,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import kill_resume  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses: the full suite only
+
 # Smaller than the stress job (fewer students to compile, no warm-up run): the
 # test took 2 minutes on 2 idle CPU cores, 3.5 with a load average of 4.5.
 SMALLER = {'--config.teacher.epochs': '2', '--config.search.stage1_iterations': '1',

@@ -254,6 +254,7 @@ def _without(d: dict, *keys) -> dict:
   return {k: v for k, v in d.items() if k not in keys}
 
 
+@pytest.mark.slow
 def test_two_processes_write_once_and_match_one_process(tmp_path):
   audit = tmp_path / 'audit'
   audit.mkdir()
@@ -304,6 +305,7 @@ def test_two_processes_write_once_and_match_one_process(tmp_path):
              zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_a_busy_workdir_stops_every_process(tmp_path):
   """Process 0 alone takes the workdir's lock; when another run holds it, the
   other processes learn so and stop too, instead of waiting for process 0."""

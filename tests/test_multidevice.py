@@ -11,6 +11,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole runs in subprocesses: the full suite only
 
 DEVICES = 4
 

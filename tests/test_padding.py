@@ -42,6 +42,7 @@ def leaves_equal(a, b) -> bool:
                   zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,shape', NETS)
 def test_a_padded_student_computes_the_students_function(name, shape):
   source = zoo.get(name, shape, 10)
@@ -79,6 +80,7 @@ TRAINING_CASES = [('shrunk', 'adam', 1e-4, 5e-3), ('removed', 'sgd', 1e-5, 1e-4)
                   ('removed', 'adam', 1e-2, None)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind,optimizer,rtol,atol', TRAINING_CASES)
 def test_missing_channels_stay_zero_through_training(kind, optimizer, rtol, atol):
   # Weight decay and batch norm in training mode: every entry of the wide
@@ -143,6 +145,7 @@ def test_a_student_with_other_layers_cannot_be_embedded():
     P.widen(relu_for_bn, bn)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,shape', NETS[:2] + (('vgg13', (28, 28, 1)),))
 def test_a_student_with_layers_switched_off_computes_the_students_function(name, shape):
   source = zoo.get(name, shape, 10)

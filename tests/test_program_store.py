@@ -79,6 +79,7 @@ def assert_same_training(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_known_architecture_loads_without_tracing_and_trains_identically(
     setup, compile_events, tmp_path):
   ds, logits = setup
@@ -101,6 +102,7 @@ def test_known_architecture_loads_without_tracing_and_trains_identically(
   assert_same_training(second, without_store)
 
 
+@pytest.mark.slow
 def test_programs_are_keyed_by_settings_and_data(setup, tmp_path):
   ds, logits = setup
   store = program_store.ProgramStore(str(tmp_path / 'programs'))
@@ -115,6 +117,7 @@ def test_programs_are_keyed_by_settings_and_data(setup, tmp_path):
   assert len(entries(store)) == 3
 
 
+@pytest.mark.slow
 def test_damaged_entry_is_compiled_again(setup, compile_events, tmp_path):
   ds, logits = setup
   store = program_store.ProgramStore(str(tmp_path / 'programs'))
@@ -133,6 +136,7 @@ def test_damaged_entry_is_compiled_again(setup, compile_events, tmp_path):
   assert entries(store) == [name] and store.load(name[:-len('.pkl')]) is not None  # rewritten
 
 
+@pytest.mark.slow
 def test_stored_program_that_fails_is_dropped_and_compiled_again(setup, tmp_path):
   # An entry that loads but fails when called (the way an incompletely
   # serialized program fails) must not become the student's error: here its
@@ -160,6 +164,7 @@ def test_stored_program_that_fails_is_dropped_and_compiled_again(setup, tmp_path
   assert read_entry(path)['programs']['train'] != entry['programs']['train']
 
 
+@pytest.mark.slow
 def test_entry_for_another_spec_is_a_miss(setup, tmp_path):
   ds, logits = setup
   store = program_store.ProgramStore(str(tmp_path / 'programs'))
@@ -215,6 +220,7 @@ def run_child(directory, jax_cache):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_new_process_loads_what_another_compiled(tmp_path):
   store, jax_cache = str(tmp_path / 'programs'), str(tmp_path / 'jax_cache')
   first = run_child(store, jax_cache)
@@ -231,6 +237,7 @@ def test_a_new_process_loads_what_another_compiled(tmp_path):
   assert not os.path.isdir(other) or os.listdir(other) == []
 
 
+@pytest.mark.slow
 def test_caches_do_not_change_a_search(tmp_path):
   """The same command line with every cache off, with empty caches (programs
   compiled and stored) and with the program store filled (programs loaded):

@@ -178,6 +178,7 @@ def test_pruned_network_equals_the_original_with_those_channels_zeroed():
                          atol=1e-3)
 
 
+@pytest.mark.slow
 def test_pruning_inside_a_residual_main_path():
   variables = _variables(RESIDUAL)
   images = _data(RESIDUAL, 5).images
@@ -227,6 +228,7 @@ def _prune_config(config_factory):
   return config
 
 
+@pytest.mark.slow
 def test_prune_end_to_end_meets_the_stopping_rule(config_factory, teacher_dir, tmp_path):
   config = _prune_config(config_factory)
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')

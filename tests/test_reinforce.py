@@ -149,6 +149,7 @@ def removal_update(removal):
   return opt, reinforce.make_update(policy, opt, 'removal', baseline='ema')
 
 
+@pytest.mark.slow
 def test_loss_uses_per_rollout_advantage_and_the_previous_baseline(removal, removal_update):
   policy, params = removal
   opt, update = removal_update

@@ -79,6 +79,7 @@ def same_result(a, b):
   assert a['student']['test_accuracy'] == b['student']['test_accuracy']
 
 
+@pytest.mark.slow
 def test_damaged_latest_search_checkpoint_falls_back_to_the_one_before(
     config_factory, finished, tmp_path):
   workdir = copy_of(finished, tmp_path)
@@ -97,6 +98,7 @@ def test_damaged_latest_search_checkpoint_falls_back_to_the_one_before(
   assert moved and moved[0].startswith(f'{checkpoint_lib.SEARCH_DIR}-{latest}-')
 
 
+@pytest.mark.slow
 def test_edited_checkpoint_record_is_caught_by_its_checksum(config_factory, finished, tmp_path):
   workdir = copy_of(finished, tmp_path)
   latest = checkpoint_lib.Checkpoints(workdir).latest_step()
@@ -111,6 +113,7 @@ def test_edited_checkpoint_record_is_caught_by_its_checksum(config_factory, fini
   same_result(summary, finished[1])
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_refused_with_the_remedy(config_factory, finished,
                                                              tmp_path):
   workdir = copy_of(finished, tmp_path)
@@ -129,6 +132,7 @@ def test_every_checkpoint_damaged_is_refused_with_the_remedy(config_factory, fin
   same_result(experiment.run(config, workdir), finished[1])
 
 
+@pytest.mark.slow
 def test_metrics_cut_mid_line_is_rewritten_from_the_checkpoint(config_factory, finished,
                                                                tmp_path):
   workdir = copy_of(finished, tmp_path)
@@ -144,6 +148,7 @@ def test_metrics_cut_mid_line_is_rewritten_from_the_checkpoint(config_factory, f
     assert f.read() == data  # the checkpoint's records, byte for byte
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['no_checkpoint', 'flipped_weights', 'cut_record'])
 def test_damaged_teacher_is_refused_naming_the_file_and_the_fix(config_factory, teacher_dir,
                                                                  tmp_path, damage):
@@ -166,6 +171,7 @@ def test_damaged_teacher_is_refused_naming_the_file_and_the_fix(config_factory, 
   assert isinstance(error.value, experiment.USER_ERRORS)  # one line from the CLI, exit 2
 
 
+@pytest.mark.slow
 def test_teacher_training_resumes_from_saved_progress(config_factory, tmp_path, monkeypatch):
   """SIGTERM inside epoch 2 of 4: the epoch finishes, is saved, the run stops;
   the rerun trains epochs 3 and 4 and ends with the same teacher as an
@@ -210,6 +216,7 @@ def test_teacher_training_resumes_from_saved_progress(config_factory, tmp_path, 
   assert not os.path.exists(os.path.join(workdir, teacher_lib.PROGRESS_DIR))
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_search_keeps_the_last_iteration(config_factory, finished, teacher_dir,
                                                           tmp_path, monkeypatch):
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
@@ -253,6 +260,7 @@ def test_a_second_sigterm_does_not_interrupt_the_first_ones_shutdown():
     signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 def test_cli_exits_143_on_sigterm_and_the_rerun_resumes(tmp_path):
   command = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
              f'--workdir={tmp_path}', '--config.mode=teacher', '--config.teacher.epochs=6',
@@ -292,6 +300,7 @@ def digits():
   return ds, train_lib.predict(models.build(TEACHER), variables, ds.train_images)
 
 
+@pytest.mark.slow
 def test_student_over_the_memory_limit_fails_before_compiling(digits):
   ds, logits = digits
   need = E.training_memory_bytes(TEACHER, 64)
@@ -305,6 +314,7 @@ def test_student_over_the_memory_limit_fails_before_compiling(digits):
   assert fits.train(TEACHER, jax.random.key(0), 0).error is None
 
 
+@pytest.mark.slow
 def test_a_broken_student_under_a_memory_limit_fails_alone(digits):
   # Compiling ahead asks each student's memory need first; a spec that cannot
   # be built must come back as that student's error, not end the batch.
@@ -324,6 +334,7 @@ def test_a_broken_student_under_a_memory_limit_fails_alone(digits):
       alone.train(fine, jax.random.key(k), 0).accuracy for k in (0, 2)]
 
 
+@pytest.mark.slow
 def test_non_finite_validation_logits_are_a_failure_not_an_accuracy(digits):
   ds, logits = digits
   # One corrupt validation image (NaN pixels) gives a linear student NaN
@@ -339,6 +350,7 @@ def test_non_finite_validation_logits_are_a_failure_not_an_accuracy(digits):
   assert np.isnan(result.accuracy)
 
 
+@pytest.mark.slow
 def test_failing_students_score_minus_one_and_the_search_goes_on(config_factory, teacher_dir,
                                                                   tmp_path, monkeypatch):
   config = search_config(config_factory)

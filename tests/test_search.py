@@ -24,6 +24,7 @@ from n2n_jax import zoo
 from conftest import best_recorded, tiny_search, workdir_with_teacher, without_timing
 
 
+@pytest.mark.slow
 def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   config = tiny_search(config_factory('digits'))
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
@@ -66,6 +67,7 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   assert accuracy == pytest.approx(summary['student']['test_accuracy'], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage', [1, 2])
 def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, teacher_dir,
                                                       tmp_path, monkeypatch, compiled_specs):
@@ -118,6 +120,7 @@ def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, te
   assert any(params for r in trained for params in r['params'])
 
 
+@pytest.mark.slow
 def test_export_round_trip_gives_identical_logits(tmp_path):
   from n2n_jax import models, zoo
   spec = zoo.get('digits_cnn', (8, 8, 1), 10)
@@ -135,6 +138,7 @@ class Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_dir, tmp_path,
                                                        monkeypatch):
   config = tiny_search(config_factory('digits'))
@@ -164,6 +168,7 @@ def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_d
       report.read_metrics(str(tmp_path / 'a')))
 
 
+@pytest.mark.slow
 def test_resume_with_other_config_is_refused_unless_restart(config_factory, teacher_dir,
                                                             tmp_path):
   config = tiny_search(config_factory('digits'))
@@ -179,6 +184,7 @@ def test_resume_with_other_config_is_refused_unless_restart(config_factory, teac
   assert summary['stage2_best'] is None
 
 
+@pytest.mark.slow
 def test_init_from_without_policies_says_so(config_factory, teacher_dir, tmp_path):
   config = tiny_search(config_factory('digits'))
   config.policy.init_from = str(tmp_path / 'empty')
@@ -186,6 +192,7 @@ def test_init_from_without_policies_says_so(config_factory, teacher_dir, tmp_pat
     experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'run'))
 
 
+@pytest.mark.slow
 def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir, tmp_path):
   config = tiny_search(config_factory('digits'))
   config.search.stage2_iterations = 1
@@ -207,6 +214,7 @@ def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir,
     assert int(seeded[name].num_updates) == 0  # optimiser and baseline start afresh
 
 
+@pytest.mark.slow
 def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoint(
     config_factory, teacher_dir, tmp_path, monkeypatch):
   from n2n_jax import reward as reward_lib
@@ -226,6 +234,7 @@ def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoin
   assert len(report.read_metrics(workdir)) == 1
 
 
+@pytest.mark.slow
 def test_reuse_results_trains_each_architecture_once_and_resumes_exactly(
     config_factory, tmp_path, monkeypatch):
   # A teacher with three removable layers has only four smaller students, so

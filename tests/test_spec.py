@@ -804,6 +804,7 @@ def test_transforms_on_zoo_teachers_never_raise(name, data):
 BIG_NAMES = [n for n in zoo.NAMES if n not in SMALL_TEACHER_NAMES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', BIG_NAMES)
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -814,6 +815,7 @@ def test_big_teacher_students_build_with_matching_counts(name, data):
       check_model(student, run_forward=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(SMALL_TEACHERS))
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())

@@ -11,6 +11,7 @@ from n2n_jax import teacher as teacher_lib
 from conftest import DIGITS_CNN_PARAMS
 
 
+@pytest.mark.slow
 def test_default_digits_teacher_reaches_095_and_is_reused(config_factory, tmp_path):
   config = config_factory('digits')  # the README's main job's teacher, unchanged
   config.mode = 'teacher'
@@ -31,6 +32,7 @@ def test_default_digits_teacher_reaches_095_and_is_reused(config_factory, tmp_pa
   assert second['seconds'] == first['seconds']
 
 
+@pytest.mark.slow
 def test_stored_teacher_round_trips_and_other_configs_are_refused(config_factory, tmp_path):
   config = config_factory('digits')
   config.mode = 'teacher'

@@ -75,6 +75,7 @@ def _fresh_state(model, tx):
   return train.TrainState.create(models.init_variables(model, 0, (8, 8, 1)), tx)
 
 
+@pytest.mark.slow
 def test_scan_and_loop_epochs_agree(digits):
   model = models.build(TINY)
   # SGD, not Adam: Adam turns float noise in the near-zero gradients of the
@@ -94,6 +95,7 @@ def test_scan_and_loop_epochs_agree(digits):
   assert int(a.step) == 8
 
 
+@pytest.mark.slow
 def test_training_learns_digits_and_distillation_follows_teacher(digits):
   model = models.build(TINY)
   tx = optax.adam(3e-3)
@@ -120,6 +122,7 @@ def test_training_learns_digits_and_distillation_follows_teacher(digits):
   assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_augmented_step_runs_and_changes_inputs(digits):
   model = models.build(TINY)
   tx = optax.sgd(0.0)  # no learning: the loss differs only through the inputs
