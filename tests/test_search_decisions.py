@@ -14,11 +14,11 @@ rewards the policies learn from are the rules', not -1s.
 """
 
 import dataclasses
+import io
 import itertools
 import json
 import math
 import os
-import shutil
 import zlib
 
 import jax
@@ -78,11 +78,11 @@ def rule_config(folder):
 
 @pytest.fixture(scope='module')
 def rule_teacher(tmp_path_factory):
-  """(folder holding the trained rule teacher, its config)."""
+  """A folder holding RULE_TEACHER trained (teacher.json and its checkpoint)."""
   folder = str(tmp_path_factory.mktemp('rule_teacher'))
   config = rule_config(folder)
   config.mode = 'teacher'
-  experiment.run(config, folder, out=open(os.devnull, 'w'))
+  experiment.run(config, folder, out=io.StringIO())
   return folder
 
 
@@ -108,13 +108,14 @@ class RuleScorer:
 
 def run_search(rule_teacher, folder, scorer, **overrides):
   """A rule-scored compress run on a copy of the rule teacher's workdir;
-  `overrides` are 'section.field' -> value. Returns (summary, records, workdir)."""
+  `overrides` are 'section.field' -> value. Returns (config, summary,
+  records, workdir)."""
   config = rule_config(str(folder))
   for name, value in overrides.items():
     section, field = name.split('.')
     config[section][field] = value
   workdir = workdir_with_teacher(rule_teacher, folder / 'run')
-  summary = experiment.run(config, workdir, out=open(os.devnull, 'w'), scorer=scorer)
+  summary = experiment.run(config, workdir, out=io.StringIO(), scorer=scorer)
   return config, summary, report.read_metrics(workdir), workdir
 
 
