@@ -140,6 +140,11 @@ def base_config() -> ml_collections.ConfigDict:
   # its n2n_programs/ subfolder; '' turns both off.
   c.runtime.compilation_cache_dir = os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'n2n_jax', 'jax')
+  # A compilation cache folder that other users can write to (or that one
+  # owns) is not used: its files are executables, which would run as you.
+  # True uses it anyway; program store entries must still be signed with your
+  # key ($XDG_CONFIG_HOME/n2n_jax/program_store.key, see program_store.py).
+  c.runtime.trust_shared_cache = False
   c.runtime.progress = True  # progress bars on stderr
   # Teacher training saves its progress (weights, optimiser state, history) at
   # the end of an epoch at most this often, and always on SIGTERM or Ctrl-C, so

@@ -66,7 +66,8 @@ def run(config, workdir: str | None, out=sys.stdout, *, scorer=None) -> dict:
 
 def _train(config, spec, workdir: str, scorer=None) -> dict:
   """The teacher, and in compress mode the search after it, in `workdir`."""
-  runtime.enable_compilation_cache(config.runtime.compilation_cache_dir)
+  runtime.enable_compilation_cache(config.runtime.compilation_cache_dir,
+                                   trust_shared=config.runtime.trust_shared_cache)
   progress = config.runtime.progress and distributed.is_primary()
   dataset = None
 

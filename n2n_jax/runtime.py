@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 
@@ -60,12 +61,23 @@ def share_programs(switch: str) -> bool:
   return switch == 'on' or (switch == 'auto' and jax.default_backend() != 'cpu')
 
 
-def enable_compilation_cache(cache_dir: str) -> None:
+def enable_compilation_cache(cache_dir: str, *, trust_shared: bool = False) -> bool:
   """JAX's persistent compilation cache: a re-run, or an architecture seen
-  before, loads its programs from disk instead of compiling them again."""
+  before, loads its programs from disk instead of compiling them again.
+  Those programs are executables, so a folder other users can write to is
+  not used (one warning) unless trust_shared (runtime.trust_shared_cache).
+  Returns whether the cache is on."""
   if not cache_dir:
-    return
-  os.makedirs(cache_dir, exist_ok=True)
+    return False
+  from n2n_jax import program_store  # pylint: disable=g-import-not-at-top
+  why = None if trust_shared else program_store.writable_by_others(cache_dir)
+  if why:
+    warnings.warn(f'JAX\'s compilation cache {cache_dir} is not used: {why}, so another user '
+                  'could plant code there that would run as you. Programs compile as usual; '
+                  'runtime.trust_shared_cache=True uses it anyway.', stacklevel=2)
+    return False
+  os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), mode=0o700, exist_ok=True)
+  os.makedirs(cache_dir, mode=0o700, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   # JAX decides whether to use the cache at its first compile; a library or
   # notebook user may already have compiled something, so let it decide again.
@@ -74,3 +86,4 @@ def enable_compilation_cache(cache_dir: str) -> None:
   # Students are small and compile fast; cache them all, not only slow ones.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return True

@@ -347,7 +347,8 @@ def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evalua
       devices=student_devices(config.runtime.student_devices),
       compile_ahead=config.runtime.compile_ahead,
       compile_threads=runtime.compile_threads(config.runtime.compile_threads),
-      program_store=program_store.for_cache_dir(config.runtime.compilation_cache_dir))
+      program_store=program_store.for_cache_dir(
+          config.runtime.compilation_cache_dir, trust_shared=config.runtime.trust_shared_cache))
 
 
 def student_devices(count: int) -> list:

@@ -37,6 +37,17 @@ def quiet_config(name: str = 'digits', variant: str = ''):
   return config
 
 
+@pytest.fixture(scope='session', autouse=True)
+def private_config_home(tmp_path_factory):
+  """XDG_CONFIG_HOME in a temporary folder for the whole run (child processes
+  too), so the program store's key (program_store.key_file) is made there and
+  never in the user's home."""
+  with pytest.MonkeyPatch.context() as patch:
+    path = tmp_path_factory.mktemp('config_home')
+    patch.setenv('XDG_CONFIG_HOME', str(path))
+    yield path
+
+
 @pytest.fixture
 def config_factory():
   return quiet_config

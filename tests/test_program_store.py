@@ -58,12 +58,11 @@ def new_process():
 
 
 def entries(store):
-  return sorted(f for f in os.listdir(store.directory) if f.endswith('.pkl'))
+  return sorted(f for f in os.listdir(store.directory) if f.endswith(program_store.SUFFIX))
 
 
-def read_entry(path):
-  with open(path, 'rb') as f:
-    return pickle.loads(zlib.decompress(f.read()))
+def key_of(name):
+  return name[:-len(program_store.SUFFIX)]
 
 
 def train_once(ds, logits, store, settings=E.DistillSettings(epochs=1)):
@@ -130,10 +129,11 @@ def test_damaged_entry_is_compiled_again(setup, compile_events, tmp_path):
 
   new_process()
   del compile_events[:]
-  _, again = train_once(ds, logits, store)
+  with pytest.warns(UserWarning, match='not signed with your key'):
+    _, again = train_once(ds, logits, store)
   assert COMPILE_EVENTS[1] in compile_events  # compiled, not loaded
   assert_same_training(again, good)
-  assert entries(store) == [name] and store.load(name[:-len('.pkl')]) is not None  # rewritten
+  assert entries(store) == [name] and store.load(key_of(name)) is not None  # rewritten
 
 
 @pytest.mark.slow
@@ -150,18 +150,17 @@ def test_stored_program_that_fails_is_dropped_and_compiled_again(setup, tmp_path
   E.Evaluator(ds, logits, E.DistillSettings(epochs=1), program_store=store).train(
       other, jax.random.key(3), 0)
   (other_name,) = set(entries(store)) - {name}
-  path = os.path.join(store.directory, name)
-  entry = read_entry(path)
-  other_entry = read_entry(os.path.join(store.directory, other_name))
+  entry = store._read_entry(key_of(name))  # pylint: disable=protected-access
+  other_entry = store._read_entry(key_of(other_name))  # pylint: disable=protected-access
   entry['programs']['train'] = other_entry['programs']['train']
-  with open(path, 'wb') as f:
-    f.write(zlib.compress(pickle.dumps(entry)))
+  store._write_entry(key_of(name), entry)  # signed: it loads, and fails when called  # pylint: disable=protected-access
 
   new_process()
   _, again = train_once(ds, logits, store)
   assert_same_training(again, good)
   # Rewritten with this student's own programs.
-  assert read_entry(path)['programs']['train'] != entry['programs']['train']
+  rewritten = store._read_entry(key_of(name))  # pylint: disable=protected-access
+  assert rewritten['programs']['train'] != entry['programs']['train']
 
 
 @pytest.mark.slow
@@ -171,7 +170,7 @@ def test_entry_for_another_spec_is_a_miss(setup, tmp_path):
   new_process()
   train_once(ds, logits, store)
   (name,) = entries(store)
-  key = name[:-len('.pkl')]
+  key = key_of(name)
   assert store.load(key, spec=S.to_json(student())) is not None
   assert store.load(key, spec=S.to_json(TEACHER)) is None
   assert entries(store) == []  # dropped
@@ -184,6 +183,125 @@ def test_store_lives_beside_the_persistent_cache(tmp_path):
   device = jax.local_devices()[0]
   assert store.key(device, 'a') != store.key(device, 'b')
   assert store.load(store.key(device, 'a')) is None  # a miss on an empty folder
+
+
+# ---- what the store trusts (program_store's docstring)
+
+
+def small_entry(store, key='a' * 64):
+  """A real signed entry, cheap to make: one compiled program."""
+  program = jax.jit(lambda x: x * 2.0 + 1.0).lower(jax.ShapeDtypeStruct((3,), np.float32))
+  store.save(key, {'f': program.compile()}, {'spec': 'small'})
+  return key
+
+
+class Planted:
+  """A pickle that, when loaded, creates a file: code an attacker would plant."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, 'w'))
+
+
+def tampered(store, key, how, marker):
+  """Changes the entry under `key` the way `how` says."""
+  path = os.path.join(store.directory, key + program_store.SUFFIX)
+  data = open(path, 'rb').read()
+  if how == 'flipped_byte':
+    data = data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
+  elif how == 'entry_of_another_key':
+    other = small_entry(store, 'b' * 64)
+    data = open(os.path.join(store.directory, other + program_store.SUFFIX), 'rb').read()
+  elif how == 'planted_pickle':
+    data = zlib.compress(pickle.dumps({'programs': Planted(marker), 'extras': {}}))
+  elif how == 'planted_pickle_with_a_made_up_tag':
+    body = zlib.compress(pickle.dumps({'programs': Planted(marker), 'extras': {}}))
+    data = program_store.MAGIC + bytes(32) + body
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def test_an_honest_entry_loads_and_runs(tmp_path):
+  store = program_store.ProgramStore(str(tmp_path / 'programs'))
+  key = small_entry(store)
+  programs, extras = store.load(key, spec='small')
+  assert extras == {'spec': 'small'}
+  np.testing.assert_allclose(programs['f'](np.arange(3, dtype=np.float32)), [1.0, 3.0, 5.0])
+  # Only this user can read the folder and the key that signs it.
+  assert os.stat(store.directory).st_mode & 0o777 == 0o700
+  assert os.stat(program_store.key_file()).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize('how', ['flipped_byte', 'entry_of_another_key', 'planted_pickle',
+                                 'planted_pickle_with_a_made_up_tag'])
+def test_a_tampered_entry_is_never_unpickled_and_compiles_again(tmp_path, how):
+  store = program_store.ProgramStore(str(tmp_path / 'programs'))
+  marker = tmp_path / 'planted_code_ran'
+  key = small_entry(store)
+  tampered(store, key, how, str(marker))
+  program_store._WARNED.clear()  # pylint: disable=protected-access
+  with pytest.warns(UserWarning, match='not signed with your key'):
+    assert store.load(key, spec='small') is None
+  assert not marker.exists()
+  assert not os.path.exists(os.path.join(store.directory, key + program_store.SUFFIX))
+  small_entry(store, key)  # what compiling again writes: it loads
+  assert store.load(key, spec='small') is not None
+
+
+def test_another_users_key_does_not_open_this_users_entries(tmp_path):
+  mine = program_store.ProgramStore(str(tmp_path / 'programs'))
+  key = small_entry(mine)
+  theirs = program_store.ProgramStore(mine.directory, secret=b'k' * program_store.KEY_BYTES)
+  with pytest.warns(UserWarning, match='not signed with your key'):
+    assert theirs.load(key) is None
+
+
+@pytest.mark.parametrize('mode,why', [(0o770, 'can be written by its group'),
+                                      (0o707, 'can be written by everyone')])
+def test_a_folder_others_can_write_to_is_not_used(tmp_path, mode, why):
+  store = program_store.ProgramStore(str(tmp_path / 'cache' / 'programs'))
+  key = small_entry(store)
+  for folder in (store.directory, os.path.dirname(store.directory)):
+    os.chmod(folder, mode)
+    program_store._WARNED.clear()  # pylint: disable=protected-access
+    with pytest.warns(UserWarning, match=why + '.*could plant code there'):
+      assert store.load(key) is None
+    small_entry(store, 'c' * 64)
+    assert not os.path.exists(os.path.join(store.directory, 'c' * 64 + program_store.SUFFIX))
+    # Opting in reads it (the entry is still checked against the key).
+    trusting = program_store.ProgramStore(store.directory, trust_shared=True)
+    assert trusting.load(key) is not None
+    os.chmod(folder, 0o700)
+  # The sticky bit (as on /tmp) stops others from replacing our files.
+  os.chmod(store.directory, 0o1777)
+  assert store.load(key) is not None
+
+
+def test_jaxs_cache_in_a_folder_others_can_write_to_is_not_enabled(tmp_path):
+  from n2n_jax import runtime  # pylint: disable=g-import-not-at-top
+  shared = tmp_path / 'shared'
+  shared.mkdir()
+  os.chmod(shared, 0o777)
+  with pytest.warns(UserWarning, match='can be written by everyone'):
+    assert runtime.enable_compilation_cache(str(shared / 'jax')) is False
+  assert jax.config.jax_compilation_cache_dir != str(shared / 'jax')
+
+
+@pytest.mark.parametrize('mode,size,why', [(0o640, 32, 'can be read by other users'),
+                                           (0o604, 32, 'can be read by other users'),
+                                           (0o600, 5, 'is damaged')])
+def test_a_key_that_is_not_private_turns_the_store_off(tmp_path, mode, size, why):
+  path = tmp_path / 'key'
+  path.write_bytes(b'x' * size)
+  os.chmod(path, mode)
+  with pytest.warns(UserWarning, match=why):
+    assert program_store.user_key(str(path)) is None
+  fresh = tmp_path / 'new' / 'key'
+  key = program_store.user_key(str(fresh))
+  assert len(key) == program_store.KEY_BYTES and fresh.read_bytes() == key
+  assert os.stat(fresh).st_mode & 0o777 == 0o600
 
 
 # A student trained in a fresh interpreter: what a re-run of the command line does.
