@@ -4,7 +4,7 @@ Command:
   python -m n2n_jax.main --config=configs/cifar100_resnet34.py --workdir=runs/cifar100_resnet34
 
 Data: TFDS "cifar100" (prepare once with `pip install -e ".[tfds]"` and
-`--config.data.download=True` where there is internet). Crop + flip augmentation.
+a first run (data.download='auto', the default) where there is internet). Crop + flip augmentation.
 Teacher schedule: paper appendix 10.2 (150 epochs, Adam lr 1e-3, /10 at 80 and 120, batch 128).
 Expected teacher: 72.86 % test accuracy (paper). Runtime not measured yet; estimated
 ~3 h on one modern GPU.

@@ -4,7 +4,7 @@ Command:
   python -m n2n_jax.main --config=configs/cifar10_vgg19.py --workdir=runs/cifar10_vgg19
 
 Data: TFDS "cifar10" (prepare once with `pip install -e ".[tfds]"` and
-`--config.data.download=True` where there is internet, or copy a prepared
+a first run (data.download='auto', the default) where there is internet, or copy a prepared
 ~/tensorflow_datasets/cifar10 folder; set --config.data.data_dir if elsewhere).
 Per-channel mean/std normalisation from the training split; random crop
 (pad 4) + horizontal flip on the device.

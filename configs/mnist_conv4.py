@@ -4,7 +4,7 @@ Command:
   python -m n2n_jax.main --config=configs/mnist_conv4.py --workdir=runs/mnist_conv4
 
 Data: TFDS "mnist", prepared once with `pip install -e ".[tfds]"` and
-`--config.data.download=True` on a machine with internet (or copy a prepared
+a first run (data.download='auto', the default) on a machine with internet (or copy a prepared
 ~/tensorflow_datasets/mnist folder); alternatively copy the four MNIST IDX
 files into a folder and use `--config.data.source=idx --config.data.path=DIR`.
 Teacher schedule: paper appendix 10.2 (50 epochs, SGD lr 0.01, /10 at 30, batch 64).

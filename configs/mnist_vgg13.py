@@ -4,7 +4,7 @@ Command:
   python -m n2n_jax.main --config=configs/mnist_vgg13.py --workdir=runs/mnist_vgg13
 
 Data: TFDS "mnist" (prepare once with `pip install -e ".[tfds]"` and
-`--config.data.download=True` where there is internet), or the four MNIST IDX
+a first run (data.download='auto', the default) where there is internet), or the four MNIST IDX
 files: `--config.data.source=idx --config.data.path=DIR`.
 Teacher schedule: paper appendix 10.2 (50 epochs, SGD lr 0.01, /10 at 30, batch 64).
 Expected teacher: 99.54 % test accuracy (paper). Runtime not measured yet; a VGG-13

@@ -4,7 +4,7 @@ Command:
   python -m n2n_jax.main --config=configs/svhn_resnet18.py --workdir=runs/svhn_resnet18
 
 Data: TFDS "svhn_cropped" (73,257 train / 26,032 test; prepare once with
-`pip install -e ".[tfds]"` and `--config.data.download=True` where there is
+`pip install -e ".[tfds]"` and a first run (data.download='auto', the default) where there is
 internet). No augmentation (paper: mean subtraction only).
 Teacher schedule: paper appendix 10.2 (150 epochs, Adam lr 1e-3, /10 at 80 and 120, batch 128).
 Expected teacher: 95.24 % test accuracy (paper). Runtime not measured yet; estimated

@@ -156,7 +156,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       "name": "",
       "path": "",
       "data_dir": "",
-      "download": False,
+      # TFDS datasets that are not prepared yet: 'auto' prepares them when
+      # TensorFlow is installed and the network answers, else fails within
+      # seconds saying what to do; 'on' the same; 'off' never downloads.
+      "download": "auto",
       "validation_fraction": 0.1,
       "split_seed": 0,
       "test_fraction": 0.2,
@@ -186,6 +189,22 @@ def _require_type(data_config, name: str, kinds: tuple[type, ...], what: str):
   return value
 
 
+DOWNLOAD_MODES = ("auto", "on", "off")
+
+
+def download_mode(data_config) -> str:
+  """data.download as 'auto', 'on' or 'off'; True and False (and 'True',
+  'False' from the command line) are taken as 'on' and 'off'."""
+  value = _field(data_config, "download")
+  if isinstance(value, bool):
+    return "on" if value else "off"
+  legacy = {"true": "on", "false": "off"}
+  if isinstance(value, str) and (value in DOWNLOAD_MODES or value.lower() in legacy):
+    return legacy.get(value.lower(), value)
+  raise DataError(f"data.download must be one of {', '.join(map(repr, DOWNLOAD_MODES))}, "
+                  f"got {value!r}.")
+
+
 def _require_open_fraction(data_config, name: str) -> float:
   value = _require_type(data_config, name, (numbers.Real,), "a number")
   if not 0.0 < value < 1.0:
@@ -202,7 +221,7 @@ def validate_data_config(data_config) -> None:
   name = _require_type(data_config, "name", (str,), "a string")
   path = _require_type(data_config, "path", (str,), "a string")
   _require_type(data_config, "data_dir", (str,), "a string")
-  _require_type(data_config, "download", (bool,), "True or False")
+  download_mode(data_config)
   _require_type(data_config, "augment", (bool,), "True or False")
   _require_open_fraction(data_config, "validation_fraction")
   _require_open_fraction(data_config, "test_fraction")
@@ -298,7 +317,7 @@ def load(data_config) -> Dataset:
     (train, test), num_classes = _folder_splits(data_config)
   else:
     name = _field(data_config, "name")
-    train, test = _load_tfds(name, _field(data_config, "data_dir"), _field(data_config, "download"))
+    train, test = _load_tfds(name, _field(data_config, "data_dir"), download_mode(data_config))
     num_classes = TFDS_DATASETS[name].num_classes
 
   train, val = _split_validation(
@@ -586,9 +605,11 @@ def _import_tfds():
 
 def _tfds_alternatives(name: str) -> str:
   return (
-      f"Either set data.download=True with TensorFlow installed ({_TFDS_EXTRA_HINT}) to "
-      f"prepare {name!r}, or use data.source='idx' with local MNIST-format files "
-      "(apt-get install dataset-fashion-mnist) or data.source='digits' (bundled, offline).")
+      f"Either install TensorFlow ({_TFDS_EXTRA_HINT}) and run with data.download='auto' (the "
+      f"default) where there is internet to prepare {name!r}, copy a prepared TFDS folder "
+      "(data.data_dir= if it lives elsewhere), or use data.source='idx' with local "
+      "MNIST-format files (apt-get install dataset-fashion-mnist) or data.source='digits' "
+      "(bundled, offline).")
 
 
 def _url_answers(url: str, timeout_s: float) -> bool:
@@ -623,12 +644,14 @@ def _download_probe_urls(builder) -> list[str]:
   return list(by_host.values()) or [_TFDS_MIRROR_URL]
 
 
-def _check_can_prepare(name: str, builder) -> None:
+def _check_can_prepare(name: str, builder, download: str) -> None:
   if importlib.util.find_spec("tensorflow") is None:
     raise DataError(
-        f"TFDS dataset {name!r} is not prepared in {builder.data_dir}, and preparing it with "
-        f"data.download=True needs TensorFlow, which is not installed: {_TFDS_EXTRA_HINT}. "
-        "Or use data.source='idx' (apt-get install dataset-fashion-mnist) or 'digits'.")
+        f"TFDS dataset {name!r} is not prepared in {builder.data_dir}, and preparing it "
+        f"(data.download={download!r}) needs TensorFlow, which is not installed: "
+        f"{_TFDS_EXTRA_HINT}. Or copy a prepared TFDS folder there (data.data_dir= if it "
+        "lives elsewhere), or use data.source='idx' (apt-get install dataset-fashion-mnist) "
+        "or 'digits'.")
   for url in _download_probe_urls(builder):
     if not _url_answers(url, _NETWORK_CHECK_TIMEOUT_S):
       raise DataError(
@@ -638,17 +661,17 @@ def _check_can_prepare(name: str, builder) -> None:
           "data.source='idx' (apt-get install dataset-fashion-mnist) or 'digits'.")
 
 
-def _tfds_error(tfds, name: str, data_dir: str | None, download: bool,
+def _tfds_error(tfds, name: str, data_dir: str | None, download: str,
                 error: Exception) -> DataError:
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     where, prepared = builder.data_dir, builder.is_prepared()
   except Exception:  # the report must not hide the original failure
     where, prepared = data_dir or "the TFDS default data_dir", False
-  if not prepared and not download:
+  if not prepared and download == "off":
     return DataError(
         f"TFDS dataset {name!r} is not prepared in {where} (looked there because data.data_dir="
-        f"{data_dir or ''!r}) and data.download is False. {_tfds_alternatives(name)}")
+        f"{data_dir or ''!r}) and data.download is 'off'. {_tfds_alternatives(name)}")
   if not prepared:
     return DataError(
         f"TFDS could not download and prepare {name!r} into {where}: "
@@ -688,18 +711,30 @@ def _tfds_split_to_numpy(source, name: str, split: str) -> tuple[np.ndarray, np.
   return images, labels
 
 
-def _load_tfds(name: str, data_dir: str, download: bool) -> tuple[Split, Split]:
+def _load_tfds(name: str, data_dir: str, download: str) -> tuple[Split, Split]:
+  from n2n_jax import distributed  # pylint: disable=g-import-not-at-top
   tfds = _import_tfds()
   data_dir = data_dir or None
-  if download:
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-      _check_can_prepare(name, builder)
+
+  def read():
+    return {split: tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            for split in ("train", "test")}
+
   try:
-    sources = {split: tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-               for split in ("train", "test")}
+    sources = read()
   except Exception as error:  # TFDS raises assorted types for "not there"
-    raise _tfds_error(tfds, name, data_dir, download, error) from error
+    if download == "off" or tfds.builder(name, data_dir=data_dir).is_prepared():
+      raise _tfds_error(tfds, name, data_dir, download, error) from error
+    if distributed.is_primary():
+      _check_can_prepare(name, tfds.builder(name, data_dir=data_dir), download)
+    # Process 0 prepares it, in a folder every process must see; the others
+    # wait for it, then read.
+    try:
+      distributed.on_primary(f"prepare TFDS {name}", lambda: tfds.data_source(
+          name, split="train", data_dir=data_dir, download=True))
+      sources = read()
+    except Exception as error:  # pylint: disable=broad-except
+      raise _tfds_error(tfds, name, data_dir, download, error) from error
   num_classes = TFDS_DATASETS[name].num_classes
   splits = []
   for split, source in sources.items():

@@ -1,4 +1,4 @@
-"""Command line: python -m n2n_jax.main --config=configs/NAME.py --workdir=DIR
+"""Command line: python -m n2n_jax.main --config=configs/NAME.py [--workdir=DIR]
 [--config.key=value ...]
 
 Modes (--config.mode=): compress (default: teacher, both N2N stages, final
@@ -7,10 +7,13 @@ data), teacher (train the teacher, or load it from DIR, and write
 DIR/teacher.json), prune and handdesigned (the paper's baselines, on the
 teacher in DIR, written to DIR/baselines/). See README.md for what DIR
 receives and docs/experiments.md for every experiment of the paper.
---config=configs/NAME.py:reduced is a config's reduced CPU variant.
+--config=configs/NAME.py:reduced is a config's reduced CPU variant. Without
+--workdir, DIR is runs/NAME (runs/NAME_VARIANT for a variant), relative to
+the current folder; rerunning the same command resumes there.
 """
 
 import ast
+import os
 import re
 import sys
 import warnings
@@ -27,7 +30,16 @@ from n2n_jax import runtime
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/digits.py.', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Folder for this run: teacher, search checkpoints, metrics, report, exported student.')
+    'workdir', None, 'Folder for this run: teacher, search checkpoints, metrics, report, '
+    'exported student. Default: runs/NAME for --config=configs/NAME.py (runs/NAME_VARIANT '
+    'for NAME.py:VARIANT).')
+
+
+def default_workdir(config_argument: str) -> str:
+  """runs/NAME for --config=.../NAME.py, runs/NAME_VARIANT for .../NAME.py:VARIANT."""
+  path, _, variant = config_argument.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{name}_{variant}' if variant else name)
 
 
 def main(argv):
@@ -39,6 +51,7 @@ def main(argv):
   from n2n_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
   config = loaded_config()
+  workdir = _WORKDIR.value
   try:
     # Checked first, so that a bad value ends every process of a multi-process
     # run at once instead of leaving the others waiting for it.
@@ -54,15 +67,20 @@ def main(argv):
       # Their errors still show.
       warnings.simplefilter('ignore')
       logging.set_verbosity(logging.ERROR)
-    experiment.run(config, _WORKDIR.value)
+    if workdir is None and config.mode != 'describe':
+      workdir = default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
+      if distributed.is_primary():
+        print(f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
+              file=sys.stderr)
+    experiment.run(config, workdir)
   except experiment.USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except preemption.Preempted as e:
     # The teacher saved its last finished epoch on the way out; the search
     # saved its last finished iteration when it ended.
-    print(f'{e}: progress is saved in {_WORKDIR.value}; run the same command again to '
-          'resume', file=sys.stderr)
+    print(f'{e}: progress is saved in {workdir}; run the same command again to resume',
+          file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
 
 

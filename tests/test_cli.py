@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import DIGITS_CNN_PARAMS, ROOT
+from conftest import DIGITS_CNN_PARAMS, ROOT, run_records, tiny_run_flags
 from n2n_jax import config as config_lib
 from n2n_jax import experiment
 from n2n_jax import spec as S
@@ -107,11 +107,43 @@ def test_teacher_that_cannot_take_the_input_says_which_layer(config_factory):
 
 
 @pytest.mark.parametrize('mode', ['teacher', 'compress'])
-def test_workdir_required(config_factory, mode):
+def test_workdir_required_from_python(config_factory, mode):
+  # The command line picks a default (below); a library call must say where.
   config = config_factory('digits')
   config.mode = mode
   with pytest.raises(config_lib.ConfigError, match='--workdir is required'):
     run(config)
+
+
+def test_default_workdir_is_runs_and_the_config_name():
+  from n2n_jax import main  # pylint: disable=g-import-not-at-top
+  assert main.default_workdir('configs/mnist_vgg13.py') == os.path.join('runs', 'mnist_vgg13')
+  assert main.default_workdir('/abs/configs/fashion_mnist_vgg13.py:reduced') == os.path.join(
+      'runs', 'fashion_mnist_vgg13_reduced')
+
+
+@pytest.mark.slow
+def test_the_command_as_written_runs_in_runs_config_name_and_resumes_there(tmp_path):
+  """python -m n2n_jax.main --config=configs/NAME.py, no --workdir: the brief's
+  command (here on the bundled digits, with a tiny budget)."""
+  (tmp_path / 'configs').symlink_to(ROOT / 'configs')
+  command = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
+             *tiny_run_flags(tmp_path), '--config.runtime.compilation_cache_dir=']
+  workdir = tmp_path / 'runs' / 'digits'
+  first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert f'workdir: {os.path.join("runs", "digits")} ' in first.stderr
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert json.loads(first.stdout) == summary
+  teacher = (workdir / 'teacher.json').read_text()
+  records = run_records(workdir)
+
+  again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  # The same workdir: the stored teacher and the finished search are reused.
+  assert (workdir / 'teacher.json').read_text() == teacher
+  assert run_records(workdir) == records
+  assert json.loads(again.stdout)['student']['spec'] == summary['student']['spec']
 
 
 def test_user_spec_file(config_factory, tmp_path):

@@ -3,6 +3,7 @@ here, TFDS mocks."""
 
 import functools
 import gzip
+import io
 import os
 import shutil
 import struct
@@ -356,28 +357,47 @@ def test_tfds_mock_data(tfds, name, shape):
   np.testing.assert_array_equal(dataset.test_labels, expected)
 
 
-def test_tfds_not_prepared_fails_fast_with_alternatives(tfds, tmp_path):
+@pytest.mark.parametrize("download", ["off", "auto", "on", "False"])
+def test_tfds_not_prepared_fails_fast_with_alternatives(tfds, tmp_path, download):
+  if download != "off" and download != "False" and __import__("importlib").util.find_spec(
+      "tensorflow") is not None:
+    pytest.skip("TensorFlow is installed: 'auto' and 'on' would download")
   start = time.perf_counter()
   with pytest.raises(data.DataError) as info:
-    data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path)))
+    data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path),
+                          download=download))
   # The time is the behaviour: TFDS itself would retry for ~205 s offline.
   # The margin is wide (this takes well under a second).
   assert time.perf_counter() - start < 30.0
   message = str(info.value)
-  for expected in ("'mnist'", str(tmp_path), "not prepared", "download=True",
+  for expected in ("'mnist'", str(tmp_path), "not prepared", "data.download",
                    "n2n_jax[tfds]", "'idx'", "'digits'"):
     assert expected in message
 
 
-def test_tfds_download_without_tensorflow_fails_fast(tfds, tmp_path):
+@pytest.mark.parametrize("download", ["auto", "on"])
+def test_tfds_download_without_tensorflow_fails_fast(tfds, tmp_path, download):
   if __import__("importlib").util.find_spec("tensorflow") is not None:
     pytest.skip("TensorFlow is installed; this checks the message for when it is not")
   start = time.perf_counter()
   with pytest.raises(data.DataError) as info:
-    data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path), download=True))
+    data.load(make_config(source="tfds", name="mnist", data_dir=str(tmp_path),
+                          download=download))
   assert time.perf_counter() - start < 30.0  # fails fast, as above
-  assert "TensorFlow" in str(info.value) and "n2n_jax[tfds]" in str(info.value)
-  assert str(tmp_path) in str(info.value)
+  message = str(info.value)
+  assert "needs TensorFlow" in message and "n2n_jax[tfds]" in message
+  assert f"data.download={download!r}" in message and str(tmp_path) in message
+  assert "copy a prepared TFDS folder" in message and "'idx'" in message
+
+
+def test_download_is_auto_by_default_and_takes_the_old_booleans():
+  assert data.default_data_config().download == "auto"
+  # Booleans from Python (a plain namespace: a ConfigDict's field is a string),
+  # their spelling from the command line.
+  for value, mode in (("auto", "auto"), ("on", "on"), ("off", "off"), (True, "on"),
+                      (False, "off"), ("True", "on"), ("False", "off")):
+    config = types.SimpleNamespace(**{**data.default_data_config().to_dict(), "download": value})
+    assert data.download_mode(config) == mode
 
 
 def test_download_probe_gives_up_fast_on_an_unresolvable_host():
@@ -762,3 +782,27 @@ def test_augment_switches(batch):
 def test_augment_rejects_unbatched_input(batch):
   with pytest.raises(ValueError, match="NHWC"):
     data.augment_batch(jax.random.key(0), batch[0])
+
+
+# --------------------------------------------------------------------------- prepare_data
+
+
+def test_prepare_data_reads_what_is_prepared(tfds):
+  from n2n_jax import prepare_data  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  with tfds.testing.mock_data(num_examples=20):
+    sizes = prepare_data.prepare(["mnist", "cifar10"], out=out)
+  assert sizes == {"mnist": (20, 20), "cifar10": (20, 20)}
+  assert out.getvalue().splitlines() == [
+      "mnist: ready (20 training and 20 test images)",
+      "cifar10: ready (20 training and 20 test images)"]
+
+
+def test_prepare_data_fails_in_one_line(tmp_path, capsys):
+  from n2n_jax import prepare_data  # pylint: disable=g-import-not-at-top
+  assert prepare_data.main(["mnist", "imagenet"]) == 2
+  assert "unknown TFDS dataset(s) imagenet; valid: mnist, " in capsys.readouterr().err
+  if __import__("importlib").util.find_spec("tensorflow") is None:
+    assert prepare_data.main(["mnist", f"--data_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: TFDS dataset 'mnist' is not prepared") and "needs TensorFlow" in err

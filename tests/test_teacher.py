@@ -45,7 +45,7 @@ def test_stored_teacher_round_trips_and_other_configs_are_refused(config_factory
   acc = train.accuracy(loaded.model, loaded.variables, ds.test_images, ds.test_labels)
   assert acc == pytest.approx(loaded.record['test_accuracy'])
 
-  config.data.download = True  # where data comes from does not make a teacher stale
+  config.data.download = 'on'  # where data comes from does not make a teacher stale
   assert teacher_lib.load(str(tmp_path), teacher_lib._origin(config, loaded.spec)) is not None
 
   config.teacher.learning_rate = 0.05
