@@ -16,7 +16,7 @@ import os
 import time
 
 import jax
-import tqdm
+from tqdm import auto as tqdm  # a text bar in a terminal, a widget in Jupyter
 
 from n2n_jax import distributed
 from n2n_jax import evaluator as evaluator_lib

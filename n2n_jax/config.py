@@ -7,6 +7,7 @@ Experiment files in configs/ start from `base_config()` and override fields;
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
@@ -507,6 +508,31 @@ def as_json(x):
   """`x` as it reads back from JSON (tuples become lists), so a stored run
   origin and the current one compare equal when they mean the same."""
   return json.loads(json.dumps(x, default=list))
+
+
+def apply_overrides(config, overrides) -> ml_collections.ConfigDict:
+  """`config` with {'section.field': value, ...} set, the Python form of
+  --config.section.field=value; an unknown name or a value of the wrong type
+  raises ConfigError naming it. Run validate() afterwards."""
+  for dotted, value in dict(overrides or {}).items():
+    node, walked = config, []
+    for part in str(dotted).split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = '.'.join(walked) or 'the config'
+        names = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, names, n=1)
+        raise ConfigError(f'override {dotted!r}: {where} has no field {part!r}'
+                          + (f' (did you mean {close[0]!r}?)' if close else '')
+                          + (f'; its fields: {", ".join(names)}' if names else ''))
+      walked.append(part)
+      parent, node = node, node[part]
+    if isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(f'override {dotted!r} names a section; set its fields one at a time')
+    try:
+      parent[walked[-1]] = value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f'override {dotted!r}: {e}') from None
+  return config
 
 
 def differences(old: dict, new: dict, prefix: str = '') -> list:

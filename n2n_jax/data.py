@@ -45,7 +45,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-SOURCES = ("digits", "idx", "tfds", "folder")
+SOURCES = ("digits", "idx", "tfds", "folder", "arrays")
+# data.source='arrays' stands for arrays handed to from_arrays (and to
+# n2n_jax.compress): data.name then holds their fingerprint, so that a stored
+# teacher or search knows them again, but a config alone cannot load them.
+ARRAYS_HINT = ("data.source='arrays' describes arrays given to n2n_jax.compress or "
+               "data.from_arrays; a config cannot load them by itself")
 
 
 class TfdsEntry(typing.NamedTuple):
@@ -274,6 +279,8 @@ def describe_source(data_config) -> tuple[tuple[int, int, int], int]:
   """
   validate_data_config(data_config)
   source = _field(data_config, "source")
+  if source == "arrays":
+    raise DataError(ARRAYS_HINT + ".")
   if source == "digits":
     return DIGITS_INPUT_SHAPE, DIGITS_NUM_CLASSES
   if source == "idx":
@@ -305,6 +312,8 @@ def load(data_config) -> Dataset:
   """
   validate_data_config(data_config)
   source = _field(data_config, "source")
+  if source == "arrays":
+    raise DataError(ARRAYS_HINT + ".")
   if source == "digits":
     name, (train, test), num_classes = "digits", _load_digits(data_config), DIGITS_NUM_CLASSES
   elif source == "idx":
@@ -338,6 +347,94 @@ def load(data_config) -> Dataset:
       mean=tuple(float(m) for m in mean),
       std=tuple(float(s) for s in std),
   )
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def from_arrays(train, test, val=None, *, validation_fraction: float = 0.1,
+                normalize: bool = True, num_classes: int | None = None, split_seed: int = 0,
+                name: str = "arrays") -> Dataset:
+  """A Dataset from your own arrays: each split an (images, labels) pair,
+  images N x H x W x C (or N x H x W, one channel) in any real dtype, labels
+  N integers in 0..num_classes-1 (num_classes: the largest label + 1 unless
+  given). Without `val`, `validation_fraction` of `train` is held out (seeded
+  by `split_seed`).
+
+  normalize=True scales uint8 images to [0, 1] and standardises every split
+  with the training images' per-channel mean and std, as the loaders do;
+  normalize=False takes the images exactly as given (float32), which a
+  teacher trained elsewhere needs to see its own inputs. Bad arrays raise
+  DataError with one line naming the split and the problem."""
+  splits = {"train": _checked_split("train", train), "test": _checked_split("test", test)}
+  if val is not None:
+    splits["val"] = _checked_split("val", val)
+  shapes = {k: v[0].shape[1:] for k, v in splits.items()}
+  if len(set(shapes.values())) > 1:
+    raise DataError(f"the splits' images differ in shape: {shapes}.")
+  largest = max(int(labels.max()) for _, labels in splits.values())
+  if num_classes is None:
+    num_classes = largest + 1
+  if num_classes < 2 or largest >= num_classes:
+    raise DataError(f"labels must lie in 0..num_classes-1 with num_classes >= 2; found "
+                    f"labels up to {largest} for num_classes={num_classes}.")
+  if val is None:
+    if not 0.0 < validation_fraction < 1.0:
+      raise DataError(f"validation_fraction must lie strictly between 0 and 1, got "
+                      f"{validation_fraction!r}.")
+    splits["train"], splits["val"] = _split_validation(splits["train"], validation_fraction,
+                                                       split_seed)
+  if normalize:
+    mean, std = _channel_stats(splits["train"][0])
+  else:
+    channels = splits["train"][0].shape[-1]
+    mean, std = np.zeros(channels), np.ones(channels)
+    # As given: no scaling of uint8 either.
+    splits = {k: (x.astype(np.float32), y) for k, (x, y) in splits.items()}
+  (train_x, train_y), (val_x, val_y), (test_x, test_y) = (
+      _to_device(splits[k], mean, std) for k in ("train", "val", "test"))
+  return Dataset(name=name, train_images=train_x, train_labels=train_y, val_images=val_x,
+                 val_labels=val_y, test_images=test_x, test_labels=test_y,
+                 num_classes=int(num_classes), mean=tuple(float(m) for m in mean),
+                 std=tuple(float(v) for v in std))
+
+
+def _checked_split(which: str, split) -> Split:
+  try:
+    images, labels = split
+  except (TypeError, ValueError):
+    raise DataError(f"{which} must be an (images, labels) pair, got "
+                    f"{type(split).__name__}.") from None
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or min(images.shape, default=0) < 1:
+    raise DataError(f"{which} images must be N x H x W x C (or N x H x W), got shape "
+                    f"{images.shape}.")
+  if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+    raise DataError(f"{which} images must be numbers, got dtype {images.dtype}.")
+  if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+    raise DataError(f"{which} images hold NaN or infinite values.")
+  if labels.shape != (len(images),):
+    raise DataError(f"{which} labels must be one per image ({len(images)}), got shape "
+                    f"{labels.shape}.")
+  if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+    labels = labels.astype(np.int64)
+  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+    raise DataError(f"{which} labels must be integers >= 0, got dtype {labels.dtype} "
+                    f"(smallest {labels.min()}).")
+  return images, labels.astype(np.int32)
+
+
+def fingerprint(dataset: Dataset) -> str:
+  """A short digest of a dataset's arrays: equal for the same data."""
+  digest = hashlib.sha256()
+  for array in (dataset.train_images, dataset.train_labels, dataset.val_images,
+                dataset.val_labels, dataset.test_images, dataset.test_labels):
+    array = np.asarray(array)
+    digest.update(str((array.shape, array.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()[:24]
 
 
 # --------------------------------------------------------------------------- splits and statistics

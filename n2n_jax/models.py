@@ -208,3 +208,72 @@ def inherit_variables(student: dict, teacher: dict) -> tuple:
         next_teacher, copied = j + 1, copied + 1
         break
   return {'params': params, 'batch_stats': stats}, copied
+
+
+def check_variables(spec: S.NetSpec, variables) -> dict:
+  """`variables` as {'params', 'batch_stats'} if they fit `spec`'s network
+  (same layer names and array shapes as init_variables gives), else
+  ValueError naming the first that does not fit."""
+  if not isinstance(variables, dict) or 'params' not in variables:
+    raise ValueError(f"variables must be a dict with 'params' (and 'batch_stats' for batch "
+                     f"norms), got {type(variables).__name__}")
+  variables = dict(variables)
+  variables.setdefault('batch_stats', {})
+  expected = variable_shapes(build(spec), spec.input_shape)
+  want = {jax.tree_util.keystr(p): l.shape
+          for p, l in jax.tree_util.tree_leaves_with_path(expected)}
+  have = {jax.tree_util.keystr(p): np.shape(l)
+          for p, l in jax.tree_util.tree_leaves_with_path(variables)}
+  for name in sorted(set(want) | set(have)):
+    if want.get(name) != have.get(name):
+      raise ValueError(f'variables do not fit {spec.name!r}: {name} is '
+                       f'{have.get(name, "missing")}, the spec needs '
+                       f'{want.get(name, "nothing there")} (layout: models.SpecNet; '
+                       'models.from_linen converts a Linen module\'s own)')
+  return variables
+
+
+def from_linen(spec: S.NetSpec, variables) -> dict:
+  """A Flax Linen module's variables in SpecNet's layout (names '3_Conv',
+  '4_BatchNorm', ...), for a `spec` whose Conv, Dense and BatchNorm layers
+  are the module's own in the order it calls them (top-level layers; a spec
+  with Residual or Concat blocks needs its variables built by hand). The
+  module's layers are found in its variable tree in creation order, by their
+  contents: a 4-d 'kernel' is a Conv, a 2-d one a Dense, 'scale' or running
+  statistics a BatchNorm. Raises ValueError when the two do not line up."""
+  if any(isinstance(l, (S.Residual, S.Concat)) for l in spec.layers):
+    raise ValueError('from_linen handles specs without Residual or Concat blocks')
+  params, stats = variables['params'], variables.get('batch_stats', {})
+
+  def layers_of(tree, path=()):
+    # Dicts keep insertion order: Flax adds modules in the order they are created.
+    found = []
+    for name, value in tree.items():
+      if not isinstance(value, dict):
+        continue
+      if 'kernel' in value:
+        found.append(('Conv' if np.ndim(value['kernel']) == 4 else 'Dense', path + (name,)))
+      elif 'scale' in value or 'bias' in value:
+        found.append(('BatchNorm', path + (name,)))
+      else:
+        found += layers_of(value, path + (name,))
+    return found
+
+  def get(tree, path):
+    for name in path:
+      tree = tree[name]
+    return tree
+
+  theirs = layers_of(params)
+  ours = [(f'{i}_{type(l).__name__}', type(l).__name__) for i, l in enumerate(spec.layers)
+          if isinstance(l, (S.Conv, S.Dense, S.BatchNorm))]
+  kinds = lambda pairs: [k for k, _ in pairs]
+  if [k for _, k in ours] != kinds(theirs):
+    raise ValueError(f"the module's layers {kinds(theirs)} are not the spec's "
+                     f"{[k for _, k in ours]} (in order)")
+  out = {'params': {}, 'batch_stats': {}}
+  for (name, kind), (_, path) in zip(ours, theirs):
+    out['params'][name] = dict(get(params, path))
+    if kind == 'BatchNorm':
+      out['batch_stats'][name] = dict(get(stats, path))
+  return check_variables(spec, out)

@@ -24,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
+from tqdm import auto as tqdm  # a text bar in a terminal, a widget in Jupyter
 
 from n2n_jax import baselines
 from n2n_jax import checkpoint as checkpoint_lib

@@ -11,8 +11,9 @@ import time
 import warnings
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
-import tqdm
+from tqdm import auto as tqdm  # a text bar in a terminal, a widget in Jupyter
 
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
@@ -120,6 +121,44 @@ def save(workdir: str, teacher: Teacher) -> None:
         os.fsync(f.fileno())
       os.replace(tmp, os.path.join(workdir, RECORD_FILE))
   teacher.record = record
+
+
+def adopt(config, spec: spec_lib.NetSpec, variables, dataset, workdir: str | None = None
+          ) -> Teacher:
+  """A teacher trained elsewhere: `variables` in models.SpecNet's layout
+  (models.check_variables; models.from_linen converts a Linen module's),
+  scored on `dataset` instead of trained. With `workdir` it is stored like a
+  trained teacher, so a rerun finds it and a search there resumes; a workdir
+  holding another teacher (other weights included) is refused."""
+  try:
+    variables = models.check_variables(spec, variables)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
+  variables = jax.device_put(jax.tree_util.tree_map(np.asarray, variables))
+  origin = {'spec': spec_lib.to_dict(spec), 'data': data_origin(config.data),
+            'variables_sha256': checkpoint_lib.checksum(variables, {})}
+  if workdir is not None:
+    stored = load(workdir, origin)
+    if stored is not None:
+      return stored
+  model = models.build(spec)
+  accuracy = lambda x, y: train_lib.accuracy(model, variables, x, y)
+  record = {
+      'name': spec.name, 'params': spec_lib.param_count(spec), 'flops': spec_lib.flops(spec),
+      'train_accuracy': accuracy(dataset.train_images, dataset.train_labels),
+      'val_accuracy': accuracy(dataset.val_images, dataset.val_labels),
+      'test_accuracy': accuracy(dataset.test_images, dataset.test_labels),
+      'train_examples': int(dataset.train_images.shape[0]),
+      'val_examples': int(dataset.val_images.shape[0]),
+      'test_examples': int(dataset.test_images.shape[0]),
+      'normalisation': {'mean': dataset.mean, 'std': dataset.std},
+      'seconds': 0.0, 'device': jax.devices()[0].device_kind, 'devices': 1, 'history': [],
+      'trained_elsewhere': True, 'origin': config_lib.as_json(origin),
+  }
+  teacher = Teacher(spec, model, variables, record)
+  if workdir is not None:
+    save(workdir, teacher)
+  return teacher
 
 
 def train_teacher(config, dataset, spec: spec_lib.NetSpec, *, progress: bool = True,
