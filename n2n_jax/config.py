@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.constraints = ml_collections.ConfigDict()
   c.constraints.max_params = 0
   c.constraints.max_flops = 0
+  # Inference time: milliseconds for one forward pass of a batch of
+  # latency_batch_size images, measured on the search's device (latency.py).
+  c.constraints.max_latency_ms = 0.0
+  c.constraints.latency_batch_size = 1
   c.constraints.epsilon_schedule = 'poly'  # 'poly' (authors' code), 'linear', 'hard'
   c.constraints.epsilon_horizon = 15.0
   c.constraints.epsilon_power = 4.0
@@ -446,6 +450,8 @@ def _validate_search(config) -> None:
   for name in ('max_params', 'max_flops'):
     # Converted to floats for the constraint rows: beyond 2**63 is no real limit.
     _int_in(k[name], f'constraints.{name}', 0, MAX_INT64, 'an integer >= 0 (0 = none)')
+  _non_negative(k.max_latency_ms, 'constraints.max_latency_ms')
+  _positive(k.latency_batch_size, 'constraints.latency_batch_size')
   _one_of(k.epsilon_schedule, reward_lib.EPSILON_SCHEDULES, 'constraints.epsilon_schedule')
   _positive(k.epsilon_horizon, 'constraints.epsilon_horizon', numbers.Real)
   _positive(k.epsilon_power, 'constraints.epsilon_power', numbers.Real)

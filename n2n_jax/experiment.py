@@ -45,10 +45,12 @@ def describe(spec: spec_lib.NetSpec) -> dict:
   }
 
 
-def run(config, workdir: str | None, out=sys.stdout, *, scorer=None) -> dict:
+def run(config, workdir: str | None, out=sys.stdout, *, scorer=None, latency=None) -> dict:
   """Validate the config, then run its mode. Returns what was printed.
   `scorer` (compress mode): what scores the search's students, see
-  n2n_jax/scoring.py; by default they are distilled from the teacher."""
+  n2n_jax/scoring.py; by default they are distilled from the teacher.
+  `latency` (compress mode, with constraints.max_latency_ms): spec ->
+  milliseconds in place of timing each student (latency.measure)."""
   config_lib.validate(config)
   input_shape, num_classes = config_lib.input_of(config, need_data=config.mode != 'describe')
   spec = config_lib.teacher_spec(config, input_shape, num_classes)
@@ -58,13 +60,13 @@ def run(config, workdir: str | None, out=sys.stdout, *, scorer=None) -> dict:
     if not workdir:
       raise config_lib.ConfigError(f'--workdir is required for mode={config.mode!r}')
     with workdir_lock.job_lock(workdir):
-      result = _train(config, spec, workdir, scorer)
+      result = _train(config, spec, workdir, scorer, latency)
   if distributed.is_primary():  # one copy of the answer from a run of several processes
     print(json.dumps(result, indent=2), file=out)
   return result
 
 
-def _train(config, spec, workdir: str, scorer=None) -> dict:
+def _train(config, spec, workdir: str, scorer=None, latency=None) -> dict:
   """The teacher, and in compress mode the search after it, in `workdir`."""
   runtime.enable_compilation_cache(config.runtime.compilation_cache_dir,
                                    trust_shared=config.runtime.trust_shared_cache)
@@ -87,4 +89,4 @@ def _train(config, spec, workdir: str, scorer=None) -> dict:
   if config.mode == 'handdesigned':
     return baselines.run_handdesigned(config, workdir, teacher, get_dataset(), progress=progress)
   return search_lib.run(config, workdir, teacher, get_dataset(), progress=progress,
-                        scorer=scorer)
+                        scorer=scorer, latency=latency)

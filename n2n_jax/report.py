@@ -503,6 +503,11 @@ def _run_lines(summary: dict, records: list[dict]) -> list[str]:
                    for s, rs in stages.items())
   if best:
     lines.append(f'- Best reward: {best}.')
+  student = summary.get('student') or {}
+  if student.get('latency_ms') is not None:
+    lines.append(f'- Student inference time: {student["latency_ms"]:.3g} ms per batch of '
+                 f'{student["latency_batch_size"]} (median of timed forward passes; see '
+                 'n2n_jax/latency.py).')
   wall = summary.get('wall_seconds')
   parts = summary.get('time') or {}
   if wall is not None or parts:

@@ -13,6 +13,7 @@ same result as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -32,6 +33,7 @@ from n2n_jax import config as config_lib
 from n2n_jax import distributed
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import export as export_lib
+from n2n_jax import latency as latency_lib
 from n2n_jax import policies
 from n2n_jax import program_store
 from n2n_jax import reinforce
@@ -60,11 +62,19 @@ RESULT_SECTIONS = ('seed', 'data', 'teacher', 'search', 'policy', 'distill', 'co
                    'final')
 
 
+# Fields added after searches were first stored: left out of a search's
+# origin while at these defaults, so a search stored before them still resumes.
+ADDED_LATER = {('constraints', 'max_latency_ms'): 0.0, ('constraints', 'latency_batch_size'): 1}
+
+
 def _search_origin(config) -> dict:
   d = config.to_dict()
   origin = {k: d[k] for k in RESULT_SECTIONS}
   origin['data'] = teacher_lib.data_origin(config.data)
   origin['search'] = {k: v for k, v in origin['search'].items() if k != 'restart'}
+  if not config.constraints.max_latency_ms:
+    for section, field in ADDED_LATER:
+      origin[section].pop(field)
   return config_lib.as_json(origin)
 
 
@@ -153,22 +163,37 @@ class SearchContext:
   # architecture_key -> first validation accuracy, with search.reuse_results;
   # it lives in the checkpointed meta, so a resumed search knows what it knew.
   known_accuracies: dict | None = None
+  # With constraints.max_latency_ms: spec -> milliseconds (latency.measure),
+  # and architecture_key -> milliseconds measured so far (checkpointed too).
+  latency: object = None
+  latencies: dict | None = None
+
+
+def _latency_of(ctx: SearchContext, student) -> float:
+  """The student's inference time in ms, measured once per architecture."""
+  key = architecture_key(student)
+  if key not in ctx.latencies:
+    ctx.latencies[key] = float(distributed.from_primary(np.float64(ctx.latency(student))))
+  return ctx.latencies[key]
 
 
 def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
-  """(reward, why-degenerate or None, violations)."""
+  """(reward, why-degenerate or None, violations, latency in ms or None)."""
   if spec_lib.is_degenerate(student):
-    return reward_lib.DEGENERATE_REWARD, f'{student.kind}: {student.reason}', ()
+    return reward_lib.DEGENERATE_REWARD, f'{student.kind}: {student.reason}', (), None
   if result.error is not None or not math.isfinite(result.accuracy):
-    return reward_lib.DEGENERATE_REWARD, result.error or 'the accuracy is not finite', ()
+    return (reward_lib.DEGENERATE_REWARD, result.error or 'the accuracy is not finite', (),
+            None)
   params = spec_lib.param_count(student)
   measured = {'params': params, 'flops': spec_lib.flops(student)}
+  if ctx.latency is not None:
+    measured['latency_ms'] = _latency_of(ctx, student)
   k = ctx.config.constraints
   eps = reward_lib.epsilon(iteration, k.epsilon_schedule, k.epsilon_horizon, k.epsilon_power)
   s = reward_lib.score(result.accuracy, params, ctx.teacher_params, ctx.teacher_accuracy,
                        kind=ctx.config.search.reward, constraints=ctx.constraints,
                        measured=measured, eps=eps)
-  return s.reward, None, s.violations
+  return s.reward, None, s.violations, measured.get('latency_ms')
 
 
 def architecture_key(student) -> str:
@@ -222,10 +247,11 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   for i, twin in reused.items():
     if twin is not None:  # sampled twice in this iteration: trained once
       results[i] = results[twin]
-  rewards, accuracies, params, degenerate, violations = [], [], [], [], []
+  rewards, accuracies, params, degenerate, violations, latencies = [], [], [], [], [], []
   for i, student in enumerate(students):
     result = results.get(i, scoring.StudentResult(float('nan'), None))
-    r, why, broken = _score(ctx, student, result, iteration - 1)
+    r, why, broken, ms = _score(ctx, student, result, iteration - 1)
+    latencies.append(ms)
     rewards.append(float(r))
     accuracies.append(None if math.isnan(result.accuracy) else float(result.accuracy))
     params.append(0 if spec_lib.is_degenerate(student) else spec_lib.param_count(student))
@@ -262,6 +288,8 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
       # share_stage2_program).
       'shared_program': shared,
   }
+  if ctx.latency is not None:
+    record['latencies_ms'] = latencies  # None where a student was not timed
   return state, record, students
 
 
@@ -364,13 +392,15 @@ OUTPUTS = (report.METRICS_FILE, report.SUMMARY_FILE, report.TENSORBOARD_DIR, 're
 
 
 def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
-        scorer: scoring.Scorer | None = None) -> dict:
+        scorer: scoring.Scorer | None = None, latency=None) -> dict:
   """The whole compression pipeline after the teacher; returns summary.json's content.
 
   `scorer` turns each iteration's students into validation accuracies (see
   scoring.py); by default an evaluator.Evaluator distils them from the
   teacher as config.distill says. The final training of the chosen student is
-  always real."""
+  always real. `latency` (spec -> milliseconds) times students for
+  constraints.max_latency_ms; by default latency.measure on the first
+  student device, with constraints.latency_batch_size images."""
   os.makedirs(workdir, exist_ok=True)
   ckpts = checkpoint_lib.Checkpoints(workdir)
   origin = _search_origin(config)
@@ -413,13 +443,19 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   teacher_logits = train_lib.predict(teacher.model, teacher.variables, dataset.train_images)
   scorer = scorer or _evaluator(config, dataset, teacher, teacher_logits)
   k = config.constraints
-  constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops)
-                 if (k.max_params or k.max_flops) else None)
+  constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops,
+                                                     latency_ms=k.max_latency_ms)
+                 if (k.max_params or k.max_flops or k.max_latency_ms) else None)
+  if k.max_latency_ms and latency is None:
+    latency = functools.partial(latency_lib.measure, batch_size=k.latency_batch_size,
+                                device=student_devices(config.runtime.student_devices)[0])
   ctx = SearchContext(config, workdir, teacher, dataset, scorer,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
                       constraints, teacher_logits,
                       meta.setdefault('known_accuracies', {}) if config.search.reuse_results
-                      else None)
+                      else None,
+                      latency if k.max_latency_ms else None,
+                      meta.setdefault('latencies', {}))
 
 
   # Process 0 writes the logs; the others compute the same records.
@@ -505,7 +541,10 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
       'student': {'params': student_params, 'flops': spec_lib.flops(spec),
                   'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
                   'search_val_accuracy': best['val_accuracy'], 'stage': best['stage'],
-                  'spec': spec_lib.to_dict(spec)},
+                  'spec': spec_lib.to_dict(spec),
+                  **({'latency_ms': ctx.latencies[architecture_key(spec)],
+                      'latency_batch_size': config.constraints.latency_batch_size}
+                     if ctx.latency is not None else {})},
       'stage1_best': _brief(meta.get('best_stage1')),
       'stage2_best': _brief(meta.get('best_stage2')),
       'compression': ctx.teacher_params / student_params,

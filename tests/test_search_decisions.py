@@ -38,7 +38,7 @@ from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
-from conftest import ROOT, quiet_config, tiny_search, workdir_with_teacher
+from conftest import ROOT, quiet_config, tiny_search, without_timing, workdir_with_teacher
 
 _CONV = {'type': 'Conv', 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True}
 RULE_TEACHER = {'name': 'rule', 'input_shape': [8, 8, 1], 'layers': [
@@ -106,7 +106,7 @@ class RuleScorer:
             else scoring.StudentResult(a, None) for a in accuracies]
 
 
-def run_search(rule_teacher, folder, scorer, **overrides):
+def run_search(rule_teacher, folder, scorer, latency=None, **overrides):
   """A rule-scored compress run on a copy of the rule teacher's workdir;
   `overrides` are 'section.field' -> value. Returns (config, summary,
   records, workdir)."""
@@ -114,9 +114,12 @@ def run_search(rule_teacher, folder, scorer, **overrides):
   for name, value in overrides.items():
     section, field = name.split('.')
     config[section][field] = value
-  workdir = workdir_with_teacher(rule_teacher, folder / 'run')
-  summary = experiment.run(config, workdir, out=io.StringIO(), scorer=scorer)
-  return config, summary, report.read_metrics(workdir), workdir
+  workdir = folder / 'run'
+  if not workdir.exists():
+    workdir_with_teacher(rule_teacher, workdir)
+  summary = experiment.run(config, str(workdir), out=io.StringIO(), scorer=scorer,
+                           latency=latency)
+  return config, summary, report.read_metrics(str(workdir)), str(workdir)
 
 
 def rollout_specs(records, scorer):
@@ -517,3 +520,92 @@ def test_the_readmes_scorer_example_searches_with_its_proxy(tmp_path, monkeypatc
   # Every student was scored by the proxy, not distilled.
   scored = [(a, p) for r in records for a, p in zip(r['accuracies'], r['params']) if p]
   assert scored and all(a == pytest.approx(min(1.0, p / 50_000)) for a, p in scored)
+
+
+# ---- the latency constraint (constraints.max_latency_ms)
+
+# A stand-in for timing that needs no clock: 1 ms per 10,000 FLOPs. Students
+# that keep two of the rule teacher's three convs take 8.6-8.9 ms, those with
+# one 1.2-1.5 ms, so a 5 ms limit splits them.
+LATENCY_LIMIT_MS = 5.0
+
+
+def flops_latency(timed):
+  def latency(spec):
+    timed.append(search.architecture_key(spec))
+    return S.flops(spec) / 1e4
+  return latency
+
+
+@pytest.mark.slow
+def test_the_latency_constraint_decides_from_each_students_time_and_resumes(
+    rule_teacher, tmp_path, monkeypatch):
+  settings = {'search.stage1_iterations': 4, 'search.stage2_iterations': 3,
+              'constraints.max_latency_ms': LATENCY_LIMIT_MS,
+              'constraints.epsilon_horizon': 10.0}
+  timed, scorer = [], RuleScorer(sized_rule)
+  config, summary, records, workdir = run_search(rule_teacher, tmp_path / 'a', scorer,
+                                                 flops_latency(timed), **settings)
+  k = config.constraints
+  teacher_accuracy = summary['teacher']['val_accuracy']
+  relaxed = 0
+  for record, rollout_spec in zip(records, rollout_specs(records, scorer)):
+    eps = expected_epsilon(k.epsilon_schedule, record['iteration'] - 1, k.epsilon_horizon,
+                           k.epsilon_power)
+    for j, spec in enumerate(rollout_spec):
+      if spec is None:
+        assert record['latencies_ms'][j] is None
+        continue
+      latency = S.flops(spec) / 1e4
+      assert record['latencies_ms'][j] == pytest.approx(latency)
+      broken = latency > LATENCY_LIMIT_MS
+      assert bool(record['violations'][j]) == broken
+      assert record['rewards'][j] == pytest.approx(expected_reward(
+          'n2n', record['accuracies'][j], record['params'][j], teacher_accuracy, broken, eps),
+          rel=1e-6, abs=1e-6)
+      relaxed += broken and record['rewards'][j] > -1
+  assert relaxed, 'no student broke the limit while epsilon relaxed it'
+  # Each architecture was timed once; the answer keeps within the limit.
+  assert len(timed) == len(set(timed))
+  answer = S.from_dict(summary['student']['spec'])
+  assert summary['student']['latency_ms'] == pytest.approx(S.flops(answer) / 1e4)
+  assert summary['student']['latency_ms'] <= LATENCY_LIMIT_MS
+  assert summary['student']['latency_batch_size'] == 1
+  assert 'Student inference time: ' in open(os.path.join(workdir, 'report.md')).read()
+
+  # A search that dies after three iterations resumes with the latencies it
+  # measured (checkpointed): none is timed twice, and it ends where the
+  # uninterrupted one did.
+  real_save = checkpoint_lib.Checkpoints.save
+
+  def die_after_three(self, step, arrays, meta):
+    real_save(self, step, arrays, meta)
+    if step == 3:
+      raise RuntimeError('killed')
+
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', die_after_three)
+  timed_again = []
+  with pytest.raises(RuntimeError, match='killed'):
+    run_search(rule_teacher, tmp_path / 'b', RuleScorer(sized_rule), flops_latency(timed_again),
+               **settings)
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', real_save)
+  _, resumed, resumed_records, _ = run_search(rule_teacher, tmp_path / 'b',
+                                              RuleScorer(sized_rule),
+                                              flops_latency(timed_again), **settings)
+  assert without_timing(resumed_records) == without_timing(records)
+  assert resumed['student']['spec'] == summary['student']['spec']
+  assert len(timed_again) == len(set(timed_again)) == len(timed)
+
+
+def test_the_latency_constraint_times_real_forward_passes(rule_teacher, tmp_path):
+  from n2n_jax import latency  # pylint: disable=g-import-not-at-top
+  # A smoke test of the measurement: real, hence only checked for sense.
+  teacher = S.from_dict(RULE_TEACHER)
+  ms = latency.measure(teacher, batch_size=2, repeats=5)
+  assert 0 < ms < 1000
+  _, summary, records, _ = run_search(rule_teacher, tmp_path, RuleScorer(hashed_rule), **{
+      'search.stage1_iterations': 1, 'search.stage2_iterations': 1,
+      'constraints.max_latency_ms': 1000.0})
+  timed = [ms for r in records for ms, p in zip(r['latencies_ms'], r['params']) if p]
+  assert timed and all(0 < ms < 1000 for ms in timed)
+  assert 0 < summary['student']['latency_ms'] < 1000
