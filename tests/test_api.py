@@ -2,6 +2,7 @@
 data it takes; data.from_arrays' checks; config overrides; docs/library.md's
 examples, executed."""
 
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ from n2n_jax import api
 from n2n_jax import config as config_lib
 from n2n_jax import data as data_lib
 from n2n_jax import models
+from n2n_jax import report
 from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
@@ -253,3 +255,33 @@ def test_the_library_guide_runs_as_written(tmp_path, monkeypatch):
     exec(example, namespace)  # pylint: disable=exec-used
   assert isinstance(namespace['result'], n2n_jax.Compressed)
   assert search.STUDENT_DIR in os.listdir(tmp_path / 'runs' / 'digits_api')
+
+
+@pytest.mark.slow
+def test_the_readmes_library_examples_run_as_written(tmp_path, monkeypatch):
+  text = (ROOT / 'README.md').read_text()
+  section = text.split('\n## Library\n')[1].split('\n## ')[0]
+  examples = re.findall(r'```python\n(.*?)```', section, re.S)
+  assert len(examples) == 3  # compress, the building blocks, a scorer of your own
+  monkeypatch.chdir(tmp_path)  # their runs/ folders land here
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # and their caches
+  namespace = {}
+  for example in examples:
+    exec(example, namespace)  # pylint: disable=exec-used
+  result = namespace['result']
+  assert namespace['logits'].shape == (len(namespace['digits'].test_labels), 10)
+  assert result.params < result.teacher['params'] and len(result.records) == 5
+  # The scorer example searched with its proxy, not by distilling.
+  records = report.read_metrics(str(tmp_path / 'runs' / 'proxy'))
+  scored = [(a, p) for r in records for a, p in zip(r['accuracies'], r['params']) if p]
+  assert scored and all(a == pytest.approx(min(1.0, p / 50_000)) for a, p in scored)
+
+
+@pytest.mark.slow
+def test_a_data_config_section(tmp_path):
+  section = data_lib.default_data_config()
+  section.max_train_examples = 300
+  result = n2n_jax.compress(SMALL, section, workdir=str(tmp_path / 'run'), overrides=TINY)
+  check_result(result, data_lib.load(section))
+  summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+  assert summary == result.summary and result.teacher['name'] == 'small'

@@ -38,7 +38,7 @@ from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
-from conftest import ROOT, quiet_config, tiny_search, without_timing, workdir_with_teacher
+from conftest import quiet_config, tiny_search, without_timing, workdir_with_teacher
 
 _CONV = {'type': 'Conv', 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True}
 RULE_TEACHER = {'name': 'rule', 'input_shape': [8, 8, 1], 'layers': [
@@ -505,21 +505,6 @@ def test_search_settings_change_what_they_should_in_real_searches(rule_teacher, 
     assert not np.allclose(jax.tree_util.tree_leaves(end[name].params['params'][critic[0]])[0],
                            jax.tree_util.tree_leaves(start[name].params['params'][critic[0]])[0])
 
-
-@pytest.mark.slow
-def test_the_readmes_scorer_example_searches_with_its_proxy(tmp_path, monkeypatch):
-  text = (ROOT / 'README.md').read_text()
-  example = text.split('### Scoring students your own way')[1].split('```python\n')[1]
-  example = example.split('```')[0]
-  monkeypatch.chdir(tmp_path)  # its workdir, runs/proxy, lands here
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # and its caches
-  namespace = {}
-  exec(example, namespace)  # pylint: disable=exec-used
-  records = report.read_metrics(str(tmp_path / 'runs' / 'proxy'))
-  assert len(records) == 10 and namespace['summary']['student']['params']
-  # Every student was scored by the proxy, not distilled.
-  scored = [(a, p) for r in records for a, p in zip(r['accuracies'], r['params']) if p]
-  assert scored and all(a == pytest.approx(min(1.0, p / 50_000)) for a, p in scored)
 
 
 # ---- the latency constraint (constraints.max_latency_ms)
