@@ -181,19 +181,21 @@ def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
   """(reward, why-degenerate or None, violations, latency in ms or None)."""
   if spec_lib.is_degenerate(student):
     return reward_lib.DEGENERATE_REWARD, f'{student.kind}: {student.reason}', (), None
+  # Every buildable student is timed, failed ones too: then every process of
+  # a multi-process run times the same students (the figures are shared).
+  ms = _latency_of(ctx, student) if ctx.latency is not None else None
   if result.error is not None or not math.isfinite(result.accuracy):
-    return (reward_lib.DEGENERATE_REWARD, result.error or 'the accuracy is not finite', (),
-            None)
+    return reward_lib.DEGENERATE_REWARD, result.error or 'the accuracy is not finite', (), ms
   params = spec_lib.param_count(student)
   measured = {'params': params, 'flops': spec_lib.flops(student)}
-  if ctx.latency is not None:
-    measured['latency_ms'] = _latency_of(ctx, student)
+  if ms is not None:
+    measured['latency_ms'] = ms
   k = ctx.config.constraints
   eps = reward_lib.epsilon(iteration, k.epsilon_schedule, k.epsilon_horizon, k.epsilon_power)
   s = reward_lib.score(result.accuracy, params, ctx.teacher_params, ctx.teacher_accuracy,
                        kind=ctx.config.search.reward, constraints=ctx.constraints,
                        measured=measured, eps=eps)
-  return s.reward, None, s.violations, measured.get('latency_ms')
+  return s.reward, None, s.violations, ms
 
 
 def architecture_key(student) -> str:
