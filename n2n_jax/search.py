@@ -449,8 +449,11 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
                                                      latency_ms=k.max_latency_ms)
                  if (k.max_params or k.max_flops or k.max_latency_ms) else None)
   if k.max_latency_ms and latency is None:
-    latency = functools.partial(latency_lib.measure, batch_size=k.latency_batch_size,
-                                device=student_devices(config.runtime.student_devices)[0])
+    latency = functools.partial(
+        latency_lib.measure, batch_size=k.latency_batch_size,
+        device=student_devices(config.runtime.student_devices)[0],
+        store=program_store.for_cache_dir(config.runtime.compilation_cache_dir,
+                                          trust_shared=config.runtime.trust_shared_cache))
   ctx = SearchContext(config, workdir, teacher, dataset, scorer,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
                       constraints, teacher_logits,

@@ -583,11 +583,26 @@ def test_the_latency_constraint_decides_from_each_students_time_and_resumes(
 
 
 def test_the_latency_constraint_times_real_forward_passes(rule_teacher, tmp_path):
-  from n2n_jax import latency  # pylint: disable=g-import-not-at-top
+  from n2n_jax import latency, program_store  # pylint: disable=g-import-not-at-top
   # A smoke test of the measurement: real, hence only checked for sense.
   teacher = S.from_dict(RULE_TEACHER)
-  ms = latency.measure(teacher, batch_size=2, repeats=5)
-  assert 0 < ms < 1000
+  store = program_store.ProgramStore(str(tmp_path / 'programs'))
+  compiles = []
+  listener = lambda event, duration, **_: compiles.append(event) if event.endswith(
+      'backend_compile_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  counts = []
+  try:
+    for _ in range(2):  # the second time as a later process would: in-memory caches empty
+      jax.clear_caches()
+      del compiles[:]
+      assert 0 < latency.measure(teacher, batch_size=2, repeats=5, store=store) < 1000
+      counts.append(len(compiles))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # The timing program was stored the first time and loaded the second: one
+  # compile fewer (the rest are the small programs that make its inputs).
+  assert len(os.listdir(store.directory)) == 1 and counts[0] - counts[1] == 1, counts
   _, summary, records, _ = run_search(rule_teacher, tmp_path, RuleScorer(hashed_rule), **{
       'search.stage1_iterations': 1, 'search.stage2_iterations': 1,
       'constraints.max_latency_ms': 1000.0})
