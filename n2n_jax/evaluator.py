@@ -172,8 +172,9 @@ class Evaluator:
       return self._copies[device]
 
   def _program_key(self, spec: spec_lib.NetSpec, device) -> tuple:
-    data = self._resident(device)[0]
-    data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(data))
+    # The validation images too: the forward pass is compiled for their shape.
+    data, val_images, _ = self._resident(device)
+    data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves((data, val_images)))
     return (spec, self.settings, self.epoch_mode, data_shapes, device, self.mesh)
 
   def _program(self, spec: spec_lib.NetSpec, device=None) -> tuple:

@@ -304,10 +304,15 @@ class _ProgressSaver:
       return
     if any(getattr(x, 'is_deleted', lambda: False)() for x in jax.tree_util.tree_leaves(state)):
       return  # Ctrl-C inside an epoch: its input state was donated to the step
-    self.ckpts.save(len(history), state, {'origin': self.origin, 'history': history,
-                                          'seconds': seconds})
-    self.saved_epochs = len(history)
-    self.last_save = time.monotonic()
+    try:
+      self.ckpts.save(len(history), state, {'origin': self.origin, 'history': history,
+                                            'seconds': seconds})
+    finally:
+      # A SIGTERM during the write raises once it is complete: the epochs are
+      # saved then too, and the save on the way out must not write them again.
+      if self.ckpts.latest_step() == len(history):
+        self.saved_epochs = len(history)
+        self.last_save = time.monotonic()
 
   @staticmethod
   def discard(workdir: str) -> None:

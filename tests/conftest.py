@@ -49,6 +49,23 @@ def private_config_home(tmp_path_factory):
 
 
 @pytest.fixture
+def as_a_user(tmp_path, monkeypatch):
+  """For code run the way a user runs it (README and docs examples): the
+  current folder and the caches in tmp_path. Such code turns JAX's
+  persistent compilation cache on for the whole process; it is turned back
+  off afterwards, so that later tests compile (and store programs) as if it
+  had never run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  before = jax.config.jax_compilation_cache_dir
+  yield tmp_path
+  jax.config.update('jax_compilation_cache_dir', before)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture
 def config_factory():
   return quiet_config
 

@@ -245,11 +245,10 @@ def library_examples():
 
 
 @pytest.mark.slow
-def test_the_library_guide_runs_as_written(tmp_path, monkeypatch):
+def test_the_library_guide_runs_as_written(as_a_user):
+  tmp_path = as_a_user  # its runs/ folders and caches land here
   examples = library_examples()
   assert len(examples) >= 4
-  monkeypatch.chdir(tmp_path)  # its runs/ folders land here
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
   namespace = {}
   for example in examples:
     exec(example, namespace)  # pylint: disable=exec-used
@@ -258,13 +257,12 @@ def test_the_library_guide_runs_as_written(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_readmes_library_examples_run_as_written(tmp_path, monkeypatch):
+def test_the_readmes_library_examples_run_as_written(as_a_user):
+  tmp_path = as_a_user  # their runs/ folders and caches land here
   text = (ROOT / 'README.md').read_text()
   section = text.split('\n## Library\n')[1].split('\n## ')[0]
   examples = re.findall(r'```python\n(.*?)```', section, re.S)
   assert len(examples) == 3  # compress, the building blocks, a scorer of your own
-  monkeypatch.chdir(tmp_path)  # their runs/ folders land here
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # and their caches
   namespace = {}
   for example in examples:
     exec(example, namespace)  # pylint: disable=exec-used

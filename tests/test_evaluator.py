@@ -263,3 +263,20 @@ def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(
   E._PROGRAMS.clear()  # pylint: disable=protected-access
   alone = small.train(students[0], jobs[0][1], 0, inside=source)
   assert compiled == [students[0]] and alone.accuracy == own[0].accuracy
+
+
+def test_datasets_that_differ_only_in_validation_size_do_not_share_programs():
+  # Programs are kept per process; the forward pass is compiled for the
+  # validation images' shape, so a second dataset in the same process (two
+  # compress calls, say) must not get the first one's (it failed with
+  # "Argument types differ from the types for which this computation was
+  # compiled").
+  x = np.zeros((400, 8, 8, 1), np.float32)
+  y = np.arange(400) % 10
+  student = S.NetSpec('s', (8, 8, 1), (S.Conv(4, 3, 1, 1), S.ReLU(), S.Flatten(), S.Dense(10)))
+  for val_size in (100, 120):
+    ds = data_lib.from_arrays(train=(x[:256], y[:256]), val=(x[256:256 + val_size],
+                                                             y[256:256 + val_size]),
+                              test=(x[:10], y[:10]))
+    evaluator = E.Evaluator(ds, np.zeros((256, 10), np.float32), E.DistillSettings(epochs=1))
+    assert evaluator.train(student, jax.random.key(0), 0).error is None

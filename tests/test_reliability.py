@@ -243,6 +243,31 @@ def test_sigterm_during_a_search_keeps_the_last_iteration(config_factory, finish
   same_result(experiment.run(search_config(config_factory), workdir), finished[1])
 
 
+def test_a_sigterm_during_a_periodic_teacher_save_is_not_saved_twice(tmp_path, monkeypatch):
+  # The race the CLI test once hit: SIGTERM arrives while teacher progress is
+  # being written; the save completes, Preempted is raised, and the save on
+  # the way out finds those epochs already on disk.
+  saver = teacher_lib._ProgressSaver(str(tmp_path), {'teacher': 'x'}, 0.0)  # pylint: disable=protected-access
+  real_save = checkpoint_lib.Checkpoints.save
+
+  def signalled_while_writing(self, step, arrays, meta):
+    with preemption.deferred():
+      real_save(self, step, arrays, meta)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.install()
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, 'save', signalled_while_writing)
+  state, history = {'w': np.zeros(3, np.float32)}, [{'epoch': 1}]
+  try:
+    with pytest.raises(preemption.Preempted):
+      saver.save(state, history, 1.0)
+    saver.save(state, history, 1.0)  # what training does on its way out
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert saver.ckpts.latest_step() == 1 and saver.saved_epochs == 1
+
+
 def test_a_second_sigterm_does_not_interrupt_the_first_ones_shutdown():
   previous = signal.getsignal(signal.SIGTERM)
   preemption.install()
