@@ -138,8 +138,7 @@ def _dataset(data, config) -> data_lib.Dataset:
   if isinstance(data, ml_collections.ConfigDict):
     config.data = data_lib.default_data_config()
     config.data.update(data.to_dict())
-    data_lib.validate_data_config(config.data)
-    return data_lib.load(config.data)
+    return data_lib.load(config.data)  # validates it first
   raise data_lib.DataError(f'data must be a data config section, a source name, a '
                            f'data.Dataset or a dict of from_arrays arguments, got '
                            f'{type(data).__name__}')

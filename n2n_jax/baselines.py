@@ -61,8 +61,7 @@ def train_final(config, dataset, teacher_logits, spec: spec_lib.NetSpec, *,
                                     loss='hard_soft', soft_weight=f.soft_weight),
       config.runtime.epoch_mode, devices=devices[:1],
       mesh=train_lib.data_parallel_mesh(devices, f.batch_size),
-      program_store=program_store.for_cache_dir(
-          config.runtime.compilation_cache_dir, trust_shared=config.runtime.trust_shared_cache))
+      program_store=program_store.for_runtime(config.runtime))
   bar = tqdm.tqdm(total=f.epochs, desc=desc, unit='epoch', disable=not progress,
                   dynamic_ncols=True)
   try:

@@ -820,10 +820,11 @@ def _load_tfds(name: str, data_dir: str, download: str) -> tuple[Split, Split]:
   try:
     sources = read()
   except Exception as error:  # TFDS raises assorted types for "not there"
-    if download == "off" or tfds.builder(name, data_dir=data_dir).is_prepared():
+    builder = None if download == "off" else tfds.builder(name, data_dir=data_dir)
+    if builder is None or builder.is_prepared():
       raise _tfds_error(tfds, name, data_dir, download, error) from error
     if distributed.is_primary():
-      _check_can_prepare(name, tfds.builder(name, data_dir=data_dir), download)
+      _check_can_prepare(name, builder, download)
     # Process 0 prepares it, in a folder every process must see; the others
     # wait for it, then read.
     try:

@@ -42,8 +42,7 @@ def measure(spec: spec_lib.NetSpec, batch_size: int = 1, device=None, *, warmup:
   model = models.build(spec)
   with jax.default_device(device):
     variables = jax.device_put(models.init_variables(model, 0, spec.input_shape), device)
-    images = jax.device_put(jnp.zeros((batch_size,) + tuple(spec.input_shape), jnp.float32),
-                            device)
+    images = jnp.zeros((batch_size,) + tuple(spec.input_shape), jnp.float32)
     forward = _forward(model, variables, images, device, store)
     for _ in range(warmup):
       jax.block_until_ready(forward(variables, images))

@@ -103,6 +103,13 @@ def for_cache_dir(cache_dir: str, *, trust_shared: bool = False) -> 'ProgramStor
   return ProgramStore(os.path.join(cache_dir, SUBDIR), trust_shared=trust_shared)
 
 
+def for_runtime(runtime_config) -> 'ProgramStore | None':
+  """for_cache_dir with a config's runtime section (compilation_cache_dir,
+  trust_shared_cache)."""
+  return for_cache_dir(runtime_config.compilation_cache_dir,
+                       trust_shared=runtime_config.trust_shared_cache)
+
+
 _WARNED = set()
 _WARNED_LOCK = threading.Lock()
 

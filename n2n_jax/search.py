@@ -377,8 +377,7 @@ def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evalua
       devices=student_devices(config.runtime.student_devices),
       compile_ahead=config.runtime.compile_ahead,
       compile_threads=runtime.compile_threads(config.runtime.compile_threads),
-      program_store=program_store.for_cache_dir(
-          config.runtime.compilation_cache_dir, trust_shared=config.runtime.trust_shared_cache))
+      program_store=program_store.for_runtime(config.runtime))
 
 
 def student_devices(count: int) -> list:
@@ -452,8 +451,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
     latency = functools.partial(
         latency_lib.measure, batch_size=k.latency_batch_size,
         device=student_devices(config.runtime.student_devices)[0],
-        store=program_store.for_cache_dir(config.runtime.compilation_cache_dir,
-                                          trust_shared=config.runtime.trust_shared_cache))
+        store=program_store.for_runtime(config.runtime))
   ctx = SearchContext(config, workdir, teacher, dataset, scorer,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
                       constraints, teacher_logits,
