@@ -72,7 +72,7 @@ def train_final(config, dataset, teacher_logits, spec: spec_lib.NetSpec, *,
     bar.close()
   if result.error is not None:
     raise BaselineError(f'{desc} of {spec.name!r} failed: {result.error}')
-  model = trainer._program(spec)[0].model  # pylint: disable=protected-access
+  model = trainer.programs.get(spec, trainer.devices[0])[0].model
   test_accuracy = train_lib.accuracy(model, result.variables, dataset.test_images,
                                      dataset.test_labels)
   return Trained(spec, model, result.variables, result.accuracy, test_accuracy,

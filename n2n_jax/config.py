@@ -173,22 +173,42 @@ def base_config() -> ml_collections.ConfigDict:
   # the whole stage runs one compiled program instead of compiling every new
   # set of widths. Results are the same up to floating-point rounding (dropout
   # draws other, equally random masks); each student costs its source's
-  # arithmetic. 'on', 'off', or 'auto': on for GPUs and TPUs, where compiling a
-  # student (2.5-9 s on an H200) outweighs training it (0.1-1.4 s), off on
-  # CPUs, where arithmetic dominates (docs/performance.md).
+  # arithmetic. 'on', 'off', or 'auto': on where that extra arithmetic costs
+  # less than the compiles it saves (runtime.sharing_pays, from the source's
+  # FLOPs, the images a student trains on and the backend's measured compile
+  # seconds and FLOP/s): on for the bundled digits everywhere and for GPU
+  # searches of short distillations, off for VGG-13 students on CPUs
+  # (docs/performance.md).
   c.runtime.share_stage2_program = 'auto'
   # Stage 1: train each student as the teacher with the layers it removed
   # switched off at run time (n2n_jax/padding.py), so that students keeping
   # the same pooling layers share one compiled program (a removed pool changes
   # every later shape). Results are the same up to floating-point rounding
   # (dropout draws other, equally random masks); each student costs the
-  # arithmetic of the teacher without its removed pools. 'on', 'off' (the
-  # default: not yet measured on an accelerator), or 'auto' (as above).
-  c.runtime.share_stage1_programs = 'off'
+  # arithmetic of the teacher without its removed pools. 'on', 'off' or
+  # 'auto': the rule above, and only where students train together
+  # (runtime.train_together): a switched teacher compiles several times slower
+  # than a student, and on its own sharing did not pay (README command 1 on a
+  # CPU: stage 1 in 99 s alone, 130 s shared, same student).
+  c.runtime.share_stage1_programs = 'auto'
+  # Students that share a program (above) train together, stacked in one
+  # compiled call (n2n_jax/stacked.py): 'vmap' (vectorised: grouped
+  # convolutions), 'map' (a loop over students inside the program), 'off'
+  # (one student per call), or 'auto': off on CPUs, where stacking measured
+  # slower per student, 'vmap' on GPUs and TPUs (docs/performance.md).
+  # Results are the same as one by one up to floating-point rounding.
+  c.runtime.train_together = 'auto'
+  # Students per stacked call (0 = search.rollouts): fixed for the search, a
+  # shorter group is padded with inert copies so no count compiles anew.
+  c.runtime.students_per_call = 0
   # Deterministic XLA kernels on GPUs (--xla_gpu_deterministic_ops), so a run
   # and its re-run or resume give the same numbers; set by the command line
   # before JAX starts. CPU runs are deterministic without it.
   c.runtime.deterministic = False
+  # XLA's GPU autotuning level (--xla_gpu_autotune_level: 0 none .. 4, XLA's
+  # default, which leaves XLA_FLAGS as it is), set by the command line before
+  # JAX starts. Autotuning is most of a student's compile on a GPU.
+  c.runtime.gpu_autotune_level = 4
   # Teacher training splits each batch over this many local devices (0 = all;
   # fewer when the batch size does not divide evenly).
   c.runtime.teacher_devices = 0
@@ -396,6 +416,11 @@ def validate(config) -> None:
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
   _one_of(r.share_stage2_program, runtime.SWITCHES, 'runtime.share_stage2_program')
   _one_of(r.share_stage1_programs, runtime.SWITCHES, 'runtime.share_stage1_programs')
+  _one_of(r.train_together, runtime.TOGETHER, 'runtime.train_together')
+  _int_in(r.gpu_autotune_level, 'runtime.gpu_autotune_level', 0, 4,
+          what='an integer from 0 (no autotuning) to 4 (XLA default)')
+  _int_in(r.students_per_call, 'runtime.students_per_call', 0,
+          what='an integer >= 0 (0 = search.rollouts)')
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.
     raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '

@@ -9,21 +9,25 @@ training.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import threading
 import time
+import warnings
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from n2n_jax import fanout
 from n2n_jax import models
 from n2n_jax import padding
+from n2n_jax import program_cache as program_cache_lib
 from n2n_jax import program_store as program_store_lib
 from n2n_jax import scoring
 from n2n_jax import spec as spec_lib
+from n2n_jax import stacked as stacked_lib
+from n2n_jax import student_programs
 from n2n_jax import train as train_lib
 
 StudentResult = scoring.StudentResult  # where the evaluator's callers have found it
@@ -44,31 +48,10 @@ class DistillSettings:
 INITS = ('scratch', 'teacher')
 
 
-@dataclasses.dataclass
-class _Program:
-  model: models.SpecNet
-  tx: object
-  runner: train_lib.EpochRunner
-  predict: object  # compiled (variables, images chunk) -> logits; None: compile on use
-  shapes: dict  # the variable tree as ShapeDtypeStructs (models.variable_shapes)
-  # compiled variables -> TrainState.create(variables, tx); None for
-  # data-parallel programs, whose state is created eagerly
-  init_state: object = None
-  store_key: str | None = None  # the program store entry it was loaded from
-
-
 def student_seed(spec: spec_lib.NetSpec, seed: int) -> int:
   """A per-architecture init seed: the same student under the same search seed
   starts from the same weights, whenever it is sampled."""
   return zlib.crc32(spec_lib.to_json(spec).encode(), seed) & 0x7FFFFFFF
-
-
-# Compiled programs by (spec, settings, epoch mode, data shapes): shared by
-# every Evaluator in the process, so a resumed search, the final training of a
-# student seen during the search, or a second search reuses them.
-_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
-_MAX_PROGRAMS = 512
-_PROGRAMS_LOCK = threading.Lock()  # students on several devices compile in threads
 
 
 def training_memory_bytes(spec: spec_lib.NetSpec, batch_size: int) -> int:
@@ -103,9 +86,12 @@ class Evaluator:
   same as on one device, because a student's result depends only on its spec,
   its key and the seed.
 
-  `program_store` (program_store.ProgramStore) keeps compiled programs on disk
-  for other processes: an architecture compiled by an earlier run comes up
-  without tracing or compiling (data-parallel programs are not stored).
+  Students' compiled programs come from `programs`
+  (student_programs.StudentPrograms), which keeps them in `program_cache`
+  (program_cache.ProgramCache, default the process-wide one) and, with
+  `program_store` (program_store.ProgramStore), on disk for other processes:
+  an architecture compiled by an earlier run comes up without tracing or
+  compiling (data-parallel programs are not stored).
 
   `inside` (a wider architecture with the same layers, e.g. the source of
   stage 2's students) runs each student as that architecture with the
@@ -114,14 +100,23 @@ class Evaluator:
   results are the same up to floating-point rounding. Students that are
   `inside` with layers removed (stage 1's, inside the teacher) run as
   `inside` with those layers switched off; they share one program per set of
-  pooling layers kept."""
+  pooling layers kept.
+
+  `together` ('vmap' or 'map', stacked.py; None: one student per call):
+  students of one `train_many` call that share a program train in one
+  compiled call, `students_per_call` at a time (a shorter group is padded
+  with inert copies, so the count never compiles a new program). A group
+  whose `students_per_call` wide networks would not fit the memory limit, or
+  whose stacked call fails (out of memory, say), trains one by one."""
 
   def __init__(self, dataset, teacher_logits, settings: DistillSettings,
                epoch_mode: str = 'auto', teacher_variables: dict | None = None,
                memory_limit_bytes: int | None = None, devices=None,
                compile_ahead: bool = True, mesh=None,
                program_store: program_store_lib.ProgramStore | None = None,
-               compile_threads: int = 1):
+               compile_threads: int = 1, *,
+               program_cache: program_cache_lib.ProgramCache | None = None,
+               together: str | None = None, students_per_call: int = 1):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
@@ -129,6 +124,11 @@ class Evaluator:
     if teacher_logits.shape[0] != dataset.train_images.shape[0]:
       raise ValueError(f'teacher_logits has {teacher_logits.shape[0]} rows for '
                        f'{dataset.train_images.shape[0]} training images')
+    if together is not None and together not in stacked_lib.LOWERINGS:
+      raise ValueError(f'unknown together={together!r}; valid: None, '
+                       f'{", ".join(stacked_lib.LOWERINGS)}')
+    if not isinstance(students_per_call, int) or students_per_call < 1:
+      raise ValueError(f'students_per_call must be an integer >= 1, got {students_per_call!r}')
     self.dataset = dataset
     self.settings = settings
     self.epoch_mode = train_lib.resolve_epoch_mode(epoch_mode)
@@ -150,17 +150,22 @@ class Evaluator:
     if mesh is not None and len(self.devices) > 1:
       raise ValueError('an Evaluator trains students either on several devices or data '
                        'parallel over a mesh, not both')
+    # Stacked students are not split over a mesh.
+    self.together = None if mesh is not None else together
+    self.students_per_call = students_per_call
     self._copies = {}  # device -> (Data, val images, val labels) resident there
     self._lock = threading.Lock()
-    # Seconds students waited for their programs to compile, for the run's
-    # time split; compiling that overlapped training is not in it.
-    self.compile_seconds = 0.0
     self.compile_ahead = compile_ahead
-    if not isinstance(compile_threads, int) or compile_threads < 1:
-      raise ValueError(f'compile_threads must be an integer >= 1, got {compile_threads!r}')
-    self.compile_threads = compile_threads
-    self._pending = {}  # program key -> Future of a compile started by start_compiling
-    self.program_store = program_store
+    self.programs = student_programs.StudentPrograms(
+        settings, self.epoch_mode, self._resident, images.shape[0], mesh=mesh,
+        store=program_store, cache=program_cache, compile_threads=compile_threads)
+    self._warned_fallback = False
+
+  @property
+  def compile_seconds(self) -> float:
+    """Seconds students waited for their programs to compile, for the run's
+    time split; compiling that overlapped training is not in it."""
+    return self.programs.compile_seconds
 
   def _resident(self, device) -> tuple:
     """(training Data, validation images, labels) on `device`, copied once."""
@@ -171,103 +176,10 @@ class Evaluator:
                                 else jax.device_put(arrays, device))
       return self._copies[device]
 
-  def _program_key(self, spec: spec_lib.NetSpec, device) -> tuple:
-    # The validation images too: the forward pass is compiled for their shape.
-    data, val_images, _ = self._resident(device)
-    data_shapes = tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves((data, val_images)))
-    return (spec, self.settings, self.epoch_mode, data_shapes, device, self.mesh)
-
-  def _program(self, spec: spec_lib.NetSpec, device=None) -> tuple:
-    """The compiled programs for `spec` on `device` (cached), and the seconds
-    this call waited for them: compiling here, or for a compile that
-    `start_compiling` started. A compiled program serves only the device it was
-    built for."""
-    device = device or self.devices[0]
-    key = self._program_key(spec, device)
-    start = time.perf_counter()
-    with _PROGRAMS_LOCK:
-      pending = self._pending.pop(key, None)
-      program = _PROGRAMS.get(key)
-      if program is not None:
-        _PROGRAMS.move_to_end(key)
-    if pending is not None:
-      program = pending.result()  # raises whatever compiling raised
-    elif program is None:
-      program = self._compile(spec, device, key)
-    else:
-      return program, 0.0
-    waited = time.perf_counter() - start
-    with self._lock:
-      self.compile_seconds += waited
-    return program, waited
-
-  def _compile(self, spec: spec_lib.NetSpec, device, key) -> _Program:
-    """Build and compile `spec`'s train step and validation forward pass (or
-    load them from the program store) and cache them under `key`."""
-    s = self.settings
-    model = models.build(spec)
-    steps = max(1, self.data.images.shape[0] // s.batch_size)
-    tx = train_lib.make_optimizer('adam', s.learning_rate, steps_per_epoch=steps,
-                                  weight_decay=s.weight_decay)
-    step = train_lib.make_step(model, tx, train_lib.make_loss(s.loss, s.soft_weight),
-                               mesh=self.mesh)
-    runner = train_lib.EpochRunner(step, self.epoch_mode, self.mesh)
-    if self.mesh is None:
-      program = self._compile_programs(spec, model, tx, runner, device)
-    else:
-      # Data-parallel programs compile on first use (shardings come with
-      # the real arrays).
-      program = _Program(model, tx, runner, None, models.variable_shapes(model, spec.input_shape))
-    with _PROGRAMS_LOCK:
-      _PROGRAMS[key] = program
-      if len(_PROGRAMS) > _MAX_PROGRAMS:
-        _PROGRAMS.popitem(last=False)
-    return program
-
-  def _compile_programs(self, spec, model, tx, runner, device) -> _Program:
-    """`spec`'s programs: compiled here, so that compile time is told apart
-    from training time and can overlap other students' training, or loaded
-    from the program store. The initial optimiser state is one small program
-    too (created eagerly, it cost one compile per new variable shape, 0.2 s
-    for a VGG-13 student in a fresh process)."""
-    data, val_images, _ = self._resident(device)
-    store, store_key, spec_json = self.program_store, None, spec_lib.to_json(spec)
-    if store is not None:
-      data_shapes = tuple((x.shape, str(x.dtype)) for x in
-                          jax.tree_util.tree_leaves((data, val_images)))
-      # Switches (padding.with_switches) are not part of a spec's JSON.
-      switched = (('switched', spec.switched),) if spec.switched else ()
-      store_key = store.key(device, spec_json, self.settings, self.epoch_mode, data_shapes,
-                            *switched)
-      loaded = store.load(store_key, spec=spec_json)
-      if loaded is not None:
-        programs, extras = loaded
-        runner.install(programs['train'])
-        return _Program(model, tx, runner, programs['predict'], extras['shapes'],
-                        programs['init_state'], store_key)
-    shapes = models.variable_shapes(model, spec.input_shape)
-    create = lambda v: train_lib.TrainState.create(v, tx)  # pylint: disable=unnecessary-lambda-assignment
-    with jax.default_device(device):
-      lowered = {'init_state': jax.jit(create).lower(shapes),
-                 'train': runner.lower(jax.eval_shape(create, shapes), data,
-                                       self.settings.batch_size),
-                 'predict': train_lib.lower_predict(model, shapes, val_images)}
-      with program_store_lib.persistent_cache_hits() as hits:
-        programs = {name: program.compile() for name, program in lowered.items()}
-    runner.install(programs['train'])
-    # Programs from JAX's persistent cache (compiled before the store had
-    # them) cannot be stored; they keep coming from that cache.
-    if store is not None and not hits():
-      store.save(store_key, programs, {'shapes': shapes, 'spec': spec_json})
-    return _Program(model, tx, runner, programs['predict'], shapes, programs['init_state'])
-
-  def _forget(self, spec: spec_lib.NetSpec, device, program: _Program) -> None:
-    """Drop `program` (loaded from the program store) from memory and disk."""
-    self.program_store.discard(program.store_key)
-    key = self._program_key(spec, device)
-    with _PROGRAMS_LOCK:
-      if _PROGRAMS.get(key) is program:
-        del _PROGRAMS[key]
+  def _stacking(self):
+    """The stacking of this evaluator's shared programs: (lowering,
+    students per call)."""
+    return (self.together, self.students_per_call)
 
   def _wide(self, spec: spec_lib.NetSpec, inside: spec_lib.NetSpec | None) -> tuple:
     """(the spec to compile, the student's padding.embedding in it or None,
@@ -287,46 +199,6 @@ class Evaluator:
           pass
     return spec, None, None
 
-  def start_compiling(self, jobs) -> None:
-    """Start compiling the programs of [(spec, device), ...] in order on
-    `compile_threads` background threads, so that students compile while the
-    ones before them train. A later `_program` call for the same spec waits
-    for it (and gets its error, if compiling failed) instead of compiling
-    again. Students too large for the device, and programs already compiled
-    or on their way, are skipped."""
-    todo = []
-    keyed = [(spec, device, self._program_key(spec, device)) for spec, device in jobs
-             if self._may_compile(spec)]
-    with _PROGRAMS_LOCK:
-      for spec, device, key in keyed:
-        if key in _PROGRAMS or key in self._pending:
-          continue
-        self._pending[key] = concurrent.futures.Future()
-        todo.append((spec, device, key, self._pending[key]))
-    if not todo:
-      return
-
-    queue = iter(todo)  # shared by the threads: each takes the next student in order
-    queue_lock = threading.Lock()
-
-    def work():
-      while True:
-        with queue_lock:
-          job = next(queue, None)
-        if job is None:
-          return
-        spec, device, key, future = job
-        if not future.set_running_or_notify_cancel():
-          continue
-        try:
-          future.set_result(self._compile(spec, device, key))
-        except BaseException as e:  # pylint: disable=broad-except  # handed to the waiter
-          future.set_exception(e)
-
-    # Daemons: a SIGTERM ends the process without waiting for them.
-    for _ in range(min(self.compile_threads, len(todo))):
-      threading.Thread(target=work, name='n2n-compile-ahead', daemon=True).start()
-
   def _may_compile(self, spec: spec_lib.NetSpec) -> bool:
     """Whether compiling `spec` ahead is worth starting: not for a student
     too large for the device, nor for a broken one (it fails with its own
@@ -336,42 +208,67 @@ class Evaluator:
     except spec_lib.SpecError:
       return False
 
-  def _too_large(self, spec: spec_lib.NetSpec) -> str | None:
-    """Why `spec` cannot train on a device of memory_limit_bytes, or None."""
+  def _too_large(self, spec: spec_lib.NetSpec, count: int = 1) -> str | None:
+    """Why `count` students of `spec` cannot train at once on a device of
+    memory_limit_bytes, or None."""
     if not self.memory_limit_bytes:
       return None
-    need = training_memory_bytes(spec, self.settings.batch_size)
+    need = count * training_memory_bytes(spec, self.settings.batch_size)
     if need <= self.memory_limit_bytes:
       return None
     return (f'too large for device memory: training needs about {need / 2**20:.0f} MB, the '
             f'limit is {self.memory_limit_bytes / 2**20:.0f} MB')
 
+  def _plan(self, jobs, inside) -> list:
+    """The calls that train [(spec, key), ...]: (job indices, wide spec to
+    stack them in or None). With `together`, students that run as the same
+    wide network (inside `inside`) go in groups of students_per_call, first
+    come first; every other student is a call of its own."""
+    if self.together is None or inside is None:
+      return [([i], None) for i in range(len(jobs))]
+    groups, units = {}, []
+    for i, (spec, _) in enumerate(jobs):
+      try:
+        wide, places, _ = self._wide(spec, inside)
+      except spec_lib.SpecError:
+        places = None
+      if places is None or self._too_large(wide, self.students_per_call):
+        units.append(([i], None))
+        continue
+      group = groups.get(wide)
+      if group is None or len(group) == self.students_per_call:
+        group = groups[wide] = []
+        units.append((group, wide))
+      group.append(i)
+    return units
+
   def train_many(self, jobs, seed: int, *, inside: spec_lib.NetSpec | None = None) -> list:
-    """StudentResults for [(spec, key), ...], in order: job i runs on
-    devices[i % len(devices)], the devices concurrently. `inside`: see the
-    class docstring."""
-    placed = [self.devices[i % len(self.devices)] for i in range(len(jobs))]
+    """StudentResults for [(spec, key), ...], in order. The calls that train
+    them (one student each, or a stacked group, see `together`) are spread
+    over the devices, call i on devices[i % len(devices)], the devices
+    concurrently. `inside`: see the class docstring."""
+    units = self._plan(jobs, inside)
     if self.compile_ahead:
-      # Each device's first student compiles in its own thread; the others
-      # are compiled in the background while those train.
-      self.start_compiling([(self._wide(spec, inside)[0], d)
-                            for (spec, _), d in zip(jobs, placed)][len(self.devices):])
-    if len(self.devices) == 1 or len(jobs) <= 1:
-      return [self.train(spec, key, seed, inside=inside) for spec, key in jobs]
+      # Each device's first call compiles in its own thread; the others are
+      # compiled in the background while those train.
+      ahead = []
+      for (indices, wide), device in zip(units, fanout.placement(len(units), self.devices)):
+        spec = wide if wide is not None else self._wide(jobs[indices[0]][0], inside)[0]
+        if self._may_compile(spec):
+          ahead.append((spec, device, self._stacking() if wide is not None else None))
+      self.programs.compile_ahead(ahead[len(self.devices):])
     results = [None] * len(jobs)
 
-    def work(d):
-      for i in range(d, len(jobs), len(self.devices)):
-        results[i] = self.train(*jobs[i], seed, device=self.devices[d], inside=inside)
+    def run(unit, device):
+      indices, wide = unit
+      if wide is None:
+        results[indices[0]] = self.train(*jobs[indices[0]], seed, device=device, inside=inside)
+      else:
+        for i, r in zip(indices, self._train_stacked([jobs[i] for i in indices], seed, wide,
+                                                      inside, device)):
+          results[i] = r
 
-    # Daemon threads: a SIGTERM in the main thread ends the process without
-    # waiting for students still training (their work is redone on resume).
-    threads = [threading.Thread(target=work, args=(d,), daemon=True)
-               for d in range(min(len(self.devices), len(jobs)))]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
+    fanout.over_devices(units, self.devices, run)
     return results
 
   def __call__(self, students, keys, seed: int, *,
@@ -379,6 +276,66 @@ class Evaluator:
     """The search's scorer (scoring.Scorer): each student distilled and
     scored on the validation split, as `train_many` does."""
     return self.train_many(list(zip(students, keys)), seed, inside=inside)
+
+  def _initial_variables(self, program: student_programs.Program, spec, seed: int, places, on) -> dict:
+    """The student's own initial values (also when it runs padded), from the
+    teacher where settings.init says so, placed in the wide network."""
+    shapes = program.shapes if places is None else padding.student_shapes(places)
+    variables = models.init_variables(program.model, student_seed(spec, seed),
+                                      spec.input_shape, shapes)
+    if self.settings.init == 'teacher':
+      variables, _ = models.inherit_variables(variables, self.teacher_variables)
+    return variables if places is None else padding.pad(variables, places, program.shapes, on)
+
+  def _train_stacked(self, jobs, seed: int, wide: spec_lib.NetSpec, inside, device) -> list:
+    """StudentResults of [(spec, key), ...], every one running as `wide`,
+    trained together in one stacked program (see `together`); one by one
+    when that fails as a whole."""
+    start, program = time.perf_counter(), None
+    try:
+      with jax.default_device(device):
+        program, compile_s = self.programs.get(wide, device, self._stacking())
+        data, val_images, val_labels = self._resident(device)
+        variables, keys = [], []
+        for spec, key in jobs:
+          _, places, on = self._wide(spec, inside)
+          variables.append(self._initial_variables(program, spec, seed, places, on))
+          keys.append(key)
+        # Inert copies of the first student fill the call; their results are dropped.
+        inert = self.students_per_call - len(jobs)
+        states = program.init_state(jax.device_put(
+            stacked_lib.stack(variables + variables[:1] * inert), device))
+        keys = jnp.stack(keys + keys[:1] * inert)
+        errors = [None] * len(jobs)
+        for epoch in range(self.settings.epochs):
+          states, metrics = program.runner.run(
+              states, data, jax.vmap(jax.random.fold_in, (0, None))(keys, epoch),
+              self.settings.batch_size)
+          for i, loss in enumerate(metrics['loss'][:len(jobs)]):
+            if errors[i] is None and not np.isfinite(loss):
+              errors[i] = f'training loss is {loss} at epoch {epoch + 1}'
+        logits = train_lib.predict(program.model, states.variables, val_images,
+                                   compiled=program.predict)
+        finite = stacked_lib.finite(logits)
+        accuracy = stacked_lib.accuracies(logits, val_labels)
+    except Exception as e:  # pylint: disable=broad-except
+      if program is not None and program.store_key is not None:
+        # A bad program store entry (see program_store): compile afresh.
+        self.programs.forget(wide, device, program, self._stacking())
+        return self._train_stacked(jobs, seed, wide, inside, device)
+      if not self._warned_fallback:
+        self._warned_fallback = True
+        warnings.warn(f'{len(jobs)} students trained together failed '
+                      f'({str(e).splitlines()[0][:200]}); training them one by one')
+      return [self.train(spec, key, seed, device=device, inside=inside) for spec, key in jobs]
+    each = (time.perf_counter() - start - compile_s) / len(jobs)
+    results = []
+    for i in range(len(jobs)):
+      if errors[i] is None and not finite[i]:
+        errors[i] = 'validation logits are not finite (NaN or Inf)'
+      results.append(StudentResult(float('nan') if errors[i] else float(accuracy[i]), errors[i],
+                                   each, compile_s if i == 0 else 0.0))
+    return results
 
   def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
             progress=None, device=None, initial_variables: dict | None = None,
@@ -403,19 +360,14 @@ class Evaluator:
       too_large = self._too_large(run_spec)
       if too_large:
         return StudentResult(float('nan'), too_large)
-      program, compile_s = self._program(run_spec, device)
+      program, compile_s = self.programs.get(run_spec, device)
       data, val_images, val_labels = self._resident(device)
       if initial_variables is not None:
         variables = initial_variables
+        if places is not None:
+          variables = padding.pad(variables, places, program.shapes, on)
       else:
-        # The student's own initial values, also when it runs padded.
-        shapes = program.shapes if places is None else padding.student_shapes(places)
-        variables = models.init_variables(program.model, student_seed(spec, seed),
-                                          spec.input_shape, shapes)
-      if initial_variables is None and self.settings.init == 'teacher':
-        variables, _ = models.inherit_variables(variables, self.teacher_variables)
-      if places is not None:
-        variables = padding.pad(variables, places, program.shapes, on)
+        variables = self._initial_variables(program, spec, seed, places, on)
       # Teacher weights live on the first device; the program runs on `device`
       # (or on every device of the mesh).
       if self.mesh is None:
@@ -441,7 +393,7 @@ class Evaluator:
       if program is not None and program.store_key is not None:
         # A stored program that fails is a bad entry (see program_store):
         # drop it and train this student again on freshly compiled programs.
-        self._forget(run_spec, device, program)
+        self.programs.forget(run_spec, device, program)
         return self._train(spec, key, seed, keep_variables, progress, device, initial_variables,
                            inside)
       # One broken student must not end a search of hundreds: record why.

@@ -58,6 +58,7 @@ def main(argv):
     config_lib.validate(config)
     if config.runtime.deterministic:
       runtime.set_deterministic_flags()  # before JAX starts a backend
+    runtime.set_gpu_autotune_level(config.runtime.gpu_autotune_level)
     # Before any JAX computation, and before preemption.install() (see
     # distributed.initialize for why).
     distributed.initialize(config.runtime.distributed)

@@ -36,6 +36,16 @@ def set_deterministic_flags() -> None:
   _append_xla_flags(DETERMINISTIC_XLA_FLAGS)
 
 
+def set_gpu_autotune_level(level: int) -> None:
+  """runtime.gpu_autotune_level: XLA's GPU autotuning effort
+  (--xla_gpu_autotune_level, 0 = none, 4 = XLA's default, which leaves
+  XLA_FLAGS as it is). Autotuning convolutions is most of a new student's compile on a
+  GPU (2.5-9 s on an H200); lower levels compile faster and may train
+  slower (benchmarks/gpu_session.sh throughput measures both)."""
+  if level != 4:
+    _append_xla_flags((f'--xla_gpu_autotune_level={level}',))
+
+
 def compile_threads(requested: int) -> int:
   """runtime.compile_threads: `requested`, or for 0 one thread per 4 CPU cores
   this process may use, at least one. A 2-core machine keeps one (a second
@@ -50,15 +60,70 @@ def compile_threads(requested: int) -> int:
 
 SWITCHES = ('auto', 'on', 'off')
 
+# What the 'auto' sharing rule weighs, per backend (docs/performance.md,
+# "Sharing programs: the rule"): seconds to compile one new student's
+# programs, and the training FLOP/s a single student reaches.
+#   cpu: 2-core AVX-512 machine, 2026-11/12: digits and VGG-13 x0.5 students
+#        compile in 2-6 s; a teacher-sized VGG-13 student trains at 57-68 GFLOP/s.
+#   gpu: H200, docs/records/h200-2026-11-28: compiles 2.5-9 s (convolution
+#        autotuning; a new medium student came up in 10.6 s cold); the
+#        teacher-sized student trained at 30.4 TFLOP/s.
+# Other backends (TPU) take the GPU's figures until measured.
+COMPILE_SECONDS = {'cpu': 2.0, 'gpu': 5.0}
+STUDENT_FLOPS_PER_SECOND = {'cpu': 60e9, 'gpu': 30e12}
 
-def share_programs(switch: str) -> bool:
+
+def sharing_pays(source_flops: float, images: int, backend: str | None = None) -> bool:
+  """Whether training a stage's students inside its source (padding.py)
+  costs less than compiling them one by one: a student run inside the
+  source pays the source's arithmetic instead of its own, on average about
+  half of it extra (stage 1 removes, stage 2 shrinks, half the network in
+  expectation), against one compile saved per new student. `source_flops`:
+  the source's forward FLOPs per image (spec.flops); `images`: the images one
+  student trains on (distill.epochs x training examples). Training counts
+  3x forward."""
+  backend = backend or jax.default_backend()
+  compile_s = COMPILE_SECONDS.get(backend, COMPILE_SECONDS['gpu'])
+  rate = STUDENT_FLOPS_PER_SECOND.get(backend, STUDENT_FLOPS_PER_SECOND['gpu'])
+  return 0.5 * 3 * source_flops * images / rate < compile_s
+
+
+def share_programs(switch: str, source_flops: float | None = None, images: int = 0, *,
+                   stage: int = 2, together: str | None = None) -> bool:
   """runtime.share_stage2_program or share_stage1_programs: 'on', 'off', or
-  'auto' (on unless JAX runs on the CPU: on accelerators compiling a student
-  costs more than training it at its source's size, on CPUs the arithmetic
-  dominates)."""
+  'auto': `sharing_pays` for a source of `source_flops` and students
+  training on `images` images (without them: on unless JAX runs on the
+  CPU); for stage 1 only where students train `together` (train_together):
+  a switched teacher compiles several times slower than a student, and on
+  its own sharing did not pay (README command 1 on a CPU: stage 1 in 99 s
+  alone, 130 s shared, the same student; docs/performance.md)."""
   if switch not in SWITCHES:
     raise ValueError(f'unknown switch {switch!r}; valid: {", ".join(SWITCHES)}')
-  return switch == 'on' or (switch == 'auto' and jax.default_backend() != 'cpu')
+  if switch != 'auto':
+    return switch == 'on'
+  if stage == 1 and together is None:
+    return False
+  if source_flops is None:
+    return jax.default_backend() != 'cpu'
+  return sharing_pays(source_flops, images)
+
+
+TOGETHER = ('auto', 'off', 'vmap', 'map')
+
+
+def train_together(switch: str) -> str | None:
+  """runtime.train_together: the stacked lowering (stacked.py) or None for
+  one student per call. 'auto': off on CPUs, where K stacked digits students
+  trained 1.4x slower per student with 'vmap' and 20x slower with 'map'
+  (XLA's CPU backward convolutions inside a loop, see train.py) than one by
+  one (docs/performance.md); 'vmap' on GPUs and TPUs, where one student
+  fills a small part of the chip (to be settled by benchmarks/gpu_session.sh
+  together)."""
+  if switch not in TOGETHER:
+    raise ValueError(f'unknown runtime.train_together {switch!r}; valid: {", ".join(TOGETHER)}')
+  if switch == 'auto':
+    return None if jax.default_backend() == 'cpu' else 'vmap'
+  return None if switch == 'off' else switch
 
 
 def enable_compilation_cache(cache_dir: str, *, trust_shared: bool = False) -> bool:

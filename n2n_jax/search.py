@@ -240,8 +240,7 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   results, reused, to_train = _known_results(ctx, students, trainable)
   # A student's key depends on its rollout index only, so reusing results
   # never changes what the students that do train see.
-  shared = runtime.share_programs(config.runtime.share_stage2_program if stage.number == 2
-                                  else config.runtime.share_stage1_programs)
+  shared = _shares_programs(config, stage, ctx.dataset)
   chosen = [students[i] for i in to_train]
   trained = ctx.scorer(chosen, [jax.random.fold_in(train_key, i) for i in to_train],
                        config.seed, inside=stage.source if shared else None)
@@ -364,6 +363,20 @@ def _compile_in_background(update, state, stage: Stage, rollouts: int) -> thread
   return thread
 
 
+def _shares_programs(config, stage: Stage, dataset) -> bool:
+  """Whether the stage's students train inside its source
+  (runtime.share_stage1_programs / share_stage2_program; 'auto' weighs the
+  source's arithmetic against compiles, see runtime.share_programs)."""
+  switch = (config.runtime.share_stage2_program if stage.number == 2
+            else config.runtime.share_stage1_programs)
+  examples = len(dataset.train_images)
+  if config.distill.max_train_examples:
+    examples = min(examples, config.distill.max_train_examples)
+  return runtime.share_programs(switch, spec_lib.flops(stage.source),
+                                config.distill.epochs * examples, stage=stage.number,
+                                together=runtime.train_together(config.runtime.train_together))
+
+
 def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evaluator:
   """The default scorer: students distilled from the teacher's logits as
   config.distill says, on the devices and with the caches config.runtime says."""
@@ -377,7 +390,9 @@ def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evalua
       devices=student_devices(config.runtime.student_devices),
       compile_ahead=config.runtime.compile_ahead,
       compile_threads=runtime.compile_threads(config.runtime.compile_threads),
-      program_store=program_store.for_runtime(config.runtime))
+      program_store=program_store.for_runtime(config.runtime),
+      together=runtime.train_together(config.runtime.train_together),
+      students_per_call=config.runtime.students_per_call or config.search.rollouts)
 
 
 def student_devices(count: int) -> list:

@@ -273,8 +273,9 @@ def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000,
     short = size - chunk.shape[0]
     if short:
       chunk = jnp.concatenate([chunk, jnp.zeros((short,) + chunk.shape[1:], chunk.dtype)])
-    out.append(apply(variables, chunk)[:size - short])
-  return jnp.concatenate(out)
+    # Logits are (..., examples, classes): stacked students (stacked.py) lead.
+    out.append(apply(variables, chunk)[..., :size - short, :])
+  return jnp.concatenate(out, axis=-2)
 
 
 def accuracy(model, variables: dict, images, labels, batch_size: int = 1000) -> float:

@@ -133,20 +133,38 @@ def run_records(workdir):
 
 
 @pytest.fixture
-def compiled_specs(monkeypatch):
+def compiled_specs():
   """The specs Evaluator compiles programs for, in order, from an empty
   in-memory program cache."""
-  from n2n_jax import evaluator  # pylint: disable=g-import-not-at-top
-  compiled = []
-  real_compile = evaluator.Evaluator._compile  # pylint: disable=protected-access
+  from n2n_jax import program_cache  # pylint: disable=g-import-not-at-top
+  program_cache.SHARED.clear()
+  return SpecLog(program_cache.SHARED.built)
 
-  def watched(self, spec, device, key):
-    compiled.append(spec)
-    return real_compile(self, spec, device, key)
 
-  monkeypatch.setattr(evaluator.Evaluator, '_compile', watched)
-  evaluator._PROGRAMS.clear()  # pylint: disable=protected-access
-  return compiled
+class SpecLog:
+  """A live view of a ProgramCache's `built` log as the list of specs it
+  built programs for; clear() clears the log."""
+
+  def __init__(self, built: list):
+    self._built = built
+
+  def _specs(self) -> list:
+    return [b.spec for b in self._built]
+
+  def __eq__(self, other):
+    return self._specs() == list(other)
+
+  def __len__(self):
+    return len(self._built)
+
+  def __iter__(self):
+    return iter(self._specs())
+
+  def __repr__(self):
+    return repr(self._specs())
+
+  def clear(self) -> None:
+    self._built.clear()
 
 
 def best_recorded(records) -> dict:

@@ -1,7 +1,5 @@
 """Student evaluation: distillation, failures as results, teacher-weight inheritance."""
 
-import threading
-import time
 
 import jax
 import numpy as np
@@ -11,6 +9,7 @@ from n2n_jax import data as data_lib
 from n2n_jax import evaluator as E
 from n2n_jax import models
 from n2n_jax import padding
+from n2n_jax import program_cache
 from n2n_jax import spec as S
 from n2n_jax import train
 from n2n_jax import zoo
@@ -129,40 +128,29 @@ def _students(n):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('threads', [1, 2])
-def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(
-    setup, monkeypatch, threads):
+def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(setup, threads):
   ds, _, logits = setup
   settings = E.DistillSettings(epochs=1, max_train_examples=256)
   students = _students(3)
   jobs = [(s, jax.random.key(i)) for i, s in enumerate(students)]
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  program_cache.SHARED.clear()
   plain = E.Evaluator(ds, logits, settings, compile_ahead=False).train_many(jobs, seed=0)
 
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
-  compiled_in = []  # the thread each program was compiled in
-  background = []  # (start, end) of each background compile
-  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
-
-  def watched(self, spec, device, key):
-    compiled_in.append(threading.current_thread().name)
-    start = time.perf_counter()
-    program = real_compile(self, spec, device, key)
-    if threading.current_thread().name != 'MainThread':
-      background.append((start, time.perf_counter()))
-    return program
-
-  monkeypatch.setattr(E.Evaluator, '_compile', watched)
+  program_cache.SHARED.clear()
   ahead = E.Evaluator(ds, logits, settings, compile_ahead=True, compile_threads=threads)
   results = ahead.train_many(jobs, seed=0)
   assert [r.error for r in results] == [None] * 3
   assert [r.accuracy for r in results] == [r.accuracy for r in plain]
   # Each student compiled once: the first where it trains, the others in the
   # background while the ones before them trained.
-  assert sorted(compiled_in) == ['MainThread', 'n2n-compile-ahead', 'n2n-compile-ahead']
-  (start1, end1), (start2, end2) = sorted(background)
+  built = program_cache.SHARED.built
+  assert sorted(b.thread for b in built) == ['MainThread', 'n2n-compile-ahead',
+                                             'n2n-compile-ahead']
+  (start1, end1), (start2, _) = sorted((b.started, b.ended) for b in built
+                                       if b.thread != 'MainThread')
   # One thread compiles the two in turn; two compile them at the same time.
   assert (start2 < end1) == (threads == 2)
-  assert not ahead._pending  # pylint: disable=protected-access  # every compile was collected
+  assert ahead.programs.cache.pending() == 0  # every compile was collected
   # The run's compile time is what students waited, each wait counted once.
   assert ahead.compile_seconds == pytest.approx(sum(r.compile_seconds for r in results))
 
@@ -172,15 +160,15 @@ def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
   ds, _, logits = setup
   ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256))
   first, second = _students(2)
-  real_compile = E.Evaluator._compile  # pylint: disable=protected-access
+  real_build = models.build
 
-  def fail_for_second(self, spec, device, key):
+  def fail_for_second(spec):
     if spec == second:
       raise RuntimeError('injected compile failure')
-    return real_compile(self, spec, device, key)
+    return real_build(spec)
 
-  monkeypatch.setattr(E.Evaluator, '_compile', fail_for_second)
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(models, 'build', fail_for_second)
+  program_cache.SHARED.clear()
   results = ev.train_many([(first, jax.random.key(0)), (second, jax.random.key(1))], seed=0)
   assert results[0].error is None
   assert results[1].error == 'RuntimeError: injected compile failure'
@@ -260,7 +248,7 @@ def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(
   small = E.Evaluator(ds, logits, E.DistillSettings(epochs=2, max_train_examples=256),
                       memory_limit_bytes=limit)
   compiled.clear()
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  program_cache.SHARED.clear()
   alone = small.train(students[0], jobs[0][1], 0, inside=source)
   assert compiled == [students[0]] and alone.accuracy == own[0].accuracy
 

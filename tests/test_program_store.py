@@ -20,6 +20,7 @@ from conftest import tiny_run_flags
 from n2n_jax import data as data_lib
 from n2n_jax import evaluator as E
 from n2n_jax import models
+from n2n_jax import program_cache
 from n2n_jax import program_store
 from n2n_jax import spec as S
 from n2n_jax import train
@@ -53,7 +54,7 @@ def student():
 
 def new_process():
   """Forget every compiled program held in memory, as a new process would."""
-  E._PROGRAMS.clear()  # pylint: disable=protected-access
+  program_cache.SHARED.clear()
   jax.clear_caches()
 
 
@@ -94,7 +95,7 @@ def test_known_architecture_loads_without_tracing_and_trains_identically(
   new_process()
   evaluator = E.Evaluator(ds, logits, E.DistillSettings(epochs=1), program_store=store)
   del compile_events[:]
-  program, _ = evaluator._program(student())  # pylint: disable=protected-access
+  program, _ = evaluator.programs.get(student(), evaluator.devices[0])
   assert compile_events == []  # nothing traced, nothing compiled
   assert program.shapes == models.variable_shapes(program.model, (8, 8, 1))
   second = evaluator.train(student(), jax.random.key(3), 0, keep_variables=True)
@@ -323,7 +324,7 @@ CHILD = textwrap.dedent("""
                              program_store=program_store.ProgramStore(sys.argv[1]))
     ev._resident(ev.devices[0])
     del events[:]
-    program, _ = ev._program(student)
+    program, _ = ev.programs.get(student, ev.devices[0])
     compiles = len(events)
     r = ev.train(student, jax.random.key(3), 0)
     print(json.dumps({'accuracy': r.accuracy, 'error': r.error, 'compiles': compiles}))

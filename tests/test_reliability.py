@@ -2,7 +2,6 @@
 checkpoint with a warning, or refuses with a clear message, and a broken
 student scores -1 with its reason while the search goes on."""
 
-import collections
 import dataclasses
 import json
 import os
@@ -23,6 +22,7 @@ from n2n_jax import evaluator as E
 from n2n_jax import experiment
 from n2n_jax import models
 from n2n_jax import preemption
+from n2n_jax import program_cache
 from n2n_jax import report
 from n2n_jax import search
 from n2n_jax import spec as S
@@ -395,7 +395,7 @@ def test_failing_students_score_minus_one_and_the_search_goes_on(config_factory,
 
   monkeypatch.setattr(models, 'build', build_fails_for_the_first_student)
   # Programs compiled by earlier tests would skip the build.
-  monkeypatch.setattr(E, '_PROGRAMS', collections.OrderedDict())
+  program_cache.SHARED.clear()
   experiment.run(config, workdir)
   records = report.read_metrics(workdir)
   assert len(records) == config.search.stage1_iterations  # the search went on

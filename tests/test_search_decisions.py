@@ -31,6 +31,7 @@ from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
 from n2n_jax import export
 from n2n_jax import models
+from n2n_jax import program_cache
 from n2n_jax import reinforce
 from n2n_jax import report
 from n2n_jax import scoring
@@ -609,3 +610,28 @@ def test_the_latency_constraint_times_real_forward_passes(rule_teacher, tmp_path
   timed = [ms for r in records for ms, p in zip(r['latencies_ms'], r['params']) if p]
   assert timed and all(0 < ms < 1000 for ms in timed)
   assert 0 < summary['student']['latency_ms'] < 1000
+
+
+
+def test_a_search_that_shares_and_stacks_compiles_a_handful_of_programs(rule_teacher, tmp_path):
+  # Both stages inside their sources, each iteration's students stacked: the
+  # search compiles one program per set of pooling layers kept by stage 1's
+  # students, plus stage 2's source, plus at most one spare; each program
+  # trains 4 students at once. The rule teacher has one pool (its 'A'), so
+  # stage 1's students keep one of two pool sets.
+  overrides = {'search.stage1_iterations': 4, 'search.stage2_iterations': 3,
+               'search.rollouts': 4, 'runtime.share_stage1_programs': 'on',
+               'runtime.share_stage2_program': 'on', 'runtime.train_together': 'vmap',
+               'runtime.compilation_cache_dir': ''}
+  program_cache.SHARED.clear()
+  _, summary, records, _ = run_search(rule_teacher, tmp_path, None, **overrides)
+  kept_pool_sets = {'A' in text.split() for r in records if r['stage'] == 1
+                    for text, accuracy in zip(r['specs'], r['accuracies']) if accuracy is not None}
+  trained = sum(a is not None for r in records for a in r['accuracies'])
+  built = program_cache.SHARED.built
+  stacked_programs = [b.spec for b in built if b.stacking == ('vmap', 4)]
+  assert all(r['shared_program'] for r in records) and trained >= 12
+  assert len(stacked_programs) <= len(kept_pool_sets) + 2, (stacked_programs, kept_pool_sets)
+  # Every other program is the final training's (the answer on its own).
+  assert len(built) - len(stacked_programs) <= 1
+  assert summary['student']['params'] < RULE_TEACHER_PARAMS
