@@ -277,6 +277,23 @@ class Evaluator:
     scored on the validation split, as `train_many` does."""
     return self.train_many(list(zip(students, keys)), seed, inside=inside)
 
+  def prepare(self, source: spec_lib.NetSpec, *, removals: bool) -> None:
+    """Start compiling, in the background, the program that students inside
+    `source` share (stage 1's with all pools kept when `removals`, stage 2's
+    otherwise), one per device, so it compiles while the search's policy
+    compiles its sampler; the first iteration's students then find it built
+    (scoring.py's `prepare`). Nothing to do without compiling ahead."""
+    if not self.compile_ahead:
+      return
+    try:
+      wide = padding.with_switches(source, source)[0] if removals else source
+    except (padding.NotEmbeddable, spec_lib.SpecError):
+      return
+    if self._may_compile(wide):
+      stacking = (self._stacking() if self.together is not None
+                  and not self._too_large(wide, self.students_per_call) else None)
+      self.programs.compile_ahead([(wide, device, stacking) for device in self.devices])
+
   def _initial_variables(self, program: student_programs.Program, spec, seed: int, places, on) -> dict:
     """The student's own initial values (also when it runs padded), from the
     teacher where settings.init says so, placed in the wide network."""

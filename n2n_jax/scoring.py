@@ -26,7 +26,14 @@ a cheaper proxy (fewer epochs, a subset, a learned accuracy predictor) or a
 surrogate rule; the tests score students with deterministic rules this way
 so that a search of tens of iterations needs no student training. A scorer
 that has a `compile_seconds` attribute (seconds spent waiting for compiles)
-has it reported in summary.json's `time.compile`.
+has it reported in summary.json's `time.compile`. A scorer may also have
+
+    scorer.prepare(source, *, removals)
+
+which the search calls as a stage that shares programs starts, before its
+policy samples (`removals`: stage 1's students, the source with layers
+removed; else stage 2's, the source shrunk); the Evaluator starts compiling
+the stage's shared program there, so that compile overlaps the policy's first.
 """
 
 from __future__ import annotations

@@ -505,6 +505,9 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
                                      name, config.policy.method, config.policy.baseline,
                                      config.policy.baseline_decay)
       if meta['done'][str(number)] < stage.iterations:
+        if hasattr(scorer, 'prepare') and _shares_programs(config, stage, dataset):
+          # The stage's shared program compiles while the policy's sampler does.
+          scorer.prepare(stage.source, removals=number == 1)
         _compile_in_background(update, states[name], stage, config.search.rollouts)
       while meta['done'][str(number)] < stage.iterations:
         iteration = meta['done'][str(number)] + 1

@@ -174,6 +174,41 @@ def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
   assert results[1].error == 'RuntimeError: injected compile failure'
 
 
+@pytest.mark.parametrize('removals, together', [(True, None), (False, 'vmap')])
+def test_prepare_compiles_the_stage_program_ahead_for_its_first_students(
+    setup, removals, together):
+  # The search calls prepare as a sharing stage starts: the program its
+  # students share then compiles in the background (beside the policy's
+  # sampler), and the first student trains on it without compiling again.
+  ds, _, logits = setup
+  cache = program_cache.ProgramCache()
+  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256),
+                   program_cache=cache, together=together, students_per_call=2)
+  source = NO_DROPOUT
+  ev.prepare(source, removals=removals)
+  if removals:
+    student, wide = small_student_of(source), padding.with_switches(source, source)[0]
+    assert wide.switched and padding.with_switches(student, source)[0] == wide
+  else:
+    student, wide = S.shrink(source, [0.5] * len(S.shrink_vars(source))), source
+  stacking = None if together is None else (together, 2)
+  results = ev.train_many([(student, jax.random.key(0))], seed=0, inside=source)
+  assert results[0].error is None
+  assert [(b.spec, b.stacking, b.thread) for b in cache.built] == [
+      (wide, stacking, 'n2n-compile-ahead')]
+  # Without compiling ahead, prepare starts nothing.
+  idle = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256),
+                     program_cache=program_cache.ProgramCache(), compile_ahead=False)
+  idle.prepare(source, removals=removals)
+  assert idle.programs.cache.built == [] and idle.programs.cache.pending() == 0
+
+
+def small_student_of(source):
+  keep = [True] * S.removable_count(source)
+  keep[3] = keep[4] = False  # the second conv's batch-norm and ReLU
+  return S.remove(source, keep)
+
+
 @pytest.mark.slow
 def test_students_inside_their_source_share_one_program(setup, compiled_specs):
   # Two shrunk students (the source without dropout: padded layers draw their

@@ -31,6 +31,7 @@ from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
 from n2n_jax import export
 from n2n_jax import models
+from n2n_jax import padding
 from n2n_jax import program_cache
 from n2n_jax import reinforce
 from n2n_jax import report
@@ -634,4 +635,11 @@ def test_a_search_that_shares_and_stacks_compiles_a_handful_of_programs(rule_tea
   assert len(stacked_programs) <= len(kept_pool_sets) + 2, (stacked_programs, kept_pool_sets)
   # Every other program is the final training's (the answer on its own).
   assert len(built) - len(stacked_programs) <= 1
+  # Each stage's shared program started compiling ahead as the stage began
+  # (Evaluator.prepare), beside the policy's first compile: stage 1's with
+  # the teacher's pool kept, stage 2's its source.
+  teacher_spec = S.from_dict(RULE_TEACHER)
+  ahead = [b.spec for b in built if b.thread == 'n2n-compile-ahead']
+  assert ahead and ahead[0] == padding.with_switches(teacher_spec, teacher_spec)[0]
+  assert any(not spec.switched for spec in ahead), ahead  # stage 2's source: no switches
   assert summary['student']['params'] < RULE_TEACHER_PARAMS
