@@ -95,7 +95,7 @@ def measure(quick: bool) -> dict:
     dataset, logits = data_for(spec)
     evaluator = evaluator_lib.Evaluator(dataset, logits, tp.distill_settings(epoch_steps))
     tp.cold_caches()
-    _, seconds = evaluator._program(spec)  # pylint: disable=protected-access
+    _, seconds = evaluator.programs.get(spec, evaluator.devices[0])
     out['compile_seconds'][name] = seconds
 
   dataset, logits = data_for(teacher)
@@ -103,7 +103,7 @@ def measure(quick: bool) -> dict:
     student = tp.shrunk(teacher, factor)
     if name == 'medium':
       evaluator = evaluator_lib.Evaluator(dataset, logits, tp.distill_settings(epoch_steps))
-      program, _ = evaluator._program(student)  # pylint: disable=protected-access
+      program, _ = evaluator.programs.get(student, evaluator.devices[0])
       state = train_lib.TrainState.create(
           models.init_variables(program.model, 0, student.input_shape), program.tx)
       _, metrics = program.runner.run(state, evaluator.data, jax.random.key(1), tp.BATCH)

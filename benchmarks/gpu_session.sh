@@ -11,6 +11,15 @@
 #                                     # run it twice (two NAMEs) to see re-run speed and
 #                                     # whether the results repeat
 #   benchmarks/gpu_session.sh threads # the benchmark with 1 compile thread, then the default
+#   benchmarks/gpu_session.sh throughput
+#                                     # issue 17, < 8 min: whole-search figures
+#                                     # (throughput.py --search, VGG-13 at 28x28) with
+#                                     # every student on its own program (the baseline,
+#                                     # 3 + 2 iterations, with PyTorch; rerun last),
+#                                     # shared programs one student per call, stacked
+#                                     # x5 by vmap and by map, vmap x1, and vmap x5 with
+#                                     # XLA's autotuning off; settles runtime.train_together
+#                                     # and the sharing rule's GPU figures
 #
 # 2026-11-28 (H200, docs/records/h200-2026-11-28): `smoke`, then `search fm_search 10 6 20
 # 460 --config.teacher.decay_epochs='(15,)' --config.distill.epochs=1
@@ -42,11 +51,11 @@ OUT="${OUT:-/tmp/gpu_session}"
 FMNIST="${FMNIST:-.devdata/fashion-mnist}"
 usage() {
   echo "usage: benchmarks/gpu_session.sh smoke | threads |" \
-    "search NAME ITER1 ITER2 TEACHER_EPOCHS SECONDS [overrides]" >&2
+    "throughput | search NAME ITER1 ITER2 TEACHER_EPOCHS SECONDS [overrides]" >&2
   exit 2
 }
 case "${1:-smoke}" in
-  smoke | threads) ;;
+  smoke | threads | throughput) ;;
   search) (($# >= 6)) || usage ;;
   *) usage ;;
 esac
@@ -98,6 +107,28 @@ print(jax.devices(), jax.devices()[0].device_kind)' 2>&1 | tee -a "$OUT/versions
     echo "search: rc=$? in $((SECONDS - start)) s"
     tail -40 "$OUT/$name.log"
     copy_run "/tmp/$name" "$name"
+    ;;
+  throughput)
+    search() {  # LABEL SECONDS [throughput.py flags]: one JSON line per setting
+      local label="$1" seconds="$2"
+      shift 2
+      local start=$SECONDS
+      timeout "$seconds" "$PYTHON" benchmarks/throughput.py --search "$@" \
+        >"$OUT/search_$label.log" 2>&1
+      echo "search_$label: rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/search_$label.log")"
+    }
+    shared=(--share-stage1=on --share-stage2=on)
+    # Timeouts add up to 455 s (under 8 minutes with the machine's start).
+    search own 75 --share-stage1=off --share-stage2=off --together=off \
+      --search-iterations=3,2 --torch
+    search shared 70 "${shared[@]}" --together=off
+    search vmap5 70 "${shared[@]}" --together=vmap --students-per-call=5
+    search map5 70 "${shared[@]}" --together=map --students-per-call=5
+    search vmap1 50 "${shared[@]}" --together=vmap --students-per-call=1 --search-iterations=3,2
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+      search vmap5_autotune0 60 "${shared[@]}" --together=vmap --students-per-call=5
+    search own_again 60 --share-stage1=off --share-stage2=off --together=off \
+      --search-iterations=3,2
     ;;
   threads)
     for threads in 1 0; do

@@ -5,6 +5,8 @@ and how much of a real search goes to compiling.
   python benchmarks/throughput.py [--quick] [--torch [--torch-threads=N]] [--json-only]
                                   [--data=synthetic|fashion_mnist] [--compile-threads=N]
                                   [--share-stage2=auto|on|off] [--share-stage1=auto|on|off]
+                                  [--search [--search-teacher=vgg13|digits_cnn]
+                                   [--together=auto|off|vmap|map] [--students-per-call=K]]
 
 Figures (each printed with what it measures, then all of them as ONE JSON line,
 always the last line of stdout):
@@ -53,9 +55,30 @@ the command line sets them (runtime.set_cpu_flags). --compile-threads=N sets the
 threads that compile students ahead in the iteration and the short search
 (runtime.compile_threads; default, as on the command line: one per 4 cores).
 --share-stage2=auto|on|off sets the short search's
-runtime.share_stage2_program (default auto, as on the command line: on for
-GPUs and TPUs), --share-stage1=auto|on|off its runtime.share_stage1_programs
-(default off, as on the command line); the JSON line says what each resolved to.
+runtime.share_stage2_program, --share-stage1=auto|on|off its
+runtime.share_stage1_programs (default auto, as on the command line:
+runtime.sharing_pays decides); the JSON line says what each resolved to.
+
+--search replaces all of the above with a whole search (issue 17's figures):
+a 10 + 5 iteration search (both stages, 5 rollouts, each student distilled
+100 steps at batch 64 and scored on 1,000 images, the policies learning as
+they go, compilation caches off and nothing compiled in memory) on the
+untrained VGG-13 teacher at 28x28 (--search-teacher=digits_cnn: the digits
+CNN at 8x8, for a quick CPU run), printing
+* search_seconds (summary time.search), search_compile_seconds,
+* iteration_seconds_steady: the median of stage-1 iterations 2-10,
+* programs_compiled: student programs XLA compiled during the search (with
+  both stages shared, at most kept_pool_sets + 2),
+* kept_pool_sets: distinct sets of pooling layers kept by stage 1's students,
+* search_tflop: the students' own training and scoring arithmetic (3 x
+  forward FLOPs per training image, 1 x per validation image; not the
+  padding's),
+* with --torch, torch_iteration_seconds: the distinct students of stage-1
+  iteration 2, each trained 100 steps in plain PyTorch (at its measured
+  steps/s), and torch_iteration_ratio (PyTorch / ours).
+--share-stage1/--share-stage2 apply to it, --together=auto|off|vmap|map sets
+runtime.train_together, --students-per-call runtime.students_per_call and
+--search-iterations=N1,N2 the iterations of each stage.
 """
 
 from __future__ import annotations
@@ -95,11 +118,14 @@ from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
 from n2n_jax import models
 from n2n_jax import policies
+from n2n_jax import program_cache
 from n2n_jax import program_store
 from n2n_jax import reinforce
+from n2n_jax import report
 from n2n_jax import reward as reward_lib
 from n2n_jax import search as search_lib
 from n2n_jax import spec as spec_lib
+from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
 from n2n_jax import zoo
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -163,7 +189,7 @@ class Printer:
 def cold_caches() -> None:
   """Forget every compiled program this process holds: the evaluator's
   process-wide cache and JAX's in-memory (tracing and executable) caches."""
-  evaluator_lib._PROGRAMS.clear()  # pylint: disable=protected-access
+  program_cache.SHARED.clear()
   jax.clear_caches()
 
 
@@ -261,7 +287,7 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
   # background while the ones before them train (runtime.compile_ahead).
   results = dict(zip(trainable, evaluator.train_many(
       [(students[i], jax.random.fold_in(train_key, i)) for i in trainable], seed)))
-  rows, rewards = [], []
+  rows, rewards, tflop = [], [], 0.0
   for i, student in enumerate(students):
     row = {'rollout': i + 1}
     if i not in results:
@@ -273,6 +299,9 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
       row.update(params=spec_lib.param_count(student),
                  seconds=result.train_seconds + result.compile_seconds,
                  compile_seconds=result.compile_seconds, error=result.error)
+      if result.error is None:  # training and scoring arithmetic
+        tflop += spec_lib.flops(student) * (3 * steps * BATCH
+                                            + dataset.val_images.shape[0]) / 1e12
       # The update's cost does not depend on the reward's value: A_teacher = 1.
       rewards.append(reward_lib.score(result.accuracy, row['params'], teacher_params, 1.0).reward
                      if result.error is None else reward_lib.DEGENERATE_REWARD)
@@ -289,7 +318,7 @@ def stage1_iteration(config, teacher, dataset, teacher_logits, steps, rollouts, 
   end = time.perf_counter()
   return {'seconds': end - start, 'sample_seconds': sample_seconds,
           'update_seconds': end - update_start, 'students': rows,
-          'trained': len(trainable)}
+          'trained': len(trainable), 'tflop': tflop}
 
 
 def bring_up(dataset, teacher_logits, steps: int, student, seed: int, cache_dir: str) -> tuple:
@@ -309,8 +338,7 @@ def bring_up(dataset, teacher_logits, steps: int, student, seed: int, cache_dir:
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
     start = time.perf_counter()
-    # Evaluator has no public way to prepare a program without training it.
-    program, compile_seconds = evaluator._program(student)  # pylint: disable=protected-access
+    program, compile_seconds = evaluator.programs.get(student, evaluator.devices[0])
     variables = models.init_variables(program.model, evaluator_lib.student_seed(student, seed),
                                       student.input_shape, program.shapes)
     jax.block_until_ready(program.init_state(variables))
@@ -325,7 +353,7 @@ def steps_per_second(dataset, teacher_logits, student, epoch_steps: int,
   """Steady-state train steps/s at batch 64: whole epochs of `epoch_steps`
   steps after one untimed warm-up epoch, for at least min_seconds."""
   evaluator = evaluator_lib.Evaluator(dataset, teacher_logits, distill_settings(epoch_steps))
-  program, _ = evaluator._program(student)  # pylint: disable=protected-access
+  program, _ = evaluator.programs.get(student, evaluator.devices[0])
   state = train_lib.TrainState.create(
       models.init_variables(program.model, 0, student.input_shape), program.tx)
   key = jax.random.key(1)
@@ -418,6 +446,131 @@ def short_search(overrides: dict, workroot: str, cache_dir: str, label: str,
         persistent_cache(None)
     return dict(summary['time'], xla=sum(xla), seed=seed)
   raise RuntimeError(f'short searches with seeds {seeds} found no usable student')
+
+
+# ---- a whole search (--search)
+
+
+def kept_pools(student, teacher) -> tuple:
+  """The positions in `teacher` of the pooling layers a stage-1 student kept
+  (its layers matched to the teacher's in order, earliest first, as
+  padding.with_switches matches them)."""
+  kept, j = [], 0
+  for i, layer in enumerate(teacher.layers):
+    if j < len(student.layers) and student.layers[j] == layer:
+      j += 1
+      if isinstance(layer, (spec_lib.MaxPool, spec_lib.AvgPool)):
+        kept.append(i)
+  return tuple(kept)
+
+
+class CountingScorer:
+  """The search's default scorer, noting after each call how many programs
+  the process had built and which pooling layers stage 1's students kept."""
+
+  def __init__(self, evaluator, teacher, stage1_iterations: int):
+    self.evaluator, self.teacher, self.stage1_iterations = evaluator, teacher, stage1_iterations
+    self.calls, self.pool_sets, self.tflop = 0, set(), 0.0
+    self.trained = []  # per call: the students that trained without error
+    self.built_after_search = 0
+
+  def __call__(self, students, keys, seed, *, inside=None):
+    results = self.evaluator(students, keys, seed, inside=inside)
+    self.calls += 1
+    if self.calls <= self.stage1_iterations:
+      self.pool_sets.update(kept_pools(student, self.teacher) for student in students)
+    images = self.evaluator.data.images.shape[0] * self.evaluator.settings.epochs
+    for student, result in zip(students, results):
+      if result.error is None:  # the students' own arithmetic, not the padding's
+        self.tflop += spec_lib.flops(student) * (
+            3 * images + self.evaluator.dataset.val_images.shape[0]) / 1e12
+    self.trained.append([s for s, r in zip(students, results) if r.error is None])
+    self.built_after_search = program_cache.SHARED.compiled_count()
+    return results
+
+
+def search_figures(args, say) -> dict:
+  """--search: a 10 + 5 iteration search (5 rollouts, each student distilled
+  100 steps at batch 64 and scored on 1,000 images, the policies learning),
+  caches empty, on an untrained teacher and synthetic data."""
+  quick = args.quick
+  name = args.search_teacher
+  shape = (28, 28, 1) if name != 'digits_cnn' else (8, 8, 1)
+  teacher_spec = zoo.get(name, shape, NUM_CLASSES)
+  steps, eval_images = (10, 200) if quick else (100, 1000)
+  config = config_lib.base_config()
+  config.search.stage1_iterations, config.search.stage2_iterations = (
+      (2, 1) if quick else tuple(int(n) for n in args.search_iterations.split(',')))
+  config.search.rollouts = 5
+  config.distill.epochs = 1
+  config.final.epochs = 1
+  config.runtime.compilation_cache_dir = ''
+  config.runtime.progress = False
+  config.runtime.compile_threads = args.compile_threads
+  config.runtime.share_stage1_programs = args.share_stage1
+  config.runtime.share_stage2_program = args.share_stage2
+  config.runtime.train_together = args.together
+  if args.students_per_call:
+    config.runtime.students_per_call = args.students_per_call
+  dataset = synthetic_dataset(shape, steps * BATCH, eval_images, config.seed)
+  model = models.build(teacher_spec)
+  variables = models.init_variables(model, config.seed, shape)
+  teacher_logits = train_lib.predict(model, variables, dataset.train_images)
+  accuracy = train_lib.accuracy_of(train_lib.predict(model, variables, dataset.val_images),
+                                   dataset.val_labels)
+  teacher = teacher_lib.Teacher(teacher_spec, model, variables, {
+      'seconds': 0.0, 'val_accuracy': accuracy, 'test_accuracy': accuracy})
+  cold_caches()
+  persistent_cache(None)
+  scorer = CountingScorer(
+      search_lib._evaluator(config, dataset, teacher, teacher_logits),  # pylint: disable=protected-access
+      teacher_spec, config.search.stage1_iterations)
+  workdir = tempfile.mkdtemp(prefix='n2n_search_benchmark_')
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      summary = search_lib.run(config, workdir, teacher, dataset, progress=False, scorer=scorer)
+    records = report.read_metrics(workdir)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  stage1 = [r['seconds'] for r in records if r['stage'] == 1]
+  out = {'search_teacher': name, 'search_seconds': summary['time']['search'],
+         'search_compile_seconds': summary['time']['compile'],
+         'iteration_seconds_steady': float(np.median(stage1[1:] or stage1)),
+         'programs_compiled': scorer.built_after_search,
+         'kept_pool_sets': len(scorer.pool_sets), 'search_tflop': scorer.tflop,
+         'search_iterations': [config.search.stage1_iterations,
+                               config.search.stage2_iterations],
+         'train_together': str(scorer.evaluator.together),
+         'students_per_call': scorer.evaluator.students_per_call,
+         'shared_program_stages': sorted({r['stage'] for r in records if r['shared_program']})}
+  say(f'search_seconds {out["search_seconds"]:.1f}: a {config.search.stage1_iterations} + '
+      f'{config.search.stage2_iterations} iteration search on the untrained {name} teacher, '
+      f'{config.search.rollouts} rollouts x {steps} steps at batch {BATCH}, scored on '
+      f'{eval_images} images, caches empty ({out["search_compile_seconds"]:.1f} s waiting '
+      'for compiles)')
+  say(f'iteration_seconds_steady {out["iteration_seconds_steady"]:.2f}: median of stage-1 '
+      'iterations 2 on')
+  say(f'programs_compiled {out["programs_compiled"]}: student programs XLA compiled; '
+      f'kept_pool_sets {out["kept_pool_sets"]} (with both stages shared the bound is that + 2); '
+      f'stages sharing: {out["shared_program_stages"]}, trained together: '
+      f'{out["train_together"]} x{out["students_per_call"]}')
+  say(f'search_tflop {out["search_tflop"]:.3f}: the students\' own training and scoring '
+      f'arithmetic ({out["search_tflop"] / summary["time"]["search"] * 1e3:.1f} GFLOP/s over '
+      'the search)')
+  out.update(torch_iteration_seconds=None, torch_iteration_ratio=None)
+  if args.torch and importlib.util.find_spec('torch') is not None:
+    # One steady iteration's students (iteration 2 of stage 1) in plain
+    # PyTorch: their steps at each one's measured steps/s (0.5 s timings).
+    seconds = 0.0
+    for student in set(scorer.trained[min(1, len(scorer.trained) - 1)]):
+      sps, _ = torch_steps_per_second(student, min(steps, 20), 0.5)
+      seconds += steps / sps
+    out.update(torch_iteration_seconds=seconds,
+               torch_iteration_ratio=seconds / out['iteration_seconds_steady'])
+    say(f'torch_iteration_seconds {seconds:.2f}: that iteration\'s distinct students, {steps} '
+        f'steps each in plain PyTorch; ours / PyTorch '
+        f'{out["iteration_seconds_steady"] / seconds:.2f}')
+  return out
 
 
 # ---- PyTorch
@@ -564,11 +717,35 @@ def main(argv=None) -> dict:
                            '0: one per 4 cores, as the command line)')
   parser.add_argument('--share-stage2', choices=runtime.SWITCHES, default='auto',
                       help="the short search's runtime.share_stage2_program (stage 2 in its "
-                           "source's program; auto: on for GPUs and TPUs)")
-  parser.add_argument('--share-stage1', choices=runtime.SWITCHES, default='off',
+                           "source's program; auto: where it pays, runtime.sharing_pays)")
+  parser.add_argument('--share-stage1', choices=runtime.SWITCHES, default='auto',
                       help="the short search's runtime.share_stage1_programs (stage 1 in the "
-                           "teacher's programs, one per set of pools kept)")
+                           "teacher's programs, one per set of pools kept; auto: where students also "
+                           'train together and it pays)')
+  parser.add_argument('--search', action='store_true',
+                      help='instead of the figures above, a 10 + 5 iteration search with caches '
+                           'empty: search_seconds, iteration_seconds_steady, programs_compiled, '
+                           'kept_pool_sets, search_tflop (and with --torch the PyTorch iteration)')
+  parser.add_argument('--search-teacher', default='vgg13', choices=('vgg13', 'digits_cnn'),
+                      help='the --search teacher (vgg13 at 28x28; digits_cnn at 8x8 for a '
+                           'quick CPU run)')
+  parser.add_argument('--together', choices=runtime.TOGETHER, default='auto',
+                      help="the --search's runtime.train_together (students sharing a program "
+                           'trained in one call: vmap, map, off; auto: off on CPUs)')
+  parser.add_argument('--search-iterations', default='10,5',
+                      help="the --search's stage-1,stage-2 iterations")
+  parser.add_argument('--students-per-call', type=int, default=0,
+                      help="the --search's runtime.students_per_call (0: the rollouts, 5)")
   args = parser.parse_args(argv)
+  try:
+    iterations = [int(n) for n in args.search_iterations.split(',')]
+  except ValueError:
+    iterations = []
+  if len(iterations) != 2 or min(iterations) < 1:
+    parser.error('--search-iterations must be two integers >= 1 (stage 1, stage 2), got '
+                 f'{args.search_iterations!r}')
+  if args.students_per_call < 0:
+    parser.error(f'--students-per-call must be >= 0, got {args.students_per_call}')
   if args.compile_threads < 0:
     parser.error(f'--compile-threads must be >= 0, got {args.compile_threads}')
   say = Printer(args.json_only)
@@ -582,17 +759,50 @@ def main(argv=None) -> dict:
   if args.share_stage2 != 'auto':
     profile = dataclasses.replace(profile, search=dict(
         profile.search, **{'runtime.share_stage2_program': args.share_stage2}))
-  if args.share_stage1 != 'off':
+  if args.share_stage1 != 'auto':
     profile = dataclasses.replace(profile, search=dict(
         profile.search, **{'runtime.share_stage1_programs': args.share_stage1}))
   # No persistent cache, whatever the environment says, except where a figure
   # asks for one (in a folder of its own).
   persistent_cache(None)
+  if args.search:
+    return _run_search(args, say)
   workroot = tempfile.mkdtemp(prefix='n2n_throughput_')
   try:
     return _run(args, profile, workroot, say)
   finally:
     shutil.rmtree(workroot, ignore_errors=True)
+
+
+def _run_search(args, say) -> dict:
+  start = time.perf_counter()
+  out = {'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
+         'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+         'jax_version': jax.__version__, 'command': shlex.join([sys.executable] + sys.argv),
+         'machine': platform.platform(), 'quick': args.quick,
+         'share_stage1_programs': args.share_stage1, 'share_stage2_program': args.share_stage2}
+  say(f'device: {out["backend"]} ({out["device_kind"]}) x{out["device_count"]}, '
+      f'{out["cpu_count"]} CPU cores, jax {jax.__version__}, {out["machine"]}')
+  out.update(search_figures(args, say))
+  out['wall_seconds'] = time.perf_counter() - start
+  print(json.dumps(_rounded(out)), flush=True)
+  return out
+
+
+def _digits_shares(switch: str, profile: Profile, stage: int) -> bool:
+  """Whether the short digits search shares programs under `switch`
+  (runtime.share_programs on its teacher and distillation)."""
+  config = load_config('digits')
+  for dotted, value in profile.search.items():
+    section, field = dotted.split('.')
+    config[section][field] = value
+  teacher = zoo.get(config.teacher.name, (8, 8, 1), NUM_CLASSES)
+  examples = config.data.max_train_examples or 1293  # the digits' training split
+  if config.distill.max_train_examples:
+    examples = min(examples, config.distill.max_train_examples)
+  return runtime.share_programs(switch, spec_lib.flops(teacher), config.distill.epochs * examples,
+                                stage=stage,
+                                together=runtime.train_together(config.runtime.train_together))
 
 
 def _run(args, profile: Profile, workroot: str, say) -> dict:
@@ -601,8 +811,9 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   out = {'backend': backend, 'device_kind': jax.devices()[0].device_kind,
          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
          'compile_threads': runtime.compile_threads(args.compile_threads),
-         'share_stage2_program': runtime.share_programs(args.share_stage2),
-         'share_stage1_programs': runtime.share_programs(args.share_stage1),
+         # The short digits search's, each resolved as the search resolves it.
+         'share_stage2_program': _digits_shares(args.share_stage2, profile, 2),
+         'share_stage1_programs': _digits_shares(args.share_stage1, profile, 1),
          'jax_version': jax.__version__, 'command': shlex.join([sys.executable] + sys.argv),
          'machine': platform.platform(), 'quick': args.quick, 'data': args.data,
          'teacher': profile.teacher, 'batch_size': BATCH}
@@ -649,7 +860,8 @@ def _run(args, profile: Profile, workroot: str, say) -> dict:
   out.update(iteration_seconds=it['seconds'], iteration_students_trained=it['trained'],
              iteration_rollouts=profile.rollouts,
              iteration_compile_seconds=sum(s.get('compile_seconds', 0.0) for s in it['students']),
-             iteration_policy_seconds=it['sample_seconds'] + it['update_seconds'])
+             iteration_policy_seconds=it['sample_seconds'] + it['update_seconds'],
+             iteration_tflop=it['tflop'])
   say(f'iteration_seconds {it["seconds"]:.2f}: one cold stage-1 iteration, {it["trained"]} of '
       f'{profile.rollouts} students trained (degenerate ones cost nothing); '
       f'{out["iteration_compile_seconds"]:.2f} s of it waiting for students\' programs to '

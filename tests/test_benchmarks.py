@@ -43,8 +43,11 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
   assert _positive(r['new_architecture_seconds_warm'])
   # The warm figure loaded every program from the program store.
   assert r['new_architecture_warm_compiles'] == 0
-  assert r['share_stage2_program'] is (r['backend'] != 'cpu')  # --share-stage2=auto
-  assert r['share_stage1_programs'] is False  # --share-stage1=off
+  # auto: the digits' stage 2 pays on every backend (runtime.sharing_pays),
+  # stage 1 only where students train together (not on CPUs).
+  assert r['share_stage2_program'] is True
+  assert r['share_stage1_programs'] is (r['backend'] != 'cpu')
+  assert _positive(r['iteration_tflop'])
   # The fractions are the parts of the search's time spent waiting for compiles
   # (the JSON line rounds every figure, hence the tolerance).
   assert r['compile_fraction'] == pytest.approx(
@@ -105,3 +108,42 @@ def test_cpu_options_refuses_unknown_variants():
                         timeout=120, check=False)
   assert proc.returncode == 2
   assert 'warp_speed' in proc.stderr and 'hugetlb' in proc.stderr  # lists the valid ones
+
+
+def test_quick_search_figures_count_a_handful_of_programs(tmp_path):
+  # Issue 17's CPU check: with both stages shared and students stacked, the
+  # search compiles at most one program per set of pools kept, plus two.
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--search', '--quick', '--json-only',
+                         '--search-teacher=digits_cnn', '--share-stage1=on', '--share-stage2=on',
+                         '--together=vmap'],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert r['search_iterations'] == [2, 1] and r['search_teacher'] == 'digits_cnn'
+  assert r['train_together'] == 'vmap' and r['students_per_call'] == 5
+  assert r['shared_program_stages'] == [1, 2]
+  assert _positive(r['search_seconds']) and _positive(r['iteration_seconds_steady'])
+  assert _positive(r['search_tflop'])
+  assert 1 <= r['kept_pool_sets'] and 1 <= r['programs_compiled'] <= r['kept_pool_sets'] + 2
+  assert r['torch_iteration_seconds'] is None  # not asked for
+
+
+def test_kept_pool_sets_tell_apart_which_pools_a_student_kept():
+  # The bound above counts sets of pool *positions*: two students that each
+  # keep one of the digits teacher's pools keep different sets.
+  module_spec = importlib.util.spec_from_file_location('throughput', SCRIPT)
+  throughput = importlib.util.module_from_spec(module_spec)
+  sys.modules['throughput'] = throughput  # its dataclasses look their module up
+  module_spec.loader.exec_module(throughput)
+  from n2n_jax import spec as S  # pylint: disable=import-outside-toplevel
+  from n2n_jax import zoo  # pylint: disable=import-outside-toplevel
+  teacher = zoo.get('digits_cnn', (8, 8, 1), 10)
+  pools = [i for i, l in enumerate(teacher.layers) if isinstance(l, (S.MaxPool, S.AvgPool))]
+  assert len(pools) >= 2
+  assert throughput.kept_pools(teacher, teacher) == tuple(pools)
+  for p in pools:  # the teacher less one pool and the layer after it
+    layers = tuple(l for i, l in enumerate(teacher.layers) if i not in (p, p + 1))
+    student = S.NetSpec('student', teacher.input_shape, layers)
+    assert throughput.kept_pools(student, teacher) == tuple(q for q in pools if q != p)
