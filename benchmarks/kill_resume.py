@@ -195,7 +195,8 @@ def location(tmp: str) -> str:
 
 def write_key(tmp: str) -> tuple[str, str]:
   """(location, what): ('search_checkpoints', '3') for step 3's write,
-  ('teacher_checkpoint', '') for the teacher's variables, ('student', 'variables')."""
+  ('teacher_checkpoint', '') for the teacher's variables, ('.student.partial',
+  'variables') for the exported student's (written beside student/, atomic.py)."""
   head, _, rest = tmp.partition(os.sep)
   if not rest:
     return location(tmp), ''

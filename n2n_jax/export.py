@@ -9,6 +9,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from n2n_jax import atomic
 from n2n_jax import distributed
 from n2n_jax import models
 from n2n_jax import spec as spec_lib
@@ -20,20 +21,34 @@ VARIABLES_DIR = 'variables'
 def save_student(directory: str, spec: spec_lib.NetSpec, variables: dict,
                  info: dict | None = None) -> None:
   """Write DIR/spec.json (the spec plus `info`, e.g. accuracies and the data
-  normalisation a user needs to feed it) and DIR/variables/ (orbax).
+  normalisation a user needs to feed it) and DIR/variables/ (orbax), whole or
+  not at all: both go into a temporary folder that then replaces DIR
+  (atomic.py), so a reader never loads a half-written student and a failed
+  export leaves the previous one.
 
   In a run of several processes all call it (orbax's save is collective and
   writes process 0's variables, which must be NumPy there; see
-  checkpoint.Checkpoints.save) and process 0 alone writes spec.json."""
-  if distributed.is_primary():
-    os.makedirs(directory, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(os.path.join(directory, VARIABLES_DIR)),
-                    jax.device_get(variables), force=True)
-  checkpointer.wait_until_finished()
-  if distributed.is_primary():
-    with open(os.path.join(directory, SPEC_FILE), 'w') as f:
-      json.dump({'spec': spec_lib.to_dict(spec), 'info': info or {}}, f, indent=2)
+  checkpoint.Checkpoints.save) and process 0 alone handles the folders and
+  writes spec.json."""
+  primary = distributed.is_primary()
+  if primary:
+    atomic.fresh_partial_dir(directory)
+  distributed.sync('export: folder ready')
+  partial = atomic.partial_dir(directory)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(partial, VARIABLES_DIR), jax.device_get(variables),
+                      force=True)
+    checkpointer.wait_until_finished()
+    if primary:
+      with open(os.path.join(partial, SPEC_FILE), 'w', encoding='utf-8') as f:
+        json.dump({'spec': spec_lib.to_dict(spec), 'info': info or {}}, f, indent=2)
+  except BaseException:
+    if primary:
+      atomic.discard_partial_dir(directory)
+    raise
+  if primary:
+    atomic.commit_dir(directory)
 
 
 def load_student(directory: str) -> tuple:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 
 import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure  # no pyplot: no global backend, no figure registry
+
+from n2n_jax import atomic
 
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
@@ -241,8 +242,9 @@ def _by_stage(records: list[dict]) -> dict:
 def _save(fig: Figure, path: str) -> str:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=120, bbox_inches='tight')
-  return path
+  # Written whole or not at all (atomic.py): a reader never opens half a PNG.
+  return atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches='tight'),
+                           suffix='.png')
 
 
 def _legend_below(ax):
@@ -385,20 +387,9 @@ def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict) 
 def write_summary(summary: dict, workdir: str) -> str:
   """Writes WORKDIR/summary.json atomically: readers see the old or the new
   file, never half of one. Returns its path."""
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, SUMMARY_FILE)
   text = _dumps(summary, indent=2) + '\n'  # fails before any file is touched
-  fd, tmp = tempfile.mkstemp(dir=workdir, prefix='.summary.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic.write_text(path, text)
   _fsync_dir(workdir)
   return path
 
@@ -571,7 +562,4 @@ def write_report(summary: dict, records: list[dict], path: str,
     out.append(f'![{title}]({rel})')
     out.append('')
 
-  text = '\n'.join(out).rstrip('\n') + '\n'
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(text)
-  return path
+  return atomic.write_text(path, '\n'.join(out).rstrip('\n') + '\n')

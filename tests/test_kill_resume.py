@@ -48,7 +48,7 @@ def test_killed_runs_end_with_the_uninterrupted_result(tmp_path):
       # training left, more than the teacher training it skips, so it is
       # still going.
       lambda runs: kill_resume.Kill('random', rng.uniform(0.0, runs[0].seconds / 2)),
-      kill_resume.Kill('checkpoint', target=('student', 'variables')),
+      kill_resume.Kill('checkpoint', target=('.student.partial', 'variables')),
   ]
   print(f'reference {ref.seconds:.1f} s (cold cache)')  # shown if the test fails
   trial = kill_resume.run_trial(0, ref, workroot, cache, kills, rng, CI_OVERRIDES)
@@ -101,7 +101,7 @@ def test_comparison_catches_any_difference_but_timing():
 @pytest.mark.parametrize('tmp,key', [
     ('search_checkpoints/3.orbax-checkpoint-tmp-17', ('search_checkpoints', '3')),
     ('teacher_checkpoint.orbax-checkpoint-tmp-17', ('teacher_checkpoint', '')),
-    ('student/variables.orbax-checkpoint-tmp-17', ('student', 'variables')),
+    ('.student.partial/variables.orbax-checkpoint-tmp-17', ('.student.partial', 'variables')),
 ])
 def test_write_keys(tmp, key):
   assert kill_resume.write_key(tmp.replace('/', os.sep)) == key

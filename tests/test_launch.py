@@ -282,11 +282,14 @@ def test_two_processes_write_once_and_match_one_process(tmp_path):
   writes = {i: (tmp_path / f'writes.{i}').read_text().splitlines() for i in (0, 1)}
   assert writes[1] == []
   written = {line.split(' ', 1)[1] for line in writes[0]}
-  for name in ('.n2n_jax.lock', 'metrics.jsonl', 'report.md', 'search_stage1.png',
-               'accuracy_vs_params.png', 'student/spec.json', 'teacher.json.tmp'):
+  for name in ('.n2n_jax.lock', 'metrics.jsonl', 'teacher.json.tmp',
+               '.student.partial/spec.json'):  # the student's folder, swapped in whole
     assert name in written
   assert any(w.startswith('tensorboard/events.') for w in written)
-  assert any(w.startswith('.summary.') for w in written)  # summary.json, written atomically
+  # Written as temporary siblings, then renamed (atomic.py).
+  for prefix in ('.summary.json.', '.report.md.', '.search_stage1.png.',
+                 '.accuracy_vs_params.png.'):
+    assert any(w.startswith(prefix) for w in written), (prefix, written)
   assert len(list((two / 'tensorboard').iterdir())) == 1
 
   # The same run as one process: teacher weights, every record, the student.
