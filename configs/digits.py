@@ -9,7 +9,8 @@ Expected: teacher `digits_cnn` (140,778 params) at 0.99 test accuracy in
 12-30 s; then 10 stage-1 and 6 stage-2 policy iterations of 5 students. The
 chosen student depends on the CPU (float rounding steers the search): on a
 2-core AVX-512 machine (2026-12-07) 5,706 params (24.7x smaller) at 0.9972 test
-accuracy in 2 min 29 s with every cache off; on an earlier 2-core machine
+accuracy in 2 min 10-19 s with every cache empty (stage 2 in one shared
+program: runtime.share_stage2_program='auto'); on an earlier 2-core machine
 (2026-11-27) 19,850 params (7.1x) at 0.9916 in about 6 minutes with empty
 caches, about 2 minutes when run again (programs come from the program store).
 Teacher only: --config.mode=teacher (~30 s).

@@ -118,7 +118,7 @@ def train_together(switch: str) -> str | None:
   (XLA's CPU backward convolutions inside a loop, see train.py) than one by
   one (docs/performance.md); 'vmap' on GPUs and TPUs, where one student
   fills a small part of the chip (to be settled by benchmarks/gpu_session.sh
-  together)."""
+  throughput)."""
   if switch not in TOGETHER:
     raise ValueError(f'unknown runtime.train_together {switch!r}; valid: {", ".join(TOGETHER)}')
   if switch == 'auto':

@@ -157,6 +157,9 @@ class SpecLog:
   def __len__(self):
     return len(self._built)
 
+  def __getitem__(self, index):
+    return self._specs()[index]
+
   def __iter__(self):
     return iter(self._specs())
 
