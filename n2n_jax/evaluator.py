@@ -176,9 +176,12 @@ class Evaluator:
                                 else jax.device_put(arrays, device))
       return self._copies[device]
 
-  def _stacking(self):
-    """The stacking of this evaluator's shared programs: (lowering,
-    students per call)."""
+  def _stacking_for(self, wide: spec_lib.NetSpec) -> tuple | None:
+    """(lowering, students per call) of the stacked program for students
+    running as `wide`, or None where they train one per call: not `together`,
+    or students_per_call wide networks would not fit the memory limit."""
+    if self.together is None or self._too_large(wide, self.students_per_call):
+      return None
     return (self.together, self.students_per_call)
 
   def _wide(self, spec: spec_lib.NetSpec, inside: spec_lib.NetSpec | None) -> tuple:
@@ -232,7 +235,7 @@ class Evaluator:
         wide, places, _ = self._wide(spec, inside)
       except spec_lib.SpecError:
         places = None
-      if places is None or self._too_large(wide, self.students_per_call):
+      if places is None or self._stacking_for(wide) is None:
         units.append(([i], None))
         continue
       group = groups.get(wide)
@@ -255,7 +258,7 @@ class Evaluator:
       for (indices, wide), device in zip(units, fanout.placement(len(units), self.devices)):
         spec = wide if wide is not None else self._wide(jobs[indices[0]][0], inside)[0]
         if self._may_compile(spec):
-          ahead.append((spec, device, self._stacking() if wide is not None else None))
+          ahead.append((spec, device, self._stacking_for(wide) if wide is not None else None))
       self.programs.compile_ahead(ahead[len(self.devices):])
     results = [None] * len(jobs)
 
@@ -290,9 +293,8 @@ class Evaluator:
     except (padding.NotEmbeddable, spec_lib.SpecError):
       return
     if self._may_compile(wide):
-      stacking = (self._stacking() if self.together is not None
-                  and not self._too_large(wide, self.students_per_call) else None)
-      self.programs.compile_ahead([(wide, device, stacking) for device in self.devices])
+      self.programs.compile_ahead([(wide, device, self._stacking_for(wide))
+                                   for device in self.devices])
 
   def _initial_variables(self, program: student_programs.Program, spec, seed: int, places, on) -> dict:
     """The student's own initial values (also when it runs padded), from the
@@ -311,7 +313,7 @@ class Evaluator:
     start, program = time.perf_counter(), None
     try:
       with jax.default_device(device):
-        program, compile_s = self.programs.get(wide, device, self._stacking())
+        program, compile_s = self.programs.get(wide, device, self._stacking_for(wide))
         data, val_images, val_labels = self._resident(device)
         variables, keys = [], []
         for spec, key in jobs:
@@ -338,7 +340,7 @@ class Evaluator:
     except Exception as e:  # pylint: disable=broad-except
       if program is not None and program.store_key is not None:
         # A bad program store entry (see program_store): compile afresh.
-        self.programs.forget(wide, device, program, self._stacking())
+        self.programs.forget(wide, device, program, self._stacking_for(wide))
         return self._train_stacked(jobs, seed, wide, inside, device)
       if not self._warned_fallback:
         self._warned_fallback = True

@@ -43,11 +43,6 @@ def stack(trees) -> object:
   return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
-def unstack(tree, count: int) -> list:
-  """The first `count` trees along the leading axis of `tree`."""
-  return [jax.tree_util.tree_map(lambda x, i=i: x[i], tree) for i in range(count)]
-
-
 def over_students(fn: Callable, lowering: str, shared: tuple = ()) -> Callable:
   """`fn(*per_student, *shared_args)` run for K students at once: the
   arguments before the last len(shared) carry a leading student axis, the

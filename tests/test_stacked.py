@@ -54,6 +54,11 @@ def removed(teacher, count, seed=0):
   return out
 
 
+def unstack(tree, count: int) -> list:
+  """The first `count` trees along the leading axis of `tree`."""
+  return [jax.tree_util.tree_map(lambda x, i=i: x[i], tree) for i in range(count)]
+
+
 def shrunk(teacher, factors):
   return [S.shrink(teacher, [f] * len(S.shrink_vars(teacher))) for f in factors]
 
@@ -103,13 +108,13 @@ def test_a_stacked_step_gives_each_student_its_own_loss_and_gradients(
       assert int(metrics['correct'][i]) == int(one_metrics['correct'])
       for before, after_alone, after_together in zip(
           jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(one.params),
-          jax.tree_util.tree_leaves(stacked.unstack(out.params, len(group))[i])):
+          jax.tree_util.tree_leaves(unstack(out.params, len(group))[i])):
         # Within 1e-5: conv biases ahead of batch norm have zero gradient
         # in exact arithmetic and carry ~1e-6 of rounding either way.
         np.testing.assert_allclose(before - after_together, before - after_alone,
                                    rtol=1e-4, atol=1e-5)
       for a, b in zip(jax.tree_util.tree_leaves(one.batch_stats),
-                      jax.tree_util.tree_leaves(stacked.unstack(out.batch_stats, len(group))[i])):
+                      jax.tree_util.tree_leaves(unstack(out.batch_stats, len(group))[i])):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
