@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 
 
 def write_with(path: str, write, *, suffix: str = '.tmp') -> str:
@@ -21,8 +21,10 @@ def write_with(path: str, write, *, suffix: str = '.tmp') -> str:
   `suffix` keeps a file type where the writer infers it from the name."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix=suffix)
-  os.close(fd)
+  tmp = os.path.join(directory, f'.{os.path.basename(path)}.{secrets.token_hex(4)}{suffix}')
+  # Not tempfile.mkstemp: its files are private (0600), and the output must
+  # get the usual mode (0666 less the umask) like any other file of the run.
+  os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
   try:
     write(tmp)
     os.replace(tmp, path)

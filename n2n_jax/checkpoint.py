@@ -11,6 +11,7 @@ from garbage and loses at most one iteration.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -76,7 +77,7 @@ class Checkpoints:
     # jax.Arrays either way.
     arrays = jax.device_get(arrays)
     meta = dict(meta, **{_CHECKSUM: checksum(arrays, meta)})
-    with preemption.deferred():
+    with preemption.deferred(), failures_name(self.directory):
       self._manager.save(step, args=ocp.args.Composite(
           arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
       self._manager.wait_until_finished()
@@ -155,6 +156,29 @@ class Checkpoints:
     self.close()
     distributed.on_primary(f'delete {self.directory}',
                            lambda: shutil.rmtree(self.directory, ignore_errors=True))
+
+
+@contextlib.contextmanager
+def failures_name(directory: str):
+  """An OSError from orbax that names no file (its metadata writes, a full
+  disk) is raised again naming `directory`, so the one-line report of a
+  failed write (write_errors.py) can say what could not be written."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None or e.errno is None:
+      raise
+    raise OSError(e.errno, e.strerror, directory) from e
+
+
+def save_tree(path: str, tree) -> None:
+  """Save `tree` (orbax, standard layout) at `path`, done when this returns.
+  Not with ocp.StandardCheckpointer: that one saves from background threads,
+  and when its write fails (a full disk) they wait for a signal that never
+  comes, which held the process for 300 s at exit (orbax-checkpoint 0.12.8,
+  measured)."""
+  with failures_name(path):
+    ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(path, tree, force=True)
 
 
 def why(error: Exception) -> str:

@@ -10,6 +10,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from n2n_jax import atomic
+from n2n_jax import checkpoint
 from n2n_jax import distributed
 from n2n_jax import models
 from n2n_jax import spec as spec_lib
@@ -36,19 +37,15 @@ def save_student(directory: str, spec: spec_lib.NetSpec, variables: dict,
   distributed.sync('export: folder ready')
   partial = atomic.partial_dir(directory)
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(partial, VARIABLES_DIR), jax.device_get(variables),
-                      force=True)
-    checkpointer.wait_until_finished()
+    checkpoint.save_tree(os.path.join(partial, VARIABLES_DIR), jax.device_get(variables))
     if primary:
       with open(os.path.join(partial, SPEC_FILE), 'w', encoding='utf-8') as f:
         json.dump({'spec': spec_lib.to_dict(spec), 'info': info or {}}, f, indent=2)
+      atomic.commit_dir(directory)
   except BaseException:
     if primary:
       atomic.discard_partial_dir(directory)
     raise
-  if primary:
-    atomic.commit_dir(directory)
 
 
 def load_student(directory: str) -> tuple:

@@ -274,7 +274,11 @@ class ProgramStore:
       with os.fdopen(fd, 'wb') as f:
         f.write(MAGIC + self._tag(secret, key, body) + body)
       os.replace(tmp, self._path(key))
-    except Exception:  # pylint: disable=broad-except  # full disk, read-only, unpicklable extras
+    except Exception as e:  # pylint: disable=broad-except  # full disk, read-only, unpicklable extras
+      if isinstance(e, OSError):
+        _warn_once(('write', self.directory),
+                   f'the program store {self.directory} cannot be written ({e.strerror}); '
+                   'students compile as usual and their programs are not stored')
       if tmp is not None:
         with contextlib.suppress(OSError):
           os.remove(tmp)

@@ -114,12 +114,8 @@ class MetricsWriter:
     if records is None:
       self._repair_tail()
     else:
-      tmp = self.path + '.tmp'
-      with open(tmp, 'w', encoding='utf-8') as f:
-        f.writelines(_dumps(r, separators=(',', ':')) + '\n' for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, self.path)
+      atomic.write_text(self.path, ''.join(_dumps(r, separators=(',', ':')) + '\n'
+                                           for r in records))
 
   def _repair_tail(self):
     """A run resumed after a crash would glue its first line onto a cut one and

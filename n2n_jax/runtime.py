@@ -126,6 +126,17 @@ def train_together(switch: str) -> str | None:
   return None if switch == 'off' else switch
 
 
+def _cannot_write(directory: str) -> str | None:
+  """The OS's reason why no file can be created in `directory`, or None."""
+  probe = os.path.join(directory, f'.write_probe.{os.getpid()}')
+  try:
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    os.remove(probe)
+    return None
+  except OSError as e:
+    return e.strerror
+
+
 def enable_compilation_cache(cache_dir: str, *, trust_shared: bool = False) -> bool:
   """JAX's persistent compilation cache: a re-run, or an architecture seen
   before, loads its programs from disk instead of compiling them again.
@@ -141,8 +152,24 @@ def enable_compilation_cache(cache_dir: str, *, trust_shared: bool = False) -> b
                   'could plant code there that would run as you. Programs compile as usual; '
                   'runtime.trust_shared_cache=True uses it anyway.', stacklevel=2)
     return False
-  os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), mode=0o700, exist_ok=True)
-  os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), mode=0o700, exist_ok=True)
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+  except OSError as e:  # read-only, full or not ours: a cache fault costs compiles, not the run
+    warnings.warn(f'JAX\'s compilation cache {cache_dir} cannot be made ({e.strerror}); '
+                  'programs compile as usual and are not stored.', stacklevel=2)
+    return False
+  why = _cannot_write(cache_dir)
+  if why:
+    warnings.warn(f'JAX\'s compilation cache {cache_dir} cannot be written ({why}); '
+                  'the programs it holds are used, new ones compile as usual and are not '
+                  'stored.', stacklevel=2)
+  # JAX warns about every entry it fails to write or read back, and compiles
+  # the program instead. A full disk or a read-only folder is reported once
+  # instead (above, or by the program store that shares the folder); a
+  # damaged entry (a full disk leaves empty ones) costs one compile and is
+  # written anew (docs/reliability.md).
+  warnings.filterwarnings('ignore', message='Error (writing|reading) persistent compilation cache')
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   # JAX decides whether to use the cache at its first compile; a library or
   # notebook user may already have compiled something, so let it decide again.

@@ -12,6 +12,7 @@ same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -534,7 +535,10 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   finally:
     bar.close()
     if board is not None:
-      board.close()
+      # After a failed write (a full disk) that failure is the one to report,
+      # not the flush that fails after it.
+      with contextlib.suppress(OSError) if sys.exc_info()[0] else contextlib.nullcontext():
+        board.close()
   return _finish(ctx, meta, progress)
 
 

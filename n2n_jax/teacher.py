@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import auto as tqdm  # a text bar in a terminal, a widget in Jupyter
 
+from n2n_jax import atomic
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
 from n2n_jax import distributed
@@ -109,17 +110,10 @@ def save(workdir: str, teacher: Teacher) -> None:
   ckpt = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   record = dict(teacher.record, variables_sha256=checkpoint_lib.checksum(teacher.variables, {}))
   with preemption.deferred():
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(ckpt, teacher.variables, force=True)
-    checkpointer.wait_until_finished()
+    checkpoint_lib.save_tree(ckpt, teacher.variables)
     if distributed.is_primary():  # all processes save the weights (collective), one the record
       # The record goes last and atomically: its presence means the params are complete.
-      tmp = os.path.join(workdir, RECORD_FILE + '.tmp')
-      with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(record, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, os.path.join(workdir, RECORD_FILE))
+      atomic.write_text(os.path.join(workdir, RECORD_FILE), json.dumps(record, indent=2))
   teacher.record = record
 
 

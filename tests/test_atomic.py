@@ -90,7 +90,7 @@ def test_an_export_that_fails_leaves_the_previous_student(tmp_path, monkeypatch)
         np.array_equal(x, y) for x, y in zip(*leaves))
 
   assert same(export.load_student(folder)[1], first)
-  monkeypatch.setattr(export.ocp.StandardCheckpointer, 'save', disk_full)
+  monkeypatch.setattr(export.ocp.Checkpointer, 'save', disk_full)
   with pytest.raises(OSError, match='No space'):
     export.save_student(folder, spec, second, {'n': 2})
   monkeypatch.undo()
