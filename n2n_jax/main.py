@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from n2n_jax import distributed
 from n2n_jax import preemption
 from n2n_jax import runtime
+from n2n_jax import write_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/digits.py.', lock_config=True)
@@ -47,6 +48,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  # A failed write is reported once, below, not by each thread orbax runs it in.
+  logging.get_absl_handler().addFilter(write_errors.QuietStorageErrors())
   runtime.set_cpu_flags()  # before the first JAX computation starts a backend
   from n2n_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
@@ -83,6 +86,16 @@ def main(argv):
     print(f'{e}: progress is saved in {workdir}; run the same command again to resume',
           file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
+  except Exception as e:  # pylint: disable=broad-except  # a full disk, a read-only folder
+    line = write_errors.message(e, workdir)
+    if line is None:
+      raise
+    # Coroutines and writers the failed write abandoned would report it again
+    # at exit (tensorboardX flushes from an atexit hook).
+    warnings.simplefilter('ignore')
+    sys.unraisablehook = lambda unraisable: None
+    print(line, file=sys.stderr)
+    sys.exit(write_errors.EXIT_CODE)
 
 
 def parse_flags(argv, flag_values=flags.FLAGS):
