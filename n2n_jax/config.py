@@ -219,6 +219,11 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX_NUM_PROCESSES; see n2n_jax/distributed.py), 'on' always (Cloud TPU
   # slices), 'off' never.
   c.runtime.distributed = 'auto'
+  # Seconds after which a process of such a run that stops answering (killed,
+  # preempted, its machine gone) counts as lost: the others then stop with
+  # exit code 75 and a line naming it, and the whole job is run again to
+  # resume (docs/reliability.md). JAX's heartbeat timeout; 100 is JAX's default.
+  c.runtime.peer_timeout_seconds = 100
   return c
 
 
@@ -414,6 +419,8 @@ def validate(config) -> None:
   _int_in(r.compile_threads, 'runtime.compile_threads', 0, what='an integer >= 0 (0 = auto)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
+  _int_in(r.peer_timeout_seconds, 'runtime.peer_timeout_seconds', 2, 24 * 3600,
+          what='an integer number of seconds from 2 to 86400')
   _one_of(r.share_stage2_program, runtime.SWITCHES, 'runtime.share_stage2_program')
   _one_of(r.share_stage1_programs, runtime.SWITCHES, 'runtime.share_stage1_programs')
   _one_of(r.train_together, runtime.TOGETHER, 'runtime.train_together')

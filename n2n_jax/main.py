@@ -64,7 +64,7 @@ def main(argv):
     runtime.set_gpu_autotune_level(config.runtime.gpu_autotune_level)
     # Before any JAX computation, and before preemption.install() (see
     # distributed.initialize for why).
-    distributed.initialize(config.runtime.distributed)
+    distributed.initialize(config.runtime.distributed, config.runtime.peer_timeout_seconds)
     preemption.install()
     if not distributed.is_primary():
       # Process 0 speaks for the run; the others would repeat its warnings.
@@ -86,7 +86,8 @@ def main(argv):
     print(f'{e}: progress is saved in {workdir}; run the same command again to resume',
           file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
-  except Exception as e:  # pylint: disable=broad-except  # a full disk, a read-only folder
+  except Exception as e:  # pylint: disable=broad-except  # a full disk, a read-only folder, a lost peer
+    distributed.stop_if_a_peer_is_lost(e)
     line = write_errors.message(e, workdir)
     if line is None:
       raise

@@ -202,6 +202,28 @@ def test_config_checks_runtime_distributed():
     config_lib.validate(config)
 
 
+@pytest.mark.parametrize('value', [0, 1, -5, 10 ** 6])
+def test_config_checks_the_peer_timeout(value):
+  config = load_config('digits')
+  config.runtime.peer_timeout_seconds = value
+  with pytest.raises(config_lib.ConfigError, match='runtime.peer_timeout_seconds'):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize('text, this, count, who', [
+    ('UNAVAILABLE: Task 3 heartbeat timeout. This indicates', 0, 4, 'process 3 of 4'),
+    ('The following tasks are unhealthy (stopped sending heartbeats):\n1\n2\nThe tasks',
+     0, 4, 'process 1, 2 of 4'),
+    ('while calling /xla.coordination.CoordinationService/PollForError: Socket closed',
+     2, 4, 'process 0 of 4'),
+    ('Gloo AllGather failed: Connection reset by peer', 1, 2, 'process 0 of 2'),
+    ('Gloo AllGather failed: Connection reset by peer', 0, 4, 'another of the 4 processes'),
+])
+def test_the_lost_process_is_named(text, this, count, who):
+  line = distributed.lost_peer_message(text, this, count)
+  assert line.startswith(f'error: process {this} lost contact with {who} (killed')
+
+
 def test_single_process_helpers_are_identities():
   assert distributed.is_primary() and distributed.process_count() == 1
   x = np.arange(3.0)
@@ -282,12 +304,12 @@ def test_two_processes_write_once_and_match_one_process(tmp_path):
   writes = {i: (tmp_path / f'writes.{i}').read_text().splitlines() for i in (0, 1)}
   assert writes[1] == []
   written = {line.split(' ', 1)[1] for line in writes[0]}
-  for name in ('.n2n_jax.lock', 'metrics.jsonl', 'teacher.json.tmp',
+  for name in ('.n2n_jax.lock', 'metrics.jsonl',
                '.student.partial/spec.json'):  # the student's folder, swapped in whole
     assert name in written
   assert any(w.startswith('tensorboard/events.') for w in written)
   # Written as temporary siblings, then renamed (atomic.py).
-  for prefix in ('.summary.json.', '.report.md.', '.search_stage1.png.',
+  for prefix in ('.teacher.json.', '.summary.json.', '.report.md.', '.search_stage1.png.',
                  '.accuracy_vs_params.png.'):
     assert any(w.startswith(prefix) for w in written), (prefix, written)
   assert len(list((two / 'tensorboard').iterdir())) == 1
@@ -322,3 +344,62 @@ def test_a_busy_workdir_stops_every_process(tmp_path):
   assert 'process 0 could not lock it' in proc.stderr  # process 1
   assert 'Traceback' not in proc.stderr and proc.stdout == ''
   assert time.perf_counter() - start < 80  # well short of JAX's 100 s wait for a dead process
+
+
+# ---- a process of a two-process run dies
+
+def start_pair(workdir, flags, port):
+  """The two processes of a run, started by hand (not by launch/multi_gpu.sh,
+  which would stop the survivor itself)."""
+  return [subprocess.Popen(
+      [sys.executable, *MAIN, f'--workdir={workdir}', *flags], cwd=ROOT, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(i))) for i in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('lost', [1, 0])
+def test_a_dead_process_stops_the_other_and_the_relaunch_resumes(tmp_path, lost):
+  """SIGKILL one process after the search's first checkpoint: the survivor
+  stops within the peer timeout, exits non-zero without a partial output,
+  and the whole job run again ends with the uninterrupted run's student."""
+  timeout = 20
+  flags = [*tiny_run_flags(tmp_path), '--config.search.stage1_iterations=3',
+           '--config.runtime.compilation_cache_dir=',
+           f'--config.runtime.peer_timeout_seconds={timeout}']
+  single = subprocess.run([sys.executable, *MAIN, f'--workdir={tmp_path / "one"}', *flags],
+                          cwd=ROOT, capture_output=True, text=True, timeout=540, check=False)
+  assert single.returncode == 0, single.stderr[-3000:]
+  workdir = tmp_path / 'two'
+  procs = start_pair(workdir, flags, _free_port())
+  first = workdir / 'search_checkpoints' / '1'
+  while not first.exists():
+    assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs]
+    time.sleep(0.05)
+  procs[lost].kill()
+  killed_at = time.perf_counter()
+  survivor = procs[1 - lost]
+  _, err = survivor.communicate(timeout=timeout + 60)
+  waited = time.perf_counter() - killed_at
+  procs[lost].communicate()
+  print(f'process {1 - lost} stopped {waited:.1f} s after process {lost} was killed; '
+        f'exit code {survivor.returncode}; stderr ends: {err[-600:]}')
+  assert waited < timeout + 10
+  if lost == 1:  # process 0 hits the broken collective and says so itself
+    assert survivor.returncode == distributed.LOST_PEER_EXIT_CODE
+    assert ('error: process 0 lost contact with process 1 of 2' in err
+            and 'Run the whole job again' in err)
+  else:  # JAX's client aborts process 1 when the coordinator (process 0) is gone
+    assert survivor.returncode != 0
+  assert not (workdir / 'summary.json').exists() and not (workdir / 'student').exists()
+  assert not [name for name in os.listdir(workdir) if name.endswith('.tmp')]
+
+  procs = start_pair(workdir, flags, _free_port())
+  for p in procs:
+    out, err = p.communicate(timeout=540)
+    assert p.returncode == 0, err[-3000:]
+  assert run_records(workdir) == run_records(tmp_path / 'one')
+  summaries = [_without(json.loads((d / 'summary.json').read_text()), 'wall_seconds', 'time')
+               for d in (workdir, tmp_path / 'one')]
+  assert summaries[0] == summaries[1]
