@@ -135,7 +135,7 @@ def initialize(mode: str = 'auto', peer_timeout_seconds: int = 100) -> bool:
 LOST_PEER_EXIT_CODE = 75  # EX_TEMPFAIL in sysexits.h: run it again
 # What Gloo, gRPC and the coordination service say when a peer is gone.
 _LOST_PEER_TEXT = re.compile(r'Connection (reset|closed) by peer|heartbeat timeout|Socket closed|'
-                             r'tasks are unhealthy|Failed to connect|UNAVAILABLE')
+                             r'tasks are unhealthy|UNAVAILABLE')
 
 
 def _lost_processes(text: str) -> list[int]:

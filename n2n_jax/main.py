@@ -86,7 +86,7 @@ def main(argv):
     print(f'{e}: progress is saved in {workdir}; run the same command again to resume',
           file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
-  except Exception as e:  # pylint: disable=broad-except  # a full disk, a read-only folder, a lost peer
+  except Exception as e:  # pylint: disable=broad-except  # full disk, read-only, lost peer
     distributed.stop_if_a_peer_is_lost(e)
     line = write_errors.message(e, workdir)
     if line is None:

@@ -274,7 +274,7 @@ class ProgramStore:
       with os.fdopen(fd, 'wb') as f:
         f.write(MAGIC + self._tag(secret, key, body) + body)
       os.replace(tmp, self._path(key))
-    except Exception as e:  # pylint: disable=broad-except  # full disk, read-only, unpicklable extras
+    except Exception as e:  # pylint: disable=broad-except  # full disk, read-only, unpicklable
       if isinstance(e, OSError):
         _warn_once(('write', self.directory),
                    f'the program store {self.directory} cannot be written ({e.strerror}); '

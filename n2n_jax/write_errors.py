@@ -81,6 +81,8 @@ def what_is(path: str, workdir: str | None) -> str:
   told by its first part there (temporaries included: '.summary.json.x1y2.tmp',
   '.student.partial/...', 'search_checkpoints/3.orbax-checkpoint-tmp/...')."""
   relative = os.path.relpath(path, workdir) if workdir else os.path.basename(path)
+  if relative == '.':
+    return 'the run folder'
   first = relative.split(os.sep)[0].lstrip('.')
   for part, what in _WHAT:
     if part.lstrip('.') in first and not relative.startswith('..'):

@@ -98,7 +98,8 @@ def test_a_full_or_read_only_folder_is_found_in_the_error_chain(tmp_path):
     ('tensorboard/events.out', "TensorBoard's event file"),
     ('teacher_checkpoint.orbax-checkpoint-tmp', "the teacher's weights"),
     ('teacher.json', "the teacher's record"), ('metrics.jsonl', 'the metrics'),
-    ('somewhere_else', 'a file'), ('../other/summary.json', 'a file')])
+    ('somewhere_else', 'a file'), ('../other/summary.json', 'a file'),
+    ('', 'the run folder')])
 def test_each_part_of_the_run_folder_is_named(name, what):
   assert write_errors.what_is(os.path.join('/w', name), '/w') == what
 
