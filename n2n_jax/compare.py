@@ -16,7 +16,7 @@ A DIR is a run workdir if it holds summary.json, metrics.jsonl or teacher.json;
 a search still running (no summary.json yet) shows what it has so far.
 
 Library use: collect(workdirs, first=10) -> rows, one per result (kind
-'teacher', 'stage1', 'n2n', 'pruning', 'handdesigned') and one per workdir of
+'teacher', 'stage1', 'n2n', 'pareto', 'pruning', 'handdesigned') and one per workdir of
 kind 'search' holding that search's statistics.
 """
 
@@ -36,7 +36,7 @@ from n2n_jax import report
 
 TEACHER_FILE = 'teacher.json'  # teacher.RECORD_FILE; not imported, to keep orbax out
 RUN_FILES = (report.SUMMARY_FILE, report.METRICS_FILE, TEACHER_FILE)
-KINDS = ('teacher', 'stage1', 'n2n', 'pruning', 'handdesigned')
+KINDS = ('teacher', 'stage1', 'n2n', 'pareto', 'pruning', 'handdesigned')
 FORMATS = ('text', 'markdown', 'json')
 
 
@@ -157,6 +157,11 @@ def _result_rows(workdir: str, label: str, run: dict) -> list[dict]:
     if summary.get('compression'):
       row['compression'] = summary['compression']
     rows.append(row)
+    # The Pareto students trained after the search (final.pareto_max).
+    for n, m in enumerate(summary.get('pareto', {}).get('students', []), 1):
+      rows.append(_row(workdir, label, 'pareto', str(n), m['params'],
+                       m.get('val_accuracy'), m.get('test_accuracy'), teacher,
+                       flops=m.get('flops')))
   for name, b in run['baselines'].items():
     student = b.get('student') or {}
     extra = {'flops': student.get('flops')}
@@ -245,8 +250,8 @@ def searches(rows):
 # --- tables --------------------------------------------------------------------------------------
 
 MODEL_NAMES = {'teacher': 'Teacher', 'stage1': 'N2N Student (Stage1)',
-               'n2n': 'N2N Student (Stage1+Stage2)', 'pruning': 'Pruning',
-               'handdesigned': 'Hand-designed'}
+               'n2n': 'N2N Student (Stage1+Stage2)', 'pareto': 'N2N Pareto student',
+               'pruning': 'Pruning', 'handdesigned': 'Hand-designed'}
 VAL_MARK = '†'  # an accuracy that is the search's validation accuracy, not a test accuracy
 
 

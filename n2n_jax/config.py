@@ -111,6 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.final.learning_rate = 1e-3
   c.final.weight_decay = 0.0
   c.final.soft_weight = 0.1
+  # Besides the answer, train and export (WORKDIR/students/, pareto.json) up to
+  # this many students of the search's accuracy-vs-params Pareto front, spread
+  # evenly in log(params), each exactly like the answer. 0: none. Changing it
+  # on resume is allowed (the front is kept either way).
+  c.final.pareto_max = 0
 
   # Baseline of paper Table 2 (mode=prune): filter pruning with the Taylor
   # criterion of Molchanov et al. (2016), fine-tuning after every step, the
@@ -479,6 +484,7 @@ def _validate_search(config) -> None:
   _one_of(d.init, evaluator.INITS, 'distill.init')
   _int_in(d.max_train_examples, 'distill.max_train_examples', 0, what='an integer >= 0')
   _non_negative(f.soft_weight, 'final.soft_weight')
+  _int_in(f.pareto_max, 'final.pareto_max', 0, 100, what='an integer from 0 to 100')
   for name in ('max_params', 'max_flops'):
     # Converted to floats for the constraint rows: beyond 2**63 is no real limit.
     _int_in(k[name], f'constraints.{name}', 0, MAX_INT64, 'an integer >= 0 (0 = none)')

@@ -323,13 +323,17 @@ def params_axis(ax) -> None:
   ax.set_xlabel('#params (log scale)')
 
 
-def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, path: str) -> str:
+def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, path: str,
+                            pareto_students=()) -> str:
   """Every sampled non-degenerate student as a point (x = #params, log scale;
-  y = validation accuracy), the teacher and the chosen student marked. Returns path."""
-  return _save(accuracy_vs_params_figure(records, teacher, chosen), path)
+  y = validation accuracy), the teacher and the chosen student marked, and
+  the trained Pareto students (summary['pareto']['students']) at their
+  validation accuracy after final training. Returns path."""
+  return _save(accuracy_vs_params_figure(records, teacher, chosen, pareto_students), path)
 
 
-def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict) -> Figure:
+def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict,
+                              pareto_students=()) -> Figure:
   """plot_accuracy_vs_params's figure, not yet saved."""
   fig = Figure(figsize=(8, 5))
   ax = fig.add_subplot()
@@ -368,6 +372,9 @@ def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict) 
 
   mark(teacher, '*', 'gold', f'teacher {teacher.get("name", "")}'.strip(), 'left')
   mark(chosen, 'D', 'tab:red', 'chosen student', 'right')
+  for n, member in enumerate(pareto_students, 1):
+    mark(member, 's', 'tab:green',
+         f'Pareto student {n} (test {format_accuracy(member.get("test_accuracy"))})', 'right')
   params_axis(ax)
   ax.margins(x=0.08, y=0.12)
   ax.set_ylabel('validation accuracy (%)')
@@ -380,14 +387,18 @@ def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict) 
 
 # --- summary.json and report.md ------------------------------------------------------------------
 
-def write_summary(summary: dict, workdir: str) -> str:
-  """Writes WORKDIR/summary.json atomically: readers see the old or the new
-  file, never half of one. Returns its path."""
-  path = os.path.join(workdir, SUMMARY_FILE)
-  text = _dumps(summary, indent=2) + '\n'  # fails before any file is touched
+def write_json(path: str, obj) -> str:
+  """Writes `obj` as indented JSON atomically: readers see the old or the new
+  file, never half of one. Returns path."""
+  text = _dumps(obj, indent=2) + '\n'  # fails before any file is touched
   atomic.write_text(path, text)
-  _fsync_dir(workdir)
+  _fsync_dir(os.path.dirname(os.path.abspath(path)))
   return path
+
+
+def write_summary(summary: dict, workdir: str) -> str:
+  """Writes WORKDIR/summary.json (write_json). Returns its path."""
+  return write_json(os.path.join(workdir, SUMMARY_FILE), summary)
 
 
 def read_summary(workdir: str) -> dict:
@@ -513,10 +524,12 @@ def write_report(summary: dict, records: list[dict], path: str,
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   teacher, student = summary['teacher'], summary['student']
+  pareto_students = summary.get('pareto', {}).get('students', ())
   if plots is None:
     plots = plot_search(records, os.path.join(directory, 'search'))
     plots.append(plot_accuracy_vs_params(records, teacher, student,
-                                         os.path.join(directory, 'accuracy_vs_params.png')))
+                                         os.path.join(directory, 'accuracy_vs_params.png'),
+                                         pareto_students))
 
   t_params, t_val = teacher.get('params'), teacher.get('val_accuracy')
   name = teacher.get('name') or 'teacher'
@@ -551,6 +564,19 @@ def write_report(summary: dict, records: list[dict], path: str,
         format_params(d['flops']) if d.get('flops') is not None else NA,
         format_delta(d.get('test_accuracy'), t_test) if is_student else NA,
         format_compression(ratio) if is_student else NA]))
+  if pareto_students:
+    size = summary['pareto']['front_size']
+    out += ['', f'## Pareto set ({len(pareto_students)} of the {size} students no other beat '
+            'on both size and accuracy)', '',
+            _table_row(['Student', 'Search val. acc.', 'Val. acc.', 'Test acc.', '#Params',
+                        'Δ Test acc.', 'Compr.', 'Folder']),
+            '|---|--:|--:|--:|--:|--:|--:|---|']
+    for n, m in enumerate(pareto_students, 1):
+      out.append(_table_row([
+          f'Pareto {n}', format_accuracy(m.get('search_val_accuracy')),
+          format_accuracy(m.get('val_accuracy')), format_accuracy(m.get('test_accuracy')),
+          f'{m["params"]:,}', format_delta(m.get('test_accuracy'), t_test),
+          format_compression(m.get('compression')), f'`{m["directory"]}/`']))
   out += ['', '## Run', ''] + _run_lines(summary, records) + ['', '## Plots', '']
   for plot in plots:
     rel = os.path.relpath(os.path.abspath(plot), directory)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import auto as tqdm  # a text bar in a terminal, a widget in Jupyter
 
+from n2n_jax import atomic
 from n2n_jax import baselines
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
@@ -35,6 +36,7 @@ from n2n_jax import distributed
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import export as export_lib
 from n2n_jax import latency as latency_lib
+from n2n_jax import pareto
 from n2n_jax import policies
 from n2n_jax import program_store
 from n2n_jax import reinforce
@@ -73,6 +75,8 @@ def _search_origin(config) -> dict:
   origin = {k: d[k] for k in RESULT_SECTIONS}
   origin['data'] = teacher_lib.data_origin(config.data)
   origin['search'] = {k: v for k, v in origin['search'].items() if k != 'restart'}
+  # How many front students to train afterwards changes no search result.
+  origin['final'] = {k: v for k, v in origin['final'].items() if k != 'pareto_max'}
   if not config.constraints.max_latency_ms:
     for section, field in ADDED_LATER:
       origin[section].pop(field)
@@ -299,18 +303,26 @@ def _better(candidate: dict | None, best: dict | None) -> bool:
   return candidate is not None and (best is None or candidate['reward'] > best['reward'])
 
 
-def _best_of(students, record) -> dict | None:
-  best = None
+def _valid_students(students, record) -> list[dict]:
+  """The iteration's students that may be an answer, as entries (spec, params,
+  val_accuracy, reward, stage, iteration). A student that breaks a
+  constraint may still score well while epsilon relaxes the penalty, but it
+  must never be the answer."""
+  entries = []
   for student, r, acc, broken in zip(students, record['rewards'], record['accuracies'],
                                      record['violations']):
-    # A student that breaks a constraint may still score well while epsilon
-    # relaxes the penalty, but it must never be the answer.
     if (spec_lib.is_degenerate(student) or acc is None or broken
         or r <= reward_lib.DEGENERATE_REWARD):
       continue
-    entry = {'reward': r, 'val_accuracy': acc, 'params': spec_lib.param_count(student),
-             'spec': spec_lib.to_dict(student), 'stage': record['stage'],
-             'iteration': record['iteration']}
+    entries.append({'reward': r, 'val_accuracy': acc, 'params': spec_lib.param_count(student),
+                    'spec': spec_lib.to_dict(student), 'stage': record['stage'],
+                    'iteration': record['iteration']})
+  return entries
+
+
+def _best_of(entries: list[dict]) -> dict | None:
+  best = None
+  for entry in entries:
     if _better(entry, best):
       best = entry
   return best
@@ -405,7 +417,8 @@ def student_devices(count: int) -> list:
 
 # What a search writes besides its checkpoints; a restart removes it all.
 OUTPUTS = (report.METRICS_FILE, report.SUMMARY_FILE, report.TENSORBOARD_DIR, 'report.md',
-           'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png', STUDENT_DIR)
+           'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png', STUDENT_DIR,
+           pareto.FILE, pareto.STUDENTS_DIR)
 
 
 def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
@@ -443,7 +456,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
                           '' if resuming else config.policy.init_from)
   meta = {'origin': origin, 'done': {'1': 0, '2': 0}, 'best_stage1': None, 'best_stage2': None,
           'best': None, 'records': [], 'stage2_source': None, 'compile_seconds': 0.0,
-          'search_seconds': 0.0, 'known_accuracies': {}}
+          'search_seconds': 0.0, 'known_accuracies': {}, 'pareto': []}
   if resuming:
     def same_config(stored):
       diff = config_lib.differences(stored['origin'], origin)
@@ -513,7 +526,10 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
       while meta['done'][str(number)] < stage.iterations:
         iteration = meta['done'][str(number)] + 1
         states[name], record, students = _iteration(ctx, stage, states[name], update, iteration)
-        best_here = _best_of(students, record)
+        valid = _valid_students(students, record)
+        best_here = _best_of(valid)
+        # Searches checkpointed before the front was kept start it on resume.
+        meta['pareto'] = pareto.update(meta.get('pareto', []), valid)
         key = f'best_stage{number}'
         if _better(best_here, meta[key]):
           meta[key] = best_here
@@ -583,14 +599,62 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
   export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, final.variables, {
       'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
       'normalisation': teacher_record.get('normalisation')})
+  if config.final.pareto_max:
+    front = meta.get('pareto', [])
+    trained = _train_pareto(ctx, pareto.spread(front, config.final.pareto_max, best['spec']),
+                            progress)
+    summary['pareto'] = {'front_size': len(front),
+                         'students': [{k: v for k, v in t.items() if k != 'spec'}
+                                      for t in trained]}
   if distributed.is_primary():  # the others' results are the same run's; process 0 reports
+    if 'pareto' in summary:
+      report.write_json(os.path.join(workdir, pareto.FILE), dict(
+          summary['pareto'], students=trained))
     report.write_summary(summary, workdir)
     records = meta['records']
     report.plot_search(records, os.path.join(workdir, 'search'))
     report.plot_accuracy_vs_params(records, summary['teacher'], summary['student'],
-                                   os.path.join(workdir, 'accuracy_vs_params.png'))
+                                   os.path.join(workdir, 'accuracy_vs_params.png'),
+                                   summary.get('pareto', {}).get('students', ()))
     report.write_report(summary, records, os.path.join(workdir, 'report.md'))
   return summary
+
+
+def _train_pareto(ctx: SearchContext, chosen: list[dict], progress: bool) -> list[dict]:
+  """Train each chosen front member like the answer and export it to
+  WORKDIR/students/N_PARAMSparams/ (the folder replaced whole); returns
+  pareto.json's entries, smallest first."""
+  config, workdir = ctx.config, ctx.workdir
+  folder = os.path.join(workdir, pareto.STUDENTS_DIR)
+  primary = distributed.is_primary()
+  if primary:
+    atomic.fresh_partial_dir(folder)
+  distributed.sync('pareto: folder ready')
+  trained = []
+  for n, entry in enumerate(chosen, 1):
+    spec = spec_lib.from_dict(entry['spec'])
+    try:
+      final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec,
+                                    progress=progress,
+                                    desc=f'Pareto student {n}/{len(chosen)}')
+    except baselines.BaselineError as e:
+      raise SearchError(str(e)) from None
+    name = f'{n}_{entry["params"]}params'
+    export_lib.save_student(os.path.join(atomic.partial_dir(folder), name), spec,
+                            final.variables, {
+                                'val_accuracy': final.val_accuracy,
+                                'test_accuracy': final.test_accuracy,
+                                'normalisation': ctx.teacher.record.get('normalisation')})
+    trained.append({'directory': os.path.join(pareto.STUDENTS_DIR, name),
+                    'params': entry['params'], 'flops': spec_lib.flops(spec),
+                    'compression': ctx.teacher_params / entry['params'],
+                    'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
+                    'search_val_accuracy': entry['val_accuracy'], 'reward': entry['reward'],
+                    'stage': entry['stage'], 'iteration': entry['iteration'],
+                    'spec': entry['spec']})
+  if primary:
+    atomic.commit_dir(folder)
+  return trained
 
 
 def _brief(best):
