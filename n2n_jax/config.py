@@ -160,6 +160,11 @@ def base_config() -> ml_collections.ConfigDict:
   # the end of an epoch at most this often, and always on SIGTERM or Ctrl-C, so
   # a stopped run resumes it; 0 saves after every epoch.
   c.runtime.teacher_checkpoint_seconds = 60.0
+  # Minutes of search time (teacher and final training not counted, resumed
+  # runs summed) after which the search ends even if iterations are left:
+  # stage 1 gets its share (by iteration counts), stage 2 the rest; 0 = no
+  # budget. Recorded in summary.json's 'iterations'. See n2n_jax/time_budget.py.
+  c.runtime.time_budget_minutes = 0.0
   # A student whose estimated training memory exceeds this many MB scores -1
   # (reason recorded) instead of being compiled; 0 uses the device's own limit
   # where JAX reports one (GPUs, TPUs), none on CPUs.
@@ -419,6 +424,7 @@ def validate(config) -> None:
   r = config.runtime
   _one_of(r.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
   _non_negative(r.teacher_checkpoint_seconds, 'runtime.teacher_checkpoint_seconds')
+  _non_negative(r.time_budget_minutes, 'runtime.time_budget_minutes')
   for name in ('student_devices', 'teacher_devices', 'final_devices'):
     _int_in(r[name], f'runtime.{name}', 0, what='an integer >= 0 (0 = all)')
   _int_in(r.compile_threads, 'runtime.compile_threads', 0, what='an integer >= 0 (0 = auto)')

@@ -46,6 +46,7 @@ from n2n_jax import runtime
 from n2n_jax import scoring
 from n2n_jax import spec as spec_lib
 from n2n_jax import teacher as teacher_lib
+from n2n_jax import time_budget
 from n2n_jax import train as train_lib
 
 STUDENT_DIR = 'student'
@@ -303,6 +304,22 @@ def _better(candidate: dict | None, best: dict | None) -> bool:
   return candidate is not None and (best is None or candidate['reward'] > best['reward'])
 
 
+def _starts_another(config, meta, number: int, stage1_iterations: int, elapsed: float) -> bool:
+  """Whether stage `number` runs another iteration: it has some left, (stage
+  1) stage 2 has not begun, and runtime.time_budget_minutes leaves room for
+  one (time_budget.py; process 0 decides for all)."""
+  done = meta['done'][str(number)]
+  total = stage1_iterations if number == 1 else config.search.stage2_iterations
+  if done >= total or (number == 1 and meta['done']['2']):
+    return False
+  deadline = time_budget.stage_deadline(config.runtime.time_budget_minutes, number,
+                                        stage1_iterations, config.search.stage2_iterations)
+  finished = [r['seconds'] for r in meta['records'] if r['stage'] == number]
+  room = bool(distributed.from_primary(np.asarray(
+      time_budget.room_for_another(elapsed, deadline, finished))))
+  return room
+
+
 def _valid_students(students, record) -> list[dict]:
   """The iteration's students that may be an answer, as entries (spec, params,
   val_accuracy, reward, stage, iteration). A student that breaks a
@@ -523,7 +540,8 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
           # The stage's shared program compiles while the policy's sampler does.
           scorer.prepare(stage.source, removals=number == 1)
         _compile_in_background(update, states[name], stage, config.search.rollouts)
-      while meta['done'][str(number)] < stage.iterations:
+      while _starts_another(config, meta, number, stage1.iterations,
+                            time.perf_counter() - search_start):
         iteration = meta['done'][str(number)] + 1
         states[name], record, students = _iteration(ctx, stage, states[name], update, iteration)
         valid = _valid_students(students, record)
@@ -589,6 +607,11 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
       'stage1_best': _brief(meta.get('best_stage1')),
       'stage2_best': _brief(meta.get('best_stage2')),
       'compression': ctx.teacher_params / student_params,
+      # The iterations run: fewer than planned where runtime.time_budget_minutes ended a stage.
+      'iterations': {'stage1': meta['done']['1'], 'stage2': meta['done']['2'],
+                     'planned': [config.search.stage1_iterations,
+                                 config.search.stage2_iterations],
+                     'time_budget_minutes': config.runtime.time_budget_minutes},
       # Summed over every process a resumed run took. 'compile' is the part of
       # search and final spent compiling student programs, not a fourth share.
       'wall_seconds': round(teacher_seconds + meta['search_seconds'] + final.seconds, 2),
