@@ -132,7 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
   # student's, or when the net has fewer parameters than it (paper 4.4.1).
   c.pruning.max_accuracy_drop = 0.01
   # The workdir whose summary.json holds the N2N student to stop at ('' = this
-  # workdir); without one, min_params / min_accuracy give the limits.
+  # workdir). Without a reference, min_params / min_accuracy, when either is
+  # set, are the limits instead of this workdir's student (e.g. to stop at a
+  # Pareto student's size, from pareto.json).
   c.pruning.reference = ''
   c.pruning.min_params = 0
   c.pruning.min_accuracy = 0.0

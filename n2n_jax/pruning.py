@@ -258,10 +258,13 @@ def stop_reason(params: int, val_accuracy: float, limits: Limits) -> str | None:
 def stopping_limits(config, workdir: str, teacher) -> Limits:
   """The paper's limits from the N2N student in the summary.json of
   pruning.reference (default: this workdir): its parameters, and its
-  validation accuracy less pruning.max_accuracy_drop. Without that summary,
-  pruning.min_params and pruning.min_accuracy. Raises BaselineError when
-  there is neither."""
+  validation accuracy less pruning.max_accuracy_drop. pruning.min_params and
+  pruning.min_accuracy, when either is set, are the limits instead (e.g. a
+  Pareto student's size: pareto.json). Raises BaselineError when there are
+  no limits."""
   p = config.pruning
+  if (p.min_params or p.min_accuracy) and not p.reference:
+    return _explicit_limits(p)
   folder = p.reference or workdir
   path = os.path.join(folder, report.SUMMARY_FILE)
   if os.path.exists(path):
@@ -293,6 +296,10 @@ def stopping_limits(config, workdir: str, teacher) -> Limits:
         'Run --config.mode=compress in this workdir first, point --config.pruning.reference '
         'at a workdir that has one, or set --config.pruning.min_params (and '
         '--config.pruning.min_accuracy) to stop at those limits instead')
+  return _explicit_limits(p)
+
+
+def _explicit_limits(p) -> Limits:
   return Limits(int(p.min_params), float(p.min_accuracy), {
       'workdir': None, 'params': None, 'val_accuracy': None, 'test_accuracy': None,
       'min_params': int(p.min_params), 'min_val_accuracy': float(p.min_accuracy)})

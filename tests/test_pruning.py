@@ -293,3 +293,10 @@ def test_missing_reference_is_a_clear_error(config_factory, teacher_dir, tmp_pat
     json.dump({'teacher': {'params': 123}, 'student': {'params': 50, 'val_accuracy': 0.9}}, f)
   with pytest.raises(baselines.BaselineError, match='same teacher'):
     experiment.run(config, workdir)
+  # Limits set by hand win over this workdir's student (a Pareto student's size).
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump({'teacher': {'params': 123}, 'student': {'params': 50, 'val_accuracy': 0.9}}, f)
+  config.pruning.min_params = 777
+  limits = pruning.stopping_limits(config, workdir, teacher_lib.load(workdir))
+  assert (limits.params, limits.val_accuracy) == (777, 0.0)
+  assert limits.reference['workdir'] is None
