@@ -315,9 +315,8 @@ def _starts_another(config, meta, number: int, stage1_iterations: int, elapsed: 
   deadline = time_budget.stage_deadline(config.runtime.time_budget_minutes, number,
                                         stage1_iterations, config.search.stage2_iterations)
   finished = [r['seconds'] for r in meta['records'] if r['stage'] == number]
-  room = bool(distributed.from_primary(np.asarray(
+  return bool(distributed.from_primary(np.asarray(
       time_budget.room_for_another(elapsed, deadline, finished))))
-  return room
 
 
 def _valid_students(students, record) -> list[dict]:
