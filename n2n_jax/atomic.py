@@ -85,14 +85,3 @@ def commit_dir(directory: str) -> str:
 def discard_partial_dir(directory: str) -> None:
   shutil.rmtree(partial_dir(directory), ignore_errors=True)
 
-
-def replace_dir(directory: str, write) -> str:
-  """`write(temporary folder)`, then that folder replaces `directory`
-  (commit_dir); a failed write leaves `directory` as it was."""
-  partial = fresh_partial_dir(directory)
-  try:
-    write(partial)
-  except BaseException:
-    discard_partial_dir(directory)
-    raise
-  return commit_dir(directory)

@@ -3,6 +3,7 @@ checkpoint, loadable with one call."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -19,6 +20,26 @@ SPEC_FILE = 'spec.json'
 VARIABLES_DIR = 'variables'
 
 
+@contextlib.contextmanager
+def folder_written_whole(directory: str):
+  """Yields the temporary folder (atomic.partial_dir) that `directory` is
+  written into. Process 0 empties it first (the others wait), and when the
+  block ends swaps it in whole (atomic.commit_dir) or, if the block raised,
+  removes it. Collective in a run of several processes: all enter the block."""
+  primary = distributed.is_primary()
+  if primary:
+    atomic.fresh_partial_dir(directory)
+  distributed.sync(f'export {os.path.basename(directory)}: folder ready')
+  try:
+    yield atomic.partial_dir(directory)
+    if primary:
+      atomic.commit_dir(directory)
+  except BaseException:
+    if primary:
+      atomic.discard_partial_dir(directory)
+    raise
+
+
 def save_student(directory: str, spec: spec_lib.NetSpec, variables: dict,
                  info: dict | None = None) -> None:
   """Write DIR/spec.json (the spec plus `info`, e.g. accuracies and the data
@@ -31,21 +52,11 @@ def save_student(directory: str, spec: spec_lib.NetSpec, variables: dict,
   writes process 0's variables, which must be NumPy there; see
   checkpoint.Checkpoints.save) and process 0 alone handles the folders and
   writes spec.json."""
-  primary = distributed.is_primary()
-  if primary:
-    atomic.fresh_partial_dir(directory)
-  distributed.sync('export: folder ready')
-  partial = atomic.partial_dir(directory)
-  try:
+  with folder_written_whole(directory) as partial:
     checkpoint.save_tree(os.path.join(partial, VARIABLES_DIR), jax.device_get(variables))
-    if primary:
+    if distributed.is_primary():
       with open(os.path.join(partial, SPEC_FILE), 'w', encoding='utf-8') as f:
         json.dump({'spec': spec_lib.to_dict(spec), 'info': info or {}}, f, indent=2)
-      atomic.commit_dir(directory)
-  except BaseException:
-    if primary:
-      atomic.discard_partial_dir(directory)
-    raise
 
 
 def load_student(directory: str) -> tuple:

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import auto as tqdm  # a text bar in a terminal, a widget in Jupyter
 
-from n2n_jax import atomic
 from n2n_jax import baselines
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import config as config_lib
@@ -633,12 +632,9 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
       report.write_json(os.path.join(workdir, pareto.FILE), dict(
           summary['pareto'], students=trained))
     report.write_summary(summary, workdir)
-    records = meta['records']
-    report.plot_search(records, os.path.join(workdir, 'search'))
-    report.plot_accuracy_vs_params(records, summary['teacher'], summary['student'],
-                                   os.path.join(workdir, 'accuracy_vs_params.png'),
-                                   summary.get('pareto', {}).get('students', ()))
-    report.write_report(summary, records, os.path.join(workdir, 'report.md'))
+    # write_report draws the plots beside report.md (search_stage*.png,
+    # accuracy_vs_params.png, with the Pareto students) and links them.
+    report.write_report(summary, meta['records'], os.path.join(workdir, 'report.md'))
   return summary
 
 
@@ -646,36 +642,29 @@ def _train_pareto(ctx: SearchContext, chosen: list[dict], progress: bool) -> lis
   """Train each chosen front member like the answer and export it to
   WORKDIR/students/N_PARAMSparams/ (the folder replaced whole); returns
   pareto.json's entries, smallest first."""
-  config, workdir = ctx.config, ctx.workdir
-  folder = os.path.join(workdir, pareto.STUDENTS_DIR)
-  primary = distributed.is_primary()
-  if primary:
-    atomic.fresh_partial_dir(folder)
-  distributed.sync('pareto: folder ready')
+  config = ctx.config
   trained = []
-  for n, entry in enumerate(chosen, 1):
-    spec = spec_lib.from_dict(entry['spec'])
-    try:
-      final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec,
-                                    progress=progress,
-                                    desc=f'Pareto student {n}/{len(chosen)}')
-    except baselines.BaselineError as e:
-      raise SearchError(str(e)) from None
-    name = f'{n}_{entry["params"]}params'
-    export_lib.save_student(os.path.join(atomic.partial_dir(folder), name), spec,
-                            final.variables, {
-                                'val_accuracy': final.val_accuracy,
-                                'test_accuracy': final.test_accuracy,
-                                'normalisation': ctx.teacher.record.get('normalisation')})
-    trained.append({'directory': os.path.join(pareto.STUDENTS_DIR, name),
-                    'params': entry['params'], 'flops': spec_lib.flops(spec),
-                    'compression': ctx.teacher_params / entry['params'],
-                    'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
-                    'search_val_accuracy': entry['val_accuracy'], 'reward': entry['reward'],
-                    'stage': entry['stage'], 'iteration': entry['iteration'],
-                    'spec': entry['spec']})
-  if primary:
-    atomic.commit_dir(folder)
+  with export_lib.folder_written_whole(os.path.join(ctx.workdir, pareto.STUDENTS_DIR)) as folder:
+    for n, entry in enumerate(chosen, 1):
+      spec = spec_lib.from_dict(entry['spec'])
+      try:
+        final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec,
+                                      progress=progress,
+                                      desc=f'Pareto student {n}/{len(chosen)}')
+      except baselines.BaselineError as e:
+        raise SearchError(str(e)) from None
+      name = f'{n}_{entry["params"]}params'
+      export_lib.save_student(os.path.join(folder, name), spec, final.variables, {
+          'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
+          'normalisation': ctx.teacher.record.get('normalisation')})
+      trained.append({'directory': os.path.join(pareto.STUDENTS_DIR, name),
+                      'params': entry['params'], 'flops': spec_lib.flops(spec),
+                      'compression': ctx.teacher_params / entry['params'],
+                      'val_accuracy': final.val_accuracy,
+                      'test_accuracy': final.test_accuracy,
+                      'search_val_accuracy': entry['val_accuracy'], 'reward': entry['reward'],
+                      'stage': entry['stage'], 'iteration': entry['iteration'],
+                      'spec': entry['spec']})
   return trained
 
 

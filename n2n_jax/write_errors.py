@@ -83,11 +83,10 @@ def what_is(path: str, workdir: str | None) -> str:
   relative = os.path.relpath(path, workdir) if workdir else os.path.basename(path)
   if relative == '.':
     return 'the run folder'
+  if relative.startswith('..'):  # outside the run's folder
+    return 'a file'
   first = relative.split(os.sep)[0].lstrip('.')
-  for part, what in _WHAT:
-    if part.lstrip('.') in first and not relative.startswith('..'):
-      return what
-  return 'a file'
+  return next((what for part, what in _WHAT if part.lstrip('.') in first), 'a file')
 
 
 def message(error: BaseException, workdir: str | None) -> str | None:
@@ -98,9 +97,8 @@ def message(error: BaseException, workdir: str | None) -> str | None:
     return None
   path, reason = found
   where = f'{what_is(path, workdir)} ({path})' if path else f'in {workdir or "the run folder"}'
-  return (f'error: could not write {where}: {reason}. What was '
-          f'saved before is intact; free space or make the folder writable, then run the '
-          'same command again to resume.')
+  return (f'error: could not write {where}: {reason}. What was saved before is intact; '
+          'free space or make the folder writable, then run the same command again to resume.')
 
 
 class QuietStorageErrors(logging.Filter):
