@@ -57,8 +57,7 @@ def train_final(config, dataset, teacher_logits, spec: spec_lib.NetSpec, *,
   devices = jax.local_devices()[:config.runtime.final_devices or None]
   trainer = evaluator_lib.Evaluator(
       dataset, teacher_logits,
-      evaluator_lib.DistillSettings(f.epochs, f.batch_size, f.learning_rate, f.weight_decay,
-                                    loss='hard_soft', soft_weight=f.soft_weight),
+      evaluator_lib.DistillSettings.from_config(f, loss='hard_soft'),
       config.runtime.epoch_mode, devices=devices[:1],
       mesh=train_lib.data_parallel_mesh(devices, f.batch_size),
       program_store=program_store.for_runtime(config.runtime))

@@ -44,6 +44,13 @@ class DistillSettings:
   init: str = 'scratch'  # or 'teacher': start from the teacher's weights where shapes match
   max_train_examples: int = 0  # train on the first N training examples (0 = all)
 
+  @classmethod
+  def from_config(cls, section, **fixed) -> 'DistillSettings':
+    """The settings a config section (config.distill, config.final) names,
+    field by field, plus `fixed` ones the section does not hold (the loss)."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name in section and f.name not in fixed]
+    return cls(**{name: section[name] for name in names}, **fixed)
+
 
 INITS = ('scratch', 'teacher')
 

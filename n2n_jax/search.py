@@ -408,11 +408,9 @@ def _shares_programs(config, stage: Stage, dataset) -> bool:
 def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evaluator:
   """The default scorer: students distilled from the teacher's logits as
   config.distill says, on the devices and with the caches config.runtime says."""
-  d = config.distill
   return evaluator_lib.Evaluator(
       dataset, teacher_logits,
-      evaluator_lib.DistillSettings(d.epochs, d.batch_size, d.learning_rate, d.weight_decay,
-                                    init=d.init, max_train_examples=d.max_train_examples),
+      evaluator_lib.DistillSettings.from_config(config.distill),
       config.runtime.epoch_mode, teacher.variables,
       memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
       devices=student_devices(config.runtime.student_devices),
