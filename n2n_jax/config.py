@@ -15,14 +15,11 @@ import os
 
 import ml_collections
 
-from n2n_jax import data as data_lib
-from n2n_jax import distributed
-from n2n_jax import evaluator
-from n2n_jax import reinforce
-from n2n_jax import reward as reward_lib
-from n2n_jax import runtime
+# Only JAX-free modules at the top, so that loading a config file (configs/*.py)
+# imports no JAX; the modules that own the other name lists are imported by the
+# checks that use them.
+from n2n_jax import data_config
 from n2n_jax import spec as spec_lib
-from n2n_jax import train as train_lib
 from n2n_jax import zoo
 
 MODES = ('compress', 'describe', 'teacher', 'prune', 'handdesigned')
@@ -36,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'compress'
   c.seed = 0
-  c.data = data_lib.default_data_config()
+  c.data = data_config.default_data_config()
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.name = 'digits_cnn'  # a zoo.NAMES entry, unless spec_file is set
@@ -394,6 +391,7 @@ _REFERENCE = base_config()
 
 def validate(config) -> None:
   """Checks that need no data: names, ranges and types."""
+  from n2n_jax import distributed, runtime, train as train_lib  # pylint: disable=g-import-not-at-top
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f'the config must be an ml_collections.ConfigDict, got '
                       f'{type(config).__name__}')
@@ -401,8 +399,8 @@ def validate(config) -> None:
   _one_of(config.mode, MODES, 'mode')
   _int_in(config.seed, 'seed', 0, MAX_INT64, 'a non-negative integer')
   try:
-    data_lib.validate_data_config(config.data)
-  except data_lib.DataError as e:
+    data_config.validate_data_config(config.data)
+  except data_config.DataError as e:
     raise ConfigError(str(e)) from None
   t = config.teacher
   if not t.spec_file:
@@ -466,6 +464,7 @@ def _validate_baselines(config) -> None:
 
 
 def _validate_search(config) -> None:
+  from n2n_jax import evaluator, reinforce, reward as reward_lib  # pylint: disable=g-import-not-at-top
   s, p, d, f, k = config.search, config.policy, config.distill, config.final, config.constraints
   for value, field in ((s.stage1_iterations, 'search.stage1_iterations'),
                        (s.stage2_iterations, 'search.stage2_iterations')):
@@ -507,6 +506,7 @@ def input_of(config, need_data: bool = True) -> tuple:
   """(input_shape, num_classes) from the data source's metadata, without loading
   images. With need_data=False the teacher's declared shape may stand in for
   data that is not on this machine (describe mode)."""
+  from n2n_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   t = config.teacher
   declared = (tuple(t.input_shape), t.num_classes) if t.input_shape and t.num_classes else None
   try:
