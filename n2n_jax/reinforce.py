@@ -31,8 +31,6 @@ import optax
 from n2n_jax import policies
 
 KINDS = ('removal', 'shrink')
-METHODS = ('reinforce', 'actor_critic')
-
 
 # ---- state
 
@@ -83,6 +81,29 @@ def get_baseline(kind: str) -> Callable:
   if kind not in BASELINES:
     raise ValueError(f'unknown baseline {kind!r}; valid baselines: {", ".join(BASELINES)}')
   return BASELINES[kind]
+
+
+# The policy-gradient terms by method: (policy loss, value loss, mean advantage)
+# from the rewards (m,), the moving baseline, the critic's values (m, T), the
+# per-step log-probabilities (m, T), the decision-step weights (m, T), m and
+# the number of decision steps.
+def _reinforce_terms(rewards, b, values, step_logp, weights, m, decisions):
+  del values, weights, m, decisions
+  advantage = rewards - b
+  return (-jnp.mean(advantage * step_logp.sum(-1)), jnp.zeros((), jnp.float32),
+          jnp.mean(advantage))
+
+
+def _actor_critic_terms(rewards, b, values, step_logp, weights, m, decisions):
+  del b
+  advantage = rewards[:, None] - values  # (m, T)
+  return (-jnp.sum(jax.lax.stop_gradient(advantage) * step_logp) / m,
+          jnp.sum(weights * jnp.square(advantage)) / (m * decisions),
+          jnp.sum(weights * advantage) / (m * decisions))
+
+
+_METHODS = {'reinforce': _reinforce_terms, 'actor_critic': _actor_critic_terms}
+METHODS = tuple(_METHODS)
 
 
 def update_baseline(kind: str, baseline, num_updates, rewards, decay: float = 0.9):
@@ -206,16 +227,8 @@ def make_update(policy, optimizer: optax.GradientTransformation, kind: str,
         kind, policy, params, features, mask, actions)
     m = rewards.shape[0]
     decisions = jnp.maximum(weights.sum(), 1.0)  # 1 if no step is a decision
-    if method == 'reinforce':
-      advantage = rewards - b
-      policy_loss = -jnp.mean(advantage * step_logp.sum(-1))
-      value_loss = jnp.zeros((), jnp.float32)
-      mean_advantage = jnp.mean(advantage)
-    else:
-      advantage = rewards[:, None] - values  # (m, T)
-      policy_loss = -jnp.sum(jax.lax.stop_gradient(advantage) * step_logp) / m
-      value_loss = jnp.sum(weights * jnp.square(advantage)) / (m * decisions)
-      mean_advantage = jnp.sum(weights * advantage) / (m * decisions)
+    policy_loss, value_loss, mean_advantage = _METHODS[method](
+        rewards, b, values, step_logp, weights, m, decisions)
     loss = policy_loss + value_weight * value_loss
     aux = {'policy_loss': policy_loss, 'value_loss': value_loss,
            'advantage': mean_advantage,

@@ -8,8 +8,6 @@ import math
 from typing import Mapping
 
 DEGENERATE_REWARD = -1.0
-REWARDS = ('n2n', 'naive')
-EPSILON_SCHEDULES = ('poly', 'linear', 'hard')
 
 
 def compression(student_params: int, teacher_params: int) -> float:
@@ -30,6 +28,7 @@ def naive_reward(accuracy: float, teacher_accuracy: float, c: float) -> float:
 
 
 _REWARD_FNS = {'n2n': n2n_reward, 'naive': naive_reward}
+REWARDS = tuple(_REWARD_FNS)
 
 
 def reward_fn(name: str):
@@ -76,20 +75,25 @@ class Constraints:
     return out
 
 
+# epsilon_t by schedule, from frac = clip(1 - t/horizon, 0, 1) and the power.
+_EPSILON_SCHEDULES = {
+    'poly': lambda frac, power: frac ** power,  # the authors' code
+    'linear': lambda frac, power: frac,
+    'hard': lambda frac, power: 0.0,  # constraint violations always get -1
+}
+EPSILON_SCHEDULES = tuple(_EPSILON_SCHEDULES)
+
+
 def epsilon(iteration: int, schedule: str = 'poly', horizon: float = 15.0,
             power: float = 4.0) -> float:
   """epsilon_t of section 3.3.1: starts at 1 and decreases monotonically so
   constraints are enforced gradually. 'poly' is the authors' code,
   clip((1 - t/horizon)^power, 0, 1); 'linear' is 1 - t/horizon; 'hard' is 0
   (constraint violations always get -1). t counts from 0."""
-  if schedule == 'hard':
-    return 0.0
+  if schedule not in _EPSILON_SCHEDULES:
+    raise ValueError(f'unknown epsilon schedule {schedule!r}; valid: {", ".join(EPSILON_SCHEDULES)}')
   frac = min(max(1.0 - iteration / horizon, 0.0), 1.0)
-  if schedule == 'poly':
-    return frac ** power
-  if schedule == 'linear':
-    return frac
-  raise ValueError(f'unknown epsilon schedule {schedule!r}; valid: {", ".join(EPSILON_SCHEDULES)}')
+  return _EPSILON_SCHEDULES[schedule](frac, power)
 
 
 def relax(reward: float, eps: float) -> float:

@@ -22,8 +22,6 @@ import numpy as np
 import optax
 
 EPOCH_MODES = ('auto', 'scan', 'loop')
-LOSSES = ('ce', 'l2', 'hard_soft')
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
 
 
 # ---- losses: (logits, labels, teacher_logits) -> scalar
@@ -40,39 +38,53 @@ def l2_logits(logits, labels, teacher_logits):
   return jnp.sum(jnp.square(logits - teacher_logits), axis=-1).mean()
 
 
+# Each loss by name, built from the weight of the soft (L2) term.
+_LOSSES = {
+    'ce': lambda soft_weight: cross_entropy,  # hard labels
+    'l2': lambda soft_weight: l2_logits,  # distillation
+    'hard_soft': lambda soft_weight: (
+        lambda z, y, t: cross_entropy(z, y) + soft_weight * l2_logits(z, y, t)),
+}
+LOSSES = tuple(_LOSSES)
+
+
 def make_loss(kind: str, soft_weight: float = 1.0) -> Callable:
   """'ce' (hard labels), 'l2' (distillation), or 'hard_soft': ce + soft_weight * l2."""
-  if kind == 'ce':
-    return cross_entropy
-  if kind == 'l2':
-    return l2_logits
-  if kind == 'hard_soft':
-    return lambda z, y, t: cross_entropy(z, y) + soft_weight * l2_logits(z, y, t)
-  raise ValueError(f'unknown loss {kind!r}; valid losses: {", ".join(LOSSES)}')
+  if kind not in _LOSSES:
+    raise ValueError(f'unknown loss {kind!r}; valid losses: {", ".join(LOSSES)}')
+  return _LOSSES[kind](soft_weight)
 
 
 # ---- optimiser
 
+# Each optimiser by name, from its schedule, momentum and weight decay. 'sgd'
+# and 'adam' add weight decay to the gradient (PyTorch's coupled L2); 'adamw'
+# decouples it.
+def _coupled(opt, weight_decay):
+  return optax.chain(optax.add_decayed_weights(weight_decay), opt) if weight_decay else opt
+
+
+_OPTIMIZERS = {
+    'sgd': lambda schedule, momentum, weight_decay: _coupled(
+        optax.sgd(schedule, momentum=momentum or None), weight_decay),
+    'adam': lambda schedule, momentum, weight_decay: _coupled(
+        optax.adam(schedule), weight_decay),
+    'adamw': lambda schedule, momentum, weight_decay: optax.adamw(
+        schedule, weight_decay=weight_decay),
+}
+OPTIMIZERS = tuple(_OPTIMIZERS)
+
+
 def make_optimizer(name: str, learning_rate: float, *, steps_per_epoch: int,
                    decay_epochs=(), decay_factor: float = 0.1, momentum: float = 0.9,
                    weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """SGD / Adam with a step schedule: the rate is multiplied by decay_factor at
-  each epoch in decay_epochs (the paper's teacher schedules). For 'sgd' and
-  'adam' weight decay is added to the gradient (PyTorch's coupled L2); 'adamw'
-  decouples it."""
+  """An optimiser of OPTIMIZERS with a step schedule: the rate is multiplied by
+  decay_factor at each epoch in decay_epochs (the paper's teacher schedules)."""
+  if name not in _OPTIMIZERS:
+    raise ValueError(f'unknown optimizer {name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
   schedule = optax.piecewise_constant_schedule(
       learning_rate, {int(e) * steps_per_epoch: decay_factor for e in decay_epochs})
-  if name == 'sgd':
-    opt = optax.sgd(schedule, momentum=momentum or None)
-  elif name == 'adam':
-    opt = optax.adam(schedule)
-  elif name == 'adamw':
-    return optax.adamw(schedule, weight_decay=weight_decay)
-  else:
-    raise ValueError(f'unknown optimizer {name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
-  if weight_decay:
-    opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
-  return opt
+  return _OPTIMIZERS[name](schedule, momentum, weight_decay)
 
 
 # ---- state
