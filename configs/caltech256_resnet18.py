@@ -22,8 +22,9 @@ a few hours on one modern GPU.
 
 The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
 iterations of 5 students, final training, export); --config.mode=teacher trains
-the teacher alone. Paper's compressed student: stage 1: 44.71 % at 3.62M (3.12x). The search's runtime is
-not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
+the teacher alone. Paper's compressed student: stage 1: 44.71 % at 3.62M
+(3.12x). The search's runtime is not measured yet: ~1,000 student distillations
+of 5 epochs each, so plan on a GPU.
 """
 
 from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule

@@ -11,8 +11,9 @@ Expected teacher: 72.22 % test accuracy (paper). Runtime not measured yet; estim
 
 The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
 iterations of 5 students, final training, export); --config.mode=teacher trains
-the teacher alone. Paper's compressed student: stage 1: 69.64 % at 4.76M (2.35x); stage 1+2: 68.01 % at 2.42M (4.64x). The search's runtime is
-not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
+the teacher alone. Paper's compressed student: stage 1: 69.64 % at 4.76M
+(2.35x); stage 1+2: 68.01 % at 2.42M (4.64x). The search's runtime is not
+measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
 from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule

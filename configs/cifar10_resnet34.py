@@ -11,8 +11,9 @@ Expected teacher: 92.05 % test accuracy (paper). Runtime not measured yet; estim
 
 The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
 iterations of 5 students, final training, export); --config.mode=teacher trains
-the teacher alone. Paper's compressed student: stage 1: 93.54 % at 3.87M (5.5x); stage 1+2: 92.35 % at 2.07M (10.2x). The search's runtime is
-not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
+the teacher alone. Paper's compressed student: stage 1: 93.54 % at 3.87M (5.5x);
+stage 1+2: 92.35 % at 2.07M (10.2x). The search's runtime is not measured yet:
+~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
 from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule

@@ -9,7 +9,8 @@ Command (train the policies on VGG-11, then start VGG-19's search from them):
 
 Data, normalisation, augmentation and teacher schedule as configs/cifar10_vgg19.py.
 Paper: the pretrained policy reaches a mean reward of 0.52 over VGG-19's first 10
-iterations against -0.07 from scratch (Table 5). Runtime: a GPU job, as VGG-19's.
+iterations against -0.07 from scratch (Table 5; not yet reproduced here). Runtime
+not measured; a GPU job, as VGG-19's.
 Reduced CPU variant: --config=configs/cifar10_vgg11.py:reduced.
 """
 

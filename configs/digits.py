@@ -11,8 +11,8 @@ chosen student depends on the CPU (float rounding steers the search): on a
 2-core AVX-512 machine (2026-12-07) 5,706 params (24.7x smaller) at 0.9972 test
 accuracy in 2 min 10-19 s with every cache empty (stage 2 in one shared
 program: runtime.share_stage2_program='auto'); on an earlier 2-core machine
-(2026-11-27) 19,850 params (7.1x) at 0.9916 in about 6 minutes with empty
-caches, about 2 minutes when run again (programs come from the program store).
+(2026-11-27) 19,850 params (7.1x) at 0.9916 (RESULTS.md, Table 1; its
+runtimes, empty caches and re-run, are in docs/performance.md, "Compiling").
 Teacher only: --config.mode=teacher (~30 s).
 """
 

@@ -17,7 +17,7 @@ look add --config.teacher.epochs=2 --config.data.max_train_examples=5000.
 The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
 iterations of 5 students, final training, export); --config.mode=teacher trains
 the teacher alone. Paper's compressed student: no paper row. On one NVIDIA H200
-(RESULTS.md, docs/performance.md) a teacher epoch took 1.07 s (so ~1 min for the
+(2026-11-28; RESULTS.md, docs/performance.md) a teacher epoch took 1.07 s (so ~1 min for the
 50), and a 10 + 6-iteration search with 1-epoch distillations 232 s, 141 s of it
 compiling: the paper's budget (~1,000 students of 5 epochs, ~1.3 s each per epoch
 there, plus compiling each new architecture) is a few hours on such a GPU. A

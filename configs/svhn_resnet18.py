@@ -12,8 +12,9 @@ Expected teacher: 95.24 % test accuracy (paper). Runtime not measured yet; estim
 
 The command runs the whole pipeline (teacher, then the paper's 100 + 100 policy
 iterations of 5 students, final training, export); --config.mode=teacher trains
-the teacher alone. Paper's compressed student: stage 1: 95.66 % at 2.24M (4.97x); stage 1+2: 95.38 % at 564K (19.8x). The search's runtime is
-not measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
+the teacher alone. Paper's compressed student: stage 1: 95.66 % at 2.24M
+(4.97x); stage 1+2: 95.38 % at 564K (19.8x). The search's runtime is not
+measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
 from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule

@@ -175,8 +175,7 @@ def save_tree(path: str, tree) -> None:
   """Save `tree` (orbax, standard layout) at `path`, done when this returns.
   Not with ocp.StandardCheckpointer: that one saves from background threads,
   and when its write fails (a full disk) they wait for a signal that never
-  comes, which held the process for 300 s at exit (orbax-checkpoint 0.12.8,
-  measured)."""
+  comes, holding the process at exit (docs/performance.md, "Failure paths")."""
   with failures_name(path):
     ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(path, tree, force=True)
 

@@ -113,21 +113,20 @@ def initialize(mode: str = 'auto', peer_timeout_seconds: int = 100) -> bool:
 
 # --- a lost peer ---------------------------------------------------------------------------------
 #
-# When a process dies, the others learn it in one of two ways, measured with
-# JAX 0.10.2 on two CPU processes (one SIGKILLed mid-search):
+# When a process dies, the others learn it in one of two ways (how long each
+# takes: docs/performance.md, "Failure paths"):
 # - a collective they are in fails at once (Gloo: "Connection reset by
-#   peer"). Left alone, the survivor then printed a traceback and waited in
-#   JAX's shutdown barrier until the heartbeat timeout before aborting: 87 s.
-#   Now it prints one line naming the lost process and exits at once with
-#   LOST_PEER_EXIT_CODE, skipping that barrier (0.1 s).
+#   peer"). Left alone, the survivor would print a traceback and wait in
+#   JAX's shutdown barrier until the heartbeat timeout before aborting;
+#   instead it prints one line naming the lost process and exits at once with
+#   LOST_PEER_EXIT_CODE, skipping that barrier.
 # - JAX's coordination service reports the loss (the coordinator's process
 #   died, or a process missed heartbeats for runtime.peer_timeout_seconds),
 #   and JAX's client aborts the process from a C++ thread: exit 134 and JAX's
 #   "Terminating process because the JAX distributed service detected fatal
 #   errors ... another task died". That happens before Python can act (the
 #   client's callback cannot be a Python function: jaxlib 0.10.2 fails to
-#   pass it the status, std::bad_cast), so it stands, bounded by the timeout
-#   (0.2 s when process 0 died).
+#   pass it the status, std::bad_cast), so it stands, bounded by the timeout.
 # Either way nothing half-written is left for readers (outputs are renamed
 # into place, and orbax finishes a checkpoint by renaming it), and the
 # relaunched job resumes from the last checkpoint.

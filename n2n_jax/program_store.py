@@ -4,9 +4,9 @@ has met before without tracing, lowering or compiling anything.
 
 JAX's persistent compilation cache already skips XLA's compile on a re-run,
 but it finds its entry by hashing the lowered program, so every new process
-still traces and lowers each student's train step and forward pass first:
-about 1.5 s of the 1.9-3.1 s a known architecture took to come up again
-(docs/performance.md). This store instead keys a student's serialized
+still traces and lowers each student's train step and forward pass first,
+about half the time a known architecture takes to come up again
+(docs/performance.md, "Compiling"). This store instead keys a student's serialized
 executables (train step, forward pass, initial optimiser state) and its
 variable shapes by what determines them: the spec, the distillation settings,
 the data shapes, the device, XLA_FLAGS, and the versions of JAX and of this
@@ -55,9 +55,9 @@ MAGIC = b'n2n_jax program store entry\n'
 KEY_BYTES = 32
 
 # An executable JAX took from its persistent cache serializes incompletely
-# (measured with JAX 0.10.2 on the CPU: the payload lacks some kernels, and
-# loading it in another process fails at its first call with "NOT_FOUND:
-# Function ... not found"). Only programs really compiled may be saved, so
+# (its payload lacks some kernels, and loading it in another process fails at
+# its first call with "NOT_FOUND: Function ... not found"; seen with JAX 0.10.2,
+# docs/performance.md, "Compiling"). Only programs really compiled may be saved, so
 # JAX's cache hits are counted per thread: JAX records the event in the
 # thread that compiles.
 _CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
@@ -198,12 +198,11 @@ def _read_or_create_key(path: str) -> bytes | str:
 class ProgramStore:
   """Entries are zlib-compressed pickles of {'programs': {name: (executable,
   in tree, out tree)}, 'extras': {...}} in `directory`, one file per key,
-  each signed (see the module docstring; compressing makes them ~5x smaller,
-  0.33 MB instead of 1.6 MB for a VGG-13 student at half width, for ~10-20 ms
-  each way). A missing, unreadable, unsigned or stale entry is a miss, never
-  an error: the caller compiles and saves again. `secret` replaces this
-  user's key (user_key()); trust_shared uses a folder other users can write
-  to."""
+  each signed (see the module docstring; compressing makes them several
+  times smaller for milliseconds each way, docs/performance.md, "Compiling").
+  A missing, unreadable, unsigned or stale entry is a miss, never an error:
+  the caller compiles and saves again. `secret` replaces this user's key
+  (user_key()); trust_shared uses a folder other users can write to."""
 
   def __init__(self, directory: str, *, trust_shared: bool = False,
                secret: bytes | None = None):

@@ -7,14 +7,12 @@ import warnings
 
 import jax
 
-# XLA CPU's YNN fusions slow the convolutions these CNNs are made of; turning
-# them off gave +25-40 % training throughput on our 2-core machines (the team's
-# DESIGN.md and the foundation issue's note). The flag only concerns the CPU backend.
+# XLA CPU's YNN fusions slow the convolutions these CNNs are made of, the backward pass
+# most (docs/performance.md, "XLA CPU options"). The flag only concerns the CPU backend.
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
 # runtime.deterministic: XLA's GPU kernels give the same result on every run
-# (two runs of a Fashion-MNIST search on an H200 without it differed in stage
-# 2's accuracies by up to 0.5 points). Other backends ignore the flag; CPU
-# runs are deterministic anyway.
+# (without it, GPU searches are not bit-reproducible: docs/performance.md, "On a
+# GPU"). Other backends ignore the flag; CPU runs are deterministic anyway.
 DETERMINISTIC_XLA_FLAGS = ('--xla_gpu_deterministic_ops=true',)
 
 
@@ -40,18 +38,18 @@ def set_gpu_autotune_level(level: int) -> None:
   """runtime.gpu_autotune_level: XLA's GPU autotuning effort
   (--xla_gpu_autotune_level, 0 = none, 4 = XLA's default, which leaves
   XLA_FLAGS as it is). Autotuning convolutions is most of a new student's compile on a
-  GPU (2.5-9 s on an H200); lower levels compile faster and may train
-  slower (benchmarks/gpu_session.sh throughput measures both)."""
+  GPU (docs/performance.md, "On a GPU"); lower levels compile faster and may
+  train slower (benchmarks/gpu_session.sh throughput measures both)."""
   if level != 4:
     _append_xla_flags((f'--xla_gpu_autotune_level={level}',))
 
 
 def compile_threads(requested: int) -> int:
   """runtime.compile_threads: `requested`, or for 0 one thread per 4 CPU cores
-  this process may use, at least one. A 2-core machine keeps one (a second
-  gave no gain there: compiling and training share the cores); a 16-core GPU
-  host gets 4, where students compile for seconds and train in a fraction of
-  one."""
+  this process may use, at least one. A 2-core machine keeps one
+  (compiling and training share the cores, so a second thread does not
+  pay: docs/performance.md, "Compiling"); a 16-core GPU host gets 4, where
+  students compile for seconds and train in a fraction of one."""
   if requested:
     return requested
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
@@ -60,15 +58,11 @@ def compile_threads(requested: int) -> int:
 
 SWITCHES = ('auto', 'on', 'off')
 
-# What the 'auto' sharing rule weighs, per backend (docs/performance.md,
-# "Sharing programs: the rule"): seconds to compile one new student's
-# programs, and the training FLOP/s a single student reaches.
-#   cpu: 2-core AVX-512 machine, 2026-11/12: digits and VGG-13 x0.5 students
-#        compile in 2-6 s; a teacher-sized VGG-13 student trains at 57-68 GFLOP/s.
-#   gpu: H200, docs/records/h200-2026-11-28: compiles 2.5-9 s (convolution
-#        autotuning; a new medium student came up in 10.6 s cold); the
-#        teacher-sized student trained at 30.4 TFLOP/s.
-# Other backends (TPU) take the GPU's figures until measured.
+# What the 'auto' sharing rule weighs, per backend: seconds to compile one new
+# student's programs, and the training FLOP/s a single student reaches; round
+# figures from the measurements in docs/performance.md, "Sharing programs: the
+# rule" (CPU: a 2-core machine; GPU: an H200). Other backends (TPU) take the
+# GPU's figures until measured.
 COMPILE_SECONDS = {'cpu': 2.0, 'gpu': 5.0}
 STUDENT_FLOPS_PER_SECOND = {'cpu': 60e9, 'gpu': 30e12}
 
@@ -94,9 +88,9 @@ def share_programs(switch: str, source_flops: float | None = None, images: int =
   'auto': `sharing_pays` for a source of `source_flops` and students
   training on `images` images (without them: on unless JAX runs on the
   CPU); for stage 1 only where students train `together` (train_together):
-  a switched teacher compiles several times slower than a student, and on
-  its own sharing did not pay (README command 1 on a CPU: stage 1 in 99 s
-  alone, 130 s shared, the same student; docs/performance.md)."""
+  a switched teacher compiles several times slower than a student, so
+  sharing alone costs more stage-1 time than it saves in compiles
+  (docs/performance.md, "Sharing programs: the rule")."""
   if switch not in SWITCHES:
     raise ValueError(f'unknown switch {switch!r}; valid: {", ".join(SWITCHES)}')
   if switch != 'auto':
@@ -113,12 +107,12 @@ TOGETHER = ('auto', 'off', 'vmap', 'map')
 
 def train_together(switch: str) -> str | None:
   """runtime.train_together: the stacked lowering (stacked.py) or None for
-  one student per call. 'auto': off on CPUs, where K stacked digits students
-  trained 1.4x slower per student with 'vmap' and 20x slower with 'map'
-  (XLA's CPU backward convolutions inside a loop, see train.py) than one by
-  one (docs/performance.md); 'vmap' on GPUs and TPUs, where one student
-  fills a small part of the chip (to be settled by benchmarks/gpu_session.sh
-  throughput)."""
+  one student per call. 'auto': off on CPUs, where stacked students train
+  slower than one by one (XLA's CPU backend runs grouped convolutions, and
+  backward convolutions inside a loop, poorly: see train.py and
+  docs/performance.md, "Students trained together"); 'vmap' on GPUs and
+  TPUs, where one student fills a small part of the chip (to be settled by
+  benchmarks/gpu_session.sh throughput)."""
   if switch not in TOGETHER:
     raise ValueError(f'unknown runtime.train_together {switch!r}; valid: {", ".join(TOGETHER)}')
   if switch == 'auto':

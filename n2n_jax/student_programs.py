@@ -155,8 +155,8 @@ class StudentPrograms:
   def _compile(self, spec, model, tx, runner, device, stacking) -> Program:
     """`spec`'s programs, compiled here or loaded from the program store.
     The initial optimiser state is one small program too (created eagerly,
-    it cost one compile per new variable shape, 0.2 s for a VGG-13 student in
-    a fresh process)."""
+    it would cost one compile per new variable shape in a fresh process;
+    docs/performance.md, "Compiling")."""
     data, val_images, _ = self.resident(device)
     store, store_key, spec_json = self.store, None, spec_lib.to_json(spec)
     if store is not None:
