@@ -197,8 +197,8 @@ def base_config() -> ml_collections.ConfigDict:
   # arithmetic of the teacher without its removed pools. 'on', 'off' or
   # 'auto': the rule above, and only where students train together
   # (runtime.train_together): a switched teacher compiles several times slower
-  # than a student, and on its own sharing did not pay (README command 1 on a
-  # CPU: stage 1 in 99 s alone, 130 s shared, same student).
+  # than a student, so sharing alone costs more than the compiles it saves
+  # (docs/performance.md, "Sharing programs: the rule").
   c.runtime.share_stage1_programs = 'auto'
   # Students that share a program (above) train together, stacked in one
   # compiled call (n2n_jax/stacked.py): 'vmap' (vectorised: grouped

@@ -146,9 +146,9 @@ def init_policy(policy: nn.Module, key, num_features: int) -> dict:
   Shapes come from `jax.eval_shape(policy.init, ...)` (traced, never
   compiled) and values are drawn on the host from Flax's default
   distributions for these layers: lecun-normal input and Dense kernels,
-  orthogonal recurrent kernels, zero biases. Compiling `policy.init` took
-  6-7 s on the project's 2-core CPU (one truncated-normal or QR program per
-  leaf); this takes milliseconds. Nothing depends on the sequence length.
+  orthogonal recurrent kernels, zero biases. Compiling `policy.init` instead
+  compiles one truncated-normal or QR program per leaf, seconds on a CPU;
+  this takes milliseconds. Nothing depends on the sequence length.
   """
   features = jnp.zeros((1, num_features), jnp.float32)
   if isinstance(policy, ShrinkPolicy):
