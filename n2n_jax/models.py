@@ -1,8 +1,10 @@
 """The one Flax module that turns any valid `NetSpec` into a network.
 
 Parameter names follow the spec's layer paths ("3_Conv", "5_main_0_Conv",
-"9_branches_1_0_Conv"), so a parameter tree can be read against its spec and
-weights can be matched between a teacher and its students.
+"9_branches_1_0_Conv", from spec.scope_name), so a parameter tree can be read
+against its spec and weights can be matched between a teacher and its students.
+What each layer computes is its layer type's own (the `flax` method of its
+class in spec.py); this module runs the sequence.
 """
 
 from __future__ import annotations
@@ -18,19 +20,7 @@ import numpy as np
 
 from n2n_jax import spec as S
 
-# PyTorch's batch-norm defaults, which the paper's teachers were trained with.
-BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
-
-
-def _pool_by_reshape(x, window: int, reduce):
-  """Non-overlapping pooling as reshape + reduce. On the CPU this is markedly
-  faster than reduce_window (the team's DESIGN.md); rows/columns that do not fill a
-  window are dropped, as floor-mode pooling does."""
-  n, h, w, c = x.shape
-  ho, wo = h // window, w // window
-  x = x[:, :ho * window, :wo * window, :]
-  return reduce(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
-
+BN_MOMENTUM, BN_EPSILON = S.BN_MOMENTUM, S.BN_EPSILON
 
 # The batch_stats entry of a network with switched layers (NetSpec.switched).
 SWITCHES = 'switches'
@@ -56,62 +46,26 @@ class SpecNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    return self._sequence(self.spec.layers, x, train, '')
+    return self.sequence(self.spec.layers, x, train, ())
 
-  def _sequence(self, layers, x, train, prefix):
+  def sequence(self, layers, x, train, prefix: tuple):
+    """`layers` applied to x, the layers at spec paths prefix + (i,)."""
     switched = self.spec.switched if not prefix else ()
     if switched:
       # 1 runs the layer, 0 passes its input on (see padding.py); kept with the
       # batch-norm statistics, which training carries along unchanged.
       on = self.variable('batch_stats', SWITCHES, jnp.ones, (len(layers),), jnp.float32).value
     for i, layer in enumerate(layers):
-      name = f'{prefix}{i}'
-      y = self._layer(layer, x, train, name)
+      path = prefix + (i,)
+      name = S.scope_name(path)
+      if not isinstance(layer, S.LayerType):
+        raise S.SpecError(f'{name}: cannot build layer {layer!r:.80}')
+      y = layer.flax(self, x, train, path)
       x = jnp.where(on[i] > 0, y, _pass_through(x, y.shape)) if i in switched else y
       if name in self.gated:
         g = self.get_variable('gates', name)
         x = x * (1 + g.reshape(g.shape[:1] + (1,) * (x.ndim - 2) + g.shape[1:]))
     return x
-
-  def _layer(self, layer, x, train, name):
-    kind = type(layer).__name__
-    if isinstance(layer, S.Conv):
-      p = layer.padding
-      return nn.Conv(layer.filters, (layer.kernel, layer.kernel), (layer.stride, layer.stride),
-                     padding=((p, p), (p, p)), use_bias=layer.use_bias,
-                     name=f'{name}_{kind}')(x)
-    if isinstance(layer, S.Dense):
-      return nn.Dense(layer.features, use_bias=layer.use_bias, name=f'{name}_{kind}')(x)
-    if isinstance(layer, S.BatchNorm):
-      return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                          epsilon=BN_EPSILON, name=f'{name}_{kind}')(x)
-    if isinstance(layer, S.ReLU):
-      return nn.relu(x)
-    if isinstance(layer, S.Dropout):
-      return nn.Dropout(layer.rate, deterministic=not train)(x) if layer.rate > 0 else x
-    if isinstance(layer, S.Flatten):
-      return x.reshape(x.shape[0], -1)
-    if isinstance(layer, S.GlobalAvgPool):
-      return jnp.mean(x, axis=(1, 2), keepdims=True)
-    if isinstance(layer, S.MaxPool):
-      if layer.window == layer.stride and layer.padding == 0 and not layer.ceil:
-        return _pool_by_reshape(x, layer.window, jnp.max)
-      p = layer.padding
-      extra = [S.pool_extra_padding(n, layer) for n in x.shape[1:3]]
-      return nn.max_pool(x, (layer.window,) * 2, (layer.stride,) * 2,
-                         ((p, p + extra[0]), (p, p + extra[1])))
-    if isinstance(layer, S.AvgPool):
-      if layer.window == layer.stride:
-        return _pool_by_reshape(x, layer.window, jnp.mean)
-      return nn.avg_pool(x, (layer.window,) * 2, (layer.stride,) * 2)
-    if isinstance(layer, S.Residual):
-      main = self._sequence(layer.main, x, train, f'{name}_main_')
-      short = self._sequence(layer.shortcut, x, train, f'{name}_shortcut_')
-      return main + short
-    if isinstance(layer, S.Concat):
-      return jnp.concatenate([self._sequence(b, x, train, f'{name}_branches_{j}_')
-                              for j, b in enumerate(layer.branches)], axis=-1)
-    raise S.SpecError(f'{name}: cannot build layer {layer!r:.80}')
 
 
 def build(spec: S.NetSpec) -> SpecNet:
@@ -241,7 +195,7 @@ def from_linen(spec: S.NetSpec, variables) -> dict:
   module's layers are found in its variable tree in creation order, by their
   contents: a 4-d 'kernel' is a Conv, a 2-d one a Dense, 'scale' or running
   statistics a BatchNorm. Raises ValueError when the two do not line up."""
-  if any(isinstance(l, (S.Residual, S.Concat)) for l in spec.layers):
+  if any(l.channels == S.BLOCK for l in spec.layers):
     raise ValueError('from_linen handles specs without Residual or Concat blocks')
   params, stats = variables['params'], variables.get('batch_stats', {})
 
@@ -265,8 +219,8 @@ def from_linen(spec: S.NetSpec, variables) -> dict:
     return tree
 
   theirs = layers_of(params)
-  ours = [(f'{i}_{type(l).__name__}', type(l).__name__) for i, l in enumerate(spec.layers)
-          if isinstance(l, (S.Conv, S.Dense, S.BatchNorm))]
+  ours = [(S.scope_name((i,), l), type(l).__name__) for i, l in enumerate(spec.layers)
+          if l.width_field is not None or l.per_channel_variables]
   kinds = lambda pairs: [k for k, _ in pairs]
   if [k for _, k in ours] != kinds(theirs):
     raise ValueError(f"the module's layers {kinds(theirs)} are not the spec's "

@@ -52,18 +52,15 @@ def widen(student: S.NetSpec, source: S.NetSpec) -> S.NetSpec:
       here = f'{where}[{i}]'
       if type(a) is not type(b):
         raise NotEmbeddable(f'{here}: {type(a).__name__} against {type(b).__name__}')
-      if isinstance(a, S.Conv):
-        a = dataclasses.replace(a, filters=max(a.filters, b.filters))
-      elif isinstance(a, S.Dense):
-        a = dataclasses.replace(a, features=max(a.features, b.features))
-      elif isinstance(a, S.Residual):
-        a = S.Residual(walk(a.main, b.main, f'{here}.main'),
-                       walk(a.shortcut, b.shortcut, f'{here}.shortcut'))
-      elif isinstance(a, S.Concat):
-        if len(a.branches) != len(b.branches):
-          raise NotEmbeddable(f'{here}: {len(a.branches)} branches against {len(b.branches)}')
-        a = S.Concat(tuple(walk(x, y, f'{here}.branches[{j}]')
-                           for j, (x, y) in enumerate(zip(a.branches, b.branches))))
+      if a.width_field is not None:
+        width = a.width_field
+        a = dataclasses.replace(a, **{width: max(getattr(a, width), getattr(b, width))})
+      elif a.channels == S.BLOCK:
+        mine, theirs = a.children(), b.children()
+        if len(mine) != len(theirs):
+          raise NotEmbeddable(f'{here}: {len(mine)} branches against {len(theirs)}')
+        a = a.with_children([walk(x, y, here + ''.join(_where(k) for k in key))
+                             for (key, x), (_, y) in zip(mine, theirs)])
       elif a != b:
         raise NotEmbeddable(f'{here}: {a} against {b}')
       out.append(a)
@@ -72,18 +69,17 @@ def widen(student: S.NetSpec, source: S.NetSpec) -> S.NetSpec:
   return S.NetSpec(student.name, student.input_shape, walk(student.layers, source.layers, 'layers'))
 
 
+def _where(key) -> str:
+  """A path-suffix element as layer messages write it: '.main', '[1]'."""
+  return f'[{key}]' if isinstance(key, int) else f'.{key}'
+
+
 def switchable(layer, shape) -> bool:
   """Whether `layer`, on inputs of `shape`, can be switched off: replaced by
   its input with zero channels appended up to its output width. Only for
-  layers that keep the spatial size and do not narrow the activation."""
-  if isinstance(layer, (S.BatchNorm, S.ReLU, S.Dropout)):
-    return True
-  if isinstance(layer, S.Conv):
-    return (len(shape) == 3 and layer.stride == 1 and 2 * layer.padding == layer.kernel - 1
-            and shape[-1] <= layer.filters)
-  if isinstance(layer, S.Dense):
-    return len(shape) == 1 and shape[0] <= layer.features
-  return False
+  layers that keep the spatial size and do not narrow the activation (each
+  layer type says: its `switchable` method in spec.py)."""
+  return layer.switchable(shape)
 
 
 def with_switches(student: S.NetSpec, source: S.NetSpec) -> tuple:
@@ -99,7 +95,7 @@ def with_switches(student: S.NetSpec, source: S.NetSpec) -> tuple:
   mine, layers, on, matched = student.layers, [], [], 0
   for layer in source.layers:
     running = matched < len(mine) and mine[matched] == layer
-    if running or not isinstance(layer, (S.MaxPool, S.AvgPool)):
+    if running or not layer.omit_when_removed:
       layers.append(layer)
       on.append(float(running))
       matched += running
@@ -134,7 +130,7 @@ def embedding(student: S.NetSpec, wide: S.NetSpec, on=None) -> dict:
   out = {}
 
   def pairs(mine, theirs, prefix, wide_prefix):
-    return [(a, b, f'{prefix}{i}', f'{wide_prefix}{i}')
+    return [(a, b, prefix + (i,), wide_prefix + (i,))
             for i, (a, b) in enumerate(zip(mine, theirs))]
 
   def put(collection, scope, wide_scope, name, index):
@@ -145,50 +141,34 @@ def embedding(student: S.NetSpec, wide: S.NetSpec, on=None) -> dict:
       if a is None:  # switched off
         wide_shape = S.sequence_output_shape((b,), wide_shape)
         continue
-      scope, wide_scope = f'{here}_{type(a).__name__}', f'{there}_{type(b).__name__}'
-      if isinstance(a, S.Conv):
-        k = np.arange(a.kernel)
-        put('params', scope, wide_scope, 'kernel', (k, k, channels, np.arange(a.filters)))
-        channels = np.arange(a.filters)
-      elif isinstance(a, S.Dense):
-        put('params', scope, wide_scope, 'kernel', (channels, np.arange(a.features)))
-        channels = np.arange(a.features)
-      elif isinstance(a, S.BatchNorm):
-        for collection, names in (('params', ('scale', 'bias')), ('batch_stats', ('mean', 'var'))):
-          for name in names:
-            put(collection, scope, wide_scope, name, (channels,))
-      elif isinstance(a, S.Flatten) and len(shape) == 3:
-        h, w, _ = shape
-        channels = np.add.outer(np.arange(h * w) * wide_shape[-1], channels).ravel()
-      elif isinstance(a, S.Residual):
-        main = walk(pairs(a.main, b.main, f'{here}_main_', f'{there}_main_'),
-                    shape, wide_shape, channels)
-        short = walk(pairs(a.shortcut, b.shortcut, f'{here}_shortcut_', f'{there}_shortcut_'),
-                     shape, wide_shape, channels)
-        if not np.array_equal(main, short):
-          raise NotEmbeddable(f'{scope}: main path and shortcut channels do not line up')
-        channels = main
-      elif isinstance(a, S.Concat):
-        parts, offset = [], 0
-        for j, (x, y) in enumerate(zip(a.branches, b.branches)):
-          part = walk(pairs(x, y, f'{here}_branches_{j}_', f'{there}_branches_{j}_'),
-                      shape, wide_shape, channels)
-          parts.append(part + offset)
-          offset += S.sequence_output_shape(y, wide_shape)[-1]
-        channels = np.concatenate(parts)
-      if isinstance(a, (S.Conv, S.Dense)) and a.use_bias:
-        put('params', scope, wide_scope, 'bias', (channels,))
+      scope, wide_scope = S.scope_name(here, a), S.scope_name(there, b)
+      if a.channels == S.BLOCK:
+        parts = [(walk(pairs(x, y, here + key, there + key), shape, wide_shape, channels), y)
+                 for (key, x), (_, y) in zip(a.children(), b.children())]
+        if a.combine == 'add':
+          if not all(np.array_equal(parts[0][0], part) for part, _ in parts[1:]):
+            raise NotEmbeddable(f'{scope}: main path and shortcut channels do not line up')
+          channels = parts[0][0]
+        else:
+          offsets = np.cumsum([0] + [S.sequence_output_shape(y, wide_shape)[-1]
+                                     for _, y in parts[:-1]])
+          channels = np.concatenate([part + int(o) for (part, _), o in zip(parts, offsets)])
+      else:
+        outputs = a.output_channels(channels, shape, wide_shape)
+        for (collection, name), index in a.variable_channels(channels, outputs).items():
+          put(collection, scope, wide_scope, name, index)
+        channels = outputs
       shape = S.sequence_output_shape((a,), shape)
       wide_shape = S.sequence_output_shape((b,), wide_shape)
     return channels
 
   if on is None:
-    top = pairs(student.layers, wide.layers, '', '')
+    top = pairs(student.layers, wide.layers, (), ())
   else:
     mine, top = iter(enumerate(student.layers)), []
     for j, (b, running) in enumerate(zip(wide.layers, on)):
       i, a = next(mine) if running else (None, None)
-      top.append((a, b, str(i), str(j)))
+      top.append((a, b, (i,), (j,)))
   walk(top, student.input_shape, wide.input_shape, np.arange(student.input_shape[-1]))
   return out
 

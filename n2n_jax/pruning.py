@@ -50,11 +50,6 @@ from n2n_jax import train as train_lib
 NAME = 'taylor_pruning'
 _KEY_STREAM = 4  # keys of pruning repeat r: fold_in(fold_in(key(seed), 4), r)
 
-# Layers a conv's channels pass through unchanged in number and order on the
-# way to their consumer, each mapping a zero channel to a zero channel.
-_CHANNELWISE = (spec_lib.BatchNorm, spec_lib.ReLU, spec_lib.MaxPool, spec_lib.AvgPool,
-                spec_lib.Dropout, spec_lib.GlobalAvgPool)
-
 
 # ---- what can be pruned
 
@@ -64,7 +59,9 @@ class Prunable:
   """A conv whose filters can be removed, and the variables its width runs through."""
   path: tuple  # the conv's spec path
   layer: spec_lib.Conv
-  batch_norms: tuple  # variable names of the BatchNorms between the conv and its consumer
+  # Variable scopes of the layers with per-channel variables (BatchNorms)
+  # between the conv and its consumer.
+  batch_norms: tuple
   tap: str  # name of the layer whose output is z (a SpecNet `gated` name)
   positions: int  # M: spatial positions of z
   consumer: str  # variable name of the Conv or Dense that reads the channels
@@ -73,10 +70,6 @@ class Prunable:
   @property
   def filters(self) -> int:
     return self.layer.filters
-
-
-def _name(path: tuple) -> str:
-  return '_'.join(str(p) for p in path)
 
 
 def prunable_convs(spec: spec_lib.NetSpec) -> list:
@@ -110,20 +103,23 @@ def _follow(layers, prefix, j, shapes):
   # filter does, and the criterion estimates the effect of the removal
   # itself. z is usually before the pooling (conv-BN-ReLU-pool), after it
   # where the net pools first (conv4's conv-pool-ReLU-BN).
+  # Each layer type's channel role (spec.py) says how it treats the channels:
+  # TRANSFORMS (batch norm, ReLU) map each in place, KEEPS pass them on
+  # unchanged in number and order, zero staying zero.
   tap, batch_norms, flattened = path, [], 0
   for k in range(j + 1, len(layers)):
     layer, here = layers[k], prefix + (k,)
-    if isinstance(layer, (spec_lib.BatchNorm, spec_lib.ReLU)):
+    if layer.channels == spec_lib.TRANSFORMS:
       tap = here
-      if isinstance(layer, spec_lib.BatchNorm):
-        batch_norms.append(f'{_name(here)}_BatchNorm')
-    elif isinstance(layer, spec_lib.Flatten):
+      if layer.per_channel_variables:
+        batch_norms.append(spec_lib.scope_name(here, layer))
+    elif layer.channels == spec_lib.FLATTENS:
       flattened = math.prod(shapes[here].in_shape[:2])
-    elif isinstance(layer, (spec_lib.Conv, spec_lib.Dense)):
-      return Prunable(path, layers[j], tuple(batch_norms), _name(tap),
+    elif layer.width_field is not None:
+      return Prunable(path, layers[j], tuple(batch_norms), spec_lib.scope_name(tap),
                       math.prod(shapes[tap].out_shape[:2]),
-                      f'{_name(here)}_{type(layer).__name__}', flattened)
-    elif not isinstance(layer, _CHANNELWISE):
+                      spec_lib.scope_name(here, layer), flattened)
+    elif layer.channels != spec_lib.KEEPS:
       return None  # a Residual or Concat block takes the channels
   return None  # the sequence ends: the width is the block's output (or the logits)
 
@@ -212,13 +208,15 @@ def prune(spec: spec_lib.NetSpec, variables: dict, remove: dict) -> tuple:
     keep = np.setdiff1d(np.arange(unit.filters), np.asarray(filters, dtype=int))
     if not keep.size:
       raise ValueError(f'pruning would remove every filter of the conv at {path}')
-    conv = params[f'{_name(unit.path)}_Conv']
+    conv = params[spec_lib.scope_name(unit.path, unit.layer)]
     conv['kernel'] = conv['kernel'][..., keep]
     if 'bias' in conv:
       conv['bias'] = conv['bias'][keep]
     for bn in unit.batch_norms:
-      params[bn] = {k: v[keep] for k, v in params[bn].items()}
-      stats[bn] = {k: v[keep] for k, v in stats[bn].items()}
+      # Every variable of these layers holds one value per channel.
+      for tree in (params, stats):
+        if bn in tree:
+          tree[bn] = {k: v[keep] for k, v in tree[bn].items()}
     consumer = params[unit.consumer]
     if unit.flattened:
       # Flatten lays an (H, W, C) map out position by position, C values each.

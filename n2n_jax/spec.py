@@ -10,6 +10,11 @@ from whatever precedes it, exactly as a Flax module does. That is what makes
 layer removal a plain deletion: "the next kept conv takes the previous channel
 count as its input width" falls out for free.
 
+Each layer type is one class in the 'Layers' section, which holds everything
+the rest of the code knows about it: shapes, parameters and FLOPs, its Flax
+computation, removability, policy features and channel behaviour. Adding a
+layer type is adding one such class.
+
 Branching is expressed by two container layers:
   * `Residual(main, shortcut)`: out = main(x) + shortcut(x); an empty shortcut
     is the identity. A ResNet BasicBlock is a Residual followed by a top-level
@@ -29,30 +34,274 @@ import sys
 from typing import Any, Iterator, Sequence, Union
 
 # --------------------------------------------------------------------------
-# Layers
+# Layers: one entry per layer type
+#
+# Each layer type is one dataclass below, registered with `register`: the
+# class holds all that the rest of the code knows about the type, so a new
+# type is one class here plus its tests. Its fields are its spec (and JSON)
+# form; its methods and class attributes say
+#   * stats(shape, where): output shape, parameters and FLOPs (SpecError if it
+#     cannot take `shape`);
+#   * flax(net, x, train, path): its Flax computation inside models.SpecNet,
+#     with its variables under scope_name(path, self); it imports JAX and Flax
+#     itself, so that this module stays free of them;
+#   * removable(): whether stage 1 may remove it;
+#   * feature_slot and policy_features(): what the policies read of it (site_features);
+#   * short(): its token in short_text;
+#   * its channel behaviour (padding.py and pruning.py): `channels` (one of
+#     the roles below), `width_field` (the field that sets its output width),
+#     `per_channel_variables`, variable_channels(), output_channels(),
+#     switchable() and `omit_when_removed`;
+#   * for the blocks (Residual, Concat): children(), with_children(),
+#     site_children(), `combine`, and their JSON form (to_dict, from_fields).
+# Class attributes are left unannotated, so they never become dataclass
+# fields: fields alone make the JSON form, equality and hash.
+
+# Channel roles, as padding.py and pruning.py see a layer's channels:
+SETS = 'sets'  # its output channels are its own (width_field); it reads its input's
+TRANSFORMS = 'transforms'  # maps each channel on its own, in place (batch norm, ReLU)
+KEEPS = 'keeps'  # passes channels on unchanged in number and order; zero stays zero
+FLATTENS = 'flattens'  # lays an (H, W, C) map out position by position
+BLOCK = 'block'  # a Residual or Concat block: its children's channels, combined
+CHANNEL_ROLES = (SETS, TRANSFORMS, KEEPS, FLATTENS, BLOCK)
 
 
+class LayerType:
+  """The base of every layer type (see the section comment above)."""
+  feature_slot = None  # its column in the policies' type one-hot (LAYER_TYPES), or None
+  channels = None  # one of CHANNEL_ROLES; no default, as a wrong one would go unnoticed
+  width_field = None  # 'filters', 'features': the field setting its output width
+  per_channel_variables = {}  # {collection: variable names}, one value per channel
+  omit_when_removed = False  # see padding.with_switches
+  combine = None  # for blocks: 'add' or 'concat'
+
+  def stats(self, shape: tuple, where: str) -> 'LayerStats':
+    raise NotImplementedError
+
+  def flax(self, net, x, train: bool, path: tuple):
+    raise NotImplementedError
+
+  def removable(self) -> bool:
+    """Whether stage 1 may remove it. The original code's rule: convs of
+    stride 1, batch norms, ReLUs, max pools and dropout; never dense layers,
+    average pools or flatten. `sites` also keeps the first, last and class layer."""
+    return False
+
+  def policy_features(self) -> tuple:
+    """(kernel, stride, padding) as the policies read them; zeros if it has none."""
+    return (0, 0, 0)
+
+  def short(self) -> str:
+    raise NotImplementedError
+
+  def switchable(self, shape: tuple) -> bool:
+    """Whether, on inputs of `shape`, it can be switched off (padding.py):
+    replaced by its input with zero channels appended up to its output width."""
+    return False
+
+  def output_channels(self, channels, shape: tuple, wide_shape: tuple):
+    """Where its output channels sit in a wider network's activation
+    (padding.embedding), given where its input's (`channels`, an index array)."""
+    if self.width_field is None:
+      return channels
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    return np.arange(getattr(self, self.width_field))
+
+  def variable_channels(self, inputs, outputs) -> dict:
+    """{(collection, variable name): one index array per axis}: the part of
+    each of its variables that reads input channels `inputs` and writes
+    output channels `outputs` (padding.embedding)."""
+    return {(collection, name): (outputs,)
+            for collection, names in self.per_channel_variables.items() for name in names}
+
+  def children(self) -> tuple:
+    """For a block: ((path suffix, layers), ...), e.g. (('main',), main)."""
+    return ()
+
+  def site_children(self) -> tuple:
+    """The children whose layers are policy sites (`sites`)."""
+    return self.children()
+
+  def to_dict(self) -> dict:
+    return {'type': type(self).__name__, **dataclasses.asdict(self)}
+
+
+# Every layer type by its JSON "type" name.
+REGISTRY = {}
+
+
+def register(cls):
+  """Class decorator entering a layer type into REGISTRY, after checking that
+  it says what every layer type must."""
+  name = cls.__name__
+  if name in REGISTRY:
+    raise ValueError(f'layer type {name} is registered twice')
+  if not (isinstance(cls, type) and issubclass(cls, LayerType)
+          and dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+    raise TypeError(f'layer type {name} must be a frozen dataclass deriving from LayerType')
+  if cls.channels not in CHANNEL_ROLES:
+    raise TypeError(f'layer type {name}: channels must be one of {CHANNEL_ROLES}, '
+                    f'got {cls.channels!r}')
+  if (cls.channels == SETS) != (cls.width_field is not None):
+    raise TypeError(f'layer type {name}: a width_field goes with channels = SETS, and only it')
+  if (cls.channels == BLOCK) != (cls.combine in ('add', 'concat')):
+    raise TypeError(f"layer type {name}: a block combines its children by 'add' or "
+                    "'concat', and only a block does")
+  missing = [m for m in ('stats', 'flax', 'short')
+             if getattr(cls, m) is getattr(LayerType, m)]
+  if missing:
+    raise TypeError(f'layer type {name} does not define {", ".join(missing)}')
+  REGISTRY[name] = cls
+  return cls
+
+
+def scope_name(path: tuple, layer=None) -> str:
+  """The name models.SpecNet gives the layer at spec path `path` ((3,),
+  (5, 'main', 1), (9, 'branches', 1, 0)): '3', '5_main_1', '9_branches_1_0'
+  (its `gated` names); with `layer`, the layer's Flax variable scope:
+  '3_Conv', '5_main_1_BatchNorm'. Saved teachers, students, checkpoints and
+  exports hold variables under these names, so they must never change."""
+  name = '_'.join(str(p) for p in path)
+  return name if layer is None else f'{name}_{type(layer).__name__}'
+
+
+def _needs_map(layer, shape, where):
+  if len(shape) != 3:
+    raise SpecError(f'{where} ({type(layer).__name__}): needs an (H, W, C) input, '
+                    f'got flat shape {shape}')
+
+
+def _window_out(layer, shape, where, window, stride, pad, ceil=False) -> tuple:
+  h, w, _ = shape
+  ho, wo = _out_size(h, window, stride, pad, ceil), _out_size(w, window, stride, pad, ceil)
+  if ho < 1 or wo < 1:
+    raise SpecError(f'{where} ({type(layer).__name__}): spatial size collapsed: '
+                    f'{h}x{w} input with window {window}, stride {stride}, padding {pad} '
+                    f'gives {ho}x{wo}')
+  return ho, wo
+
+
+def _pool_by_reshape(x, window: int, reduce):
+  """Non-overlapping pooling as reshape + reduce. On the CPU this is markedly
+  faster than reduce_window (the team's DESIGN.md); rows/columns that do not fill a
+  window are dropped, as floor-mode pooling does."""
+  n, h, w, c = x.shape
+  ho, wo = h // window, w // window
+  x = x[:, :ho * window, :wo * window, :]
+  return reduce(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
+
+
+# PyTorch's batch-norm defaults, which the paper's teachers were trained with.
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class Conv:
+class Conv(LayerType):
   filters: int
   kernel: int = 3
   stride: int = 1
   padding: int = 0
   use_bias: bool = True
 
+  feature_slot = 0
+  channels = SETS
+  width_field = 'filters'
 
+  def stats(self, shape, where):
+    _needs_map(self, shape, where)
+    _check_positive(self, where, 'filters', 'kernel', 'stride')
+    if self.padding < 0:
+      raise SpecError(f'{where} (Conv): padding must be >= 0, got {self.padding}')
+    ho, wo = _window_out(self, shape, where, self.kernel, self.stride, self.padding)
+    k2, c = self.kernel * self.kernel, shape[-1]
+    params = k2 * c * self.filters + (self.filters if self.use_bias else 0)
+    return LayerStats(shape, (ho, wo, self.filters), params,
+                      2 * k2 * c * self.filters * ho * wo)
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    p = self.padding
+    return nn.Conv(self.filters, (self.kernel, self.kernel), (self.stride, self.stride),
+                   padding=((p, p), (p, p)), use_bias=self.use_bias,
+                   name=scope_name(path, self))(x)
+
+  def removable(self):
+    return self.stride == 1
+
+  def policy_features(self):
+    return (self.kernel, self.stride, self.padding)
+
+  def short(self):
+    return (f'C{self.filters}' + (f'k{self.kernel}' if self.kernel != 3 else '')
+            + (f'/{self.stride}' if self.stride != 1 else ''))
+
+  def switchable(self, shape):
+    return (len(shape) == 3 and self.stride == 1 and 2 * self.padding == self.kernel - 1
+            and shape[-1] <= self.filters)
+
+  def variable_channels(self, inputs, outputs):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    k = np.arange(self.kernel)
+    out = {('params', 'kernel'): (k, k, inputs, outputs)}
+    if self.use_bias:
+      out['params', 'bias'] = (outputs,)
+    return out
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class BatchNorm:
-  pass
+class BatchNorm(LayerType):
+  feature_slot = 1
+  channels = TRANSFORMS
+  per_channel_variables = {'params': ('scale', 'bias'), 'batch_stats': ('mean', 'var')}
+
+  def stats(self, shape, where):
+    _needs_map(self, shape, where)
+    h, w, c = shape
+    return LayerStats(shape, shape, 2 * c, 2 * h * w * c)
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON, name=scope_name(path, self))(x)
+
+  def removable(self):
+    return True
+
+  def short(self):
+    return 'B'
+
+  def switchable(self, shape):
+    return True
 
 
+@register
 @dataclasses.dataclass(frozen=True)
-class ReLU:
-  pass
+class ReLU(LayerType):
+  feature_slot = 2
+  channels = TRANSFORMS
+
+  def stats(self, shape, where):
+    return LayerStats(shape, shape, 0, math.prod(shape))
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    return nn.relu(x)
+
+  def removable(self):
+    return True
+
+  def short(self):
+    return 'R'
+
+  def switchable(self, shape):
+    return True
 
 
+@register
 @dataclasses.dataclass(frozen=True)
-class MaxPool:
+class MaxPool(LayerType):
   window: int = 2
   stride: int = 2
   padding: int = 0
@@ -60,53 +309,293 @@ class MaxPool:
   # SqueezeNet): a last, partial window at the bottom/right edge is kept.
   ceil: bool = False
 
+  feature_slot = 3
+  channels = KEEPS
+  omit_when_removed = True
 
+  def stats(self, shape, where):
+    _needs_map(self, shape, where)
+    _check_positive(self, where, 'window', 'stride')
+    if not 0 <= self.padding < self.window:
+      raise SpecError(f'{where} (MaxPool): padding must be in [0, window), got {self.padding}')
+    ho, wo = _window_out(self, shape, where, self.window, self.stride, self.padding, self.ceil)
+    return LayerStats(shape, (ho, wo, shape[-1]), 0, self.window ** 2 * ho * wo * shape[-1])
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    if self.window == self.stride and self.padding == 0 and not self.ceil:
+      return _pool_by_reshape(x, self.window, jnp.max)
+    p = self.padding
+    extra = [pool_extra_padding(n, self) for n in x.shape[1:3]]
+    return nn.max_pool(x, (self.window,) * 2, (self.stride,) * 2,
+                       ((p, p + extra[0]), (p, p + extra[1])))
+
+  def removable(self):
+    return True
+
+  def policy_features(self):
+    return (self.window, self.stride, self.padding)
+
+  def short(self):
+    return 'M'
+
+  def to_dict(self):
+    d = super().to_dict()
+    if not self.ceil:
+      # Specs written before ceil mode existed keep their exact JSON (and
+      # with it their students' init seeds and architecture keys).
+      del d['ceil']
+    return d
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class AvgPool:
+class AvgPool(LayerType):
   window: int = 2
   stride: int = 2
 
+  feature_slot = 4
+  channels = KEEPS
+  omit_when_removed = True
 
+  def stats(self, shape, where):
+    _needs_map(self, shape, where)
+    _check_positive(self, where, 'window', 'stride')
+    ho, wo = _window_out(self, shape, where, self.window, self.stride, 0)
+    return LayerStats(shape, (ho, wo, shape[-1]), 0, self.window ** 2 * ho * wo * shape[-1])
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    if self.window == self.stride:
+      return _pool_by_reshape(x, self.window, jnp.mean)
+    return nn.avg_pool(x, (self.window,) * 2, (self.stride,) * 2)
+
+  def policy_features(self):
+    return (self.window, self.stride, 0)
+
+  def short(self):
+    return 'A'
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class GlobalAvgPool:
-  pass
+class GlobalAvgPool(LayerType):
+  feature_slot = 5
+  channels = KEEPS
+
+  def stats(self, shape, where):
+    _needs_map(self, shape, where)
+    h, w, c = shape
+    return LayerStats(shape, (1, 1, c), 0, h * w * c)
+
+  def flax(self, net, x, train, path):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+  def short(self):
+    return 'G'
 
 
+@register
 @dataclasses.dataclass(frozen=True)
-class Dropout:
+class Dropout(LayerType):
   rate: float = 0.5
 
+  feature_slot = 6
+  channels = KEEPS
 
+  def stats(self, shape, where):
+    if not 0.0 <= self.rate < 1.0:
+      raise SpecError(f'{where} (Dropout): rate must be in [0, 1), got {self.rate}')
+    return LayerStats(shape, shape, 0, 0)
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    # Unnamed: Flax numbers it (Dropout_0, ...), and its random stream follows that name.
+    return nn.Dropout(self.rate, deterministic=not train)(x) if self.rate > 0 else x
+
+  def removable(self):
+    return True
+
+  def short(self):
+    return 'D'
+
+  def switchable(self, shape):
+    return True
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class Flatten:
-  pass
+class Flatten(LayerType):
+  feature_slot = 7
+  channels = FLATTENS
+
+  def stats(self, shape, where):
+    return LayerStats(shape, (math.prod(shape),), 0, 0)
+
+  def flax(self, net, x, train, path):
+    return x.reshape(x.shape[0], -1)
+
+  def short(self):
+    return 'F'
+
+  def output_channels(self, channels, shape, wide_shape):
+    if len(shape) != 3:
+      return channels
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    h, w, _ = shape
+    return np.add.outer(np.arange(h * w) * wide_shape[-1], channels).ravel()
 
 
+@register
 @dataclasses.dataclass(frozen=True)
-class Dense:
+class Dense(LayerType):
   features: int
   use_bias: bool = True
 
+  feature_slot = 8
+  channels = SETS
+  width_field = 'features'
 
+  def stats(self, shape, where):
+    _check_positive(self, where, 'features')
+    if len(shape) != 1:
+      raise SpecError(f'{where} (Dense): needs a flat input, got shape {shape}; '
+                      'put Flatten or GlobalAvgPool + Flatten before it')
+    n_in = shape[0]
+    params = n_in * self.features + (self.features if self.use_bias else 0)
+    return LayerStats(shape, (self.features,), params, 2 * n_in * self.features)
+
+  def flax(self, net, x, train, path):
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    return nn.Dense(self.features, use_bias=self.use_bias, name=scope_name(path, self))(x)
+
+  def short(self):
+    return f'L{self.features}'
+
+  def switchable(self, shape):
+    return len(shape) == 1 and shape[0] <= self.features
+
+  def variable_channels(self, inputs, outputs):
+    out = {('params', 'kernel'): (inputs, outputs)}
+    if self.use_bias:
+      out['params', 'bias'] = (outputs,)
+    return out
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class Residual:
+class Residual(LayerType):
+  """out = main(x) + shortcut(x); an empty shortcut is the identity."""
   main: tuple  # tuple of layers
   shortcut: tuple = ()  # () is the identity
 
+  channels = BLOCK
+  combine = 'add'
 
+  def stats(self, shape, where):
+    main = _sequence_stats(self.main, shape, f'{where}.main')
+    short = _sequence_stats(self.shortcut, shape, f'{where}.shortcut')
+    m_out = main[-1].out_shape if main else shape
+    s_out = short[-1].out_shape if short else shape
+    if m_out != s_out:
+      raise SpecError(f'{where} (Residual): main path gives {m_out} but shortcut '
+                      f'gives {s_out}; they must match to be added')
+    params = sum(s.params for s in main + short)
+    flops = sum(s.flops for s in main + short) + math.prod(m_out)
+    return LayerStats(shape, m_out, params, flops)
+
+  def flax(self, net, x, train, path):
+    main = net.sequence(self.main, x, train, path + ('main',))
+    short = net.sequence(self.shortcut, x, train, path + ('shortcut',))
+    return main + short
+
+  def short(self):
+    return f'Res[{short_text(self.main)}|{short_text(self.shortcut)}]'
+
+  def children(self):
+    return ((('main',), self.main), (('shortcut',), self.shortcut))
+
+  def site_children(self):
+    # Shortcut layers are not sites: their widths follow their group.
+    return self.children()[:1]
+
+  def with_children(self, layers):
+    return Residual(*layers)
+
+  def to_dict(self):
+    return {'type': 'Residual', 'main': [layer_to_dict(l) for l in self.main],
+            'shortcut': [layer_to_dict(l) for l in self.shortcut]}
+
+  @classmethod
+  def from_fields(cls, fields, where, parse):
+    return Residual(*(
+        tuple(parse(l, f'{where}.{part}[{i}]')
+              for i, l in enumerate(_json_list(fields.get(part, []), f'{where}: Residual.{part}')))
+        for part in ('main', 'shortcut')))
+
+
+@register
 @dataclasses.dataclass(frozen=True)
-class Concat:
+class Concat(LayerType):
+  """Channel-wise concatenation of parallel branches."""
   branches: tuple  # tuple of tuples of layers
 
+  channels = BLOCK
+  combine = 'concat'
 
-Layer = Union[Conv, BatchNorm, ReLU, MaxPool, AvgPool, GlobalAvgPool, Dropout,
-              Flatten, Dense, Residual, Concat]
+  def stats(self, shape, where):
+    if not self.branches:
+      raise SpecError(f'{where} (Concat): needs at least one branch')
+    outs, params, flops = [], 0, 0
+    for b, branch in enumerate(self.branches):
+      stats = _sequence_stats(branch, shape, f'{where}.branches[{b}]')
+      outs.append(stats[-1].out_shape if stats else shape)
+      params += sum(s.params for s in stats)
+      flops += sum(s.flops for s in stats)
+    if len({o[:-1] for o in outs}) != 1 or any(len(o) != 3 for o in outs):
+      raise SpecError(f'{where} (Concat): branch outputs {outs} differ in spatial size')
+    return LayerStats(shape, outs[0][:-1] + (sum(o[-1] for o in outs),), params, flops)
 
-# Order fixes the one-hot layer-type feature: append, never reorder.
-LAYER_TYPES = (Conv, BatchNorm, ReLU, MaxPool, AvgPool, GlobalAvgPool, Dropout,
-               Flatten, Dense)
-_CONTAINERS = (Residual, Concat)
-_BY_NAME = {cls.__name__: cls for cls in LAYER_TYPES + _CONTAINERS}
+  def flax(self, net, x, train, path):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    return jnp.concatenate([net.sequence(b, x, train, path + ('branches', j))
+                            for j, b in enumerate(self.branches)], axis=-1)
+
+  def short(self):
+    return 'Cat[' + '|'.join(short_text(b) for b in self.branches) + ']'
+
+  def children(self):
+    return tuple((('branches', j), b) for j, b in enumerate(self.branches))
+
+  def with_children(self, layers):
+    return Concat(tuple(layers))
+
+  def to_dict(self):
+    return {'type': 'Concat', 'branches': [[layer_to_dict(l) for l in b] for b in self.branches]}
+
+  @classmethod
+  def from_fields(cls, fields, where, parse):
+    branches = _json_list(fields.get('branches', []), f'{where}: Concat.branches')
+    if not all(isinstance(b, list) for b in branches):
+      raise SpecError(f'{where}: Concat.branches must be a list of lists of layers, '
+                      f'got {_short(branches)}')
+    return Concat(tuple(
+        tuple(parse(l, f'{where}.branches[{b}][{i}]') for i, l in enumerate(branch))
+        for b, branch in enumerate(branches)))
+
+
+Layer = Union[tuple(REGISTRY.values())]
+
+# The policies' layer-type one-hot, one column per type with a feature_slot,
+# in slot order. Trained policies read exactly these columns, so slots are
+# never renumbered; a new type normally takes no slot (its one-hot is all
+# zeros), as a new slot adds a policy input that trained policies lack.
+LAYER_TYPES = tuple(sorted((c for c in REGISTRY.values() if c.feature_slot is not None),
+                           key=lambda c: c.feature_slot))
+assert [c.feature_slot for c in LAYER_TYPES] == list(range(len(LAYER_TYPES)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +621,8 @@ class NetSpec:
 def _freeze(layers) -> tuple:
   out = []
   for layer in layers:
-    if isinstance(layer, Residual):
-      layer = Residual(_freeze(layer.main), _freeze(layer.shortcut))
-    elif isinstance(layer, Concat):
-      layer = Concat(tuple(_freeze(b) for b in layer.branches))
+    if isinstance(layer, LayerType) and layer.children():
+      layer = layer.with_children([_freeze(seq) for _, seq in layer.children()])
     out.append(layer)
   return tuple(out)
 
@@ -149,19 +636,7 @@ class SpecError(ValueError):
 
 
 def layer_to_dict(layer) -> dict:
-  d = {'type': type(layer).__name__}
-  if isinstance(layer, Residual):
-    d['main'] = [layer_to_dict(l) for l in layer.main]
-    d['shortcut'] = [layer_to_dict(l) for l in layer.shortcut]
-  elif isinstance(layer, Concat):
-    d['branches'] = [[layer_to_dict(l) for l in b] for b in layer.branches]
-  else:
-    d.update(dataclasses.asdict(layer))
-    if isinstance(layer, MaxPool) and not layer.ceil:
-      # Specs written before ceil mode existed keep their exact JSON (and
-      # with it their students' init seeds and architecture keys).
-      del d['ceil']
-  return d
+  return layer.to_dict()
 
 
 # Limits on what a spec may declare. They are far beyond any real network, and
@@ -212,10 +687,10 @@ def layer_from_dict(d: dict, where: str = 'layer', *, _depth: int = 0, _budget=N
   if not isinstance(d, dict) or 'type' not in d:
     raise SpecError(f'{where}: expected an object with a "type" field, got {_short(d)}')
   kind = d['type']
-  if not isinstance(kind, str) or kind not in _BY_NAME:
+  if not isinstance(kind, str) or kind not in REGISTRY:
     raise SpecError(f'{where}: unknown layer type {_short(kind)}; valid types: '
-                    f'{", ".join(sorted(_BY_NAME))}')
-  cls = _BY_NAME[kind]
+                    f'{", ".join(sorted(REGISTRY))}')
+  cls = REGISTRY[kind]
   fields = {k: v for k, v in d.items() if k != 'type'}
   known = {f.name: f for f in dataclasses.fields(cls)}
   unknown = set(fields) - set(known)
@@ -224,23 +699,11 @@ def layer_from_dict(d: dict, where: str = 'layer', *, _depth: int = 0, _budget=N
     names = ', '.join(_short(k) for k in sorted(unknown, key=repr)[:10])
     raise SpecError(f'{where}: {kind} has no field(s) [{names}]; '
                     f'valid fields: {sorted(known)}')
-  if cls in _CONTAINERS and _depth >= MAX_DEPTH:
-    raise SpecError(f'{where}: {kind} blocks are nested more than {MAX_DEPTH} deep')
-  sub = dict(_depth=_depth + 1, _budget=budget)
-  if cls is Residual:
-    return Residual(*(
-        tuple(layer_from_dict(l, f'{where}.{part}[{i}]', **sub)
-              for i, l in enumerate(_json_list(fields.get(part, []), f'{where}: Residual.{part}')))
-        for part in ('main', 'shortcut')))
-  if cls is Concat:
-    branches = _json_list(fields.get('branches', []), f'{where}: Concat.branches')
-    if not all(isinstance(b, list) for b in branches):
-      raise SpecError(f'{where}: Concat.branches must be a list of lists of layers, '
-                      f'got {_short(branches)}')
-    return Concat(tuple(
-        tuple(layer_from_dict(l, f'{where}.branches[{b}][{i}]', **sub)
-              for i, l in enumerate(branch))
-        for b, branch in enumerate(branches)))
+  if cls.channels == BLOCK:
+    if _depth >= MAX_DEPTH:
+      raise SpecError(f'{where}: {kind} blocks are nested more than {MAX_DEPTH} deep')
+    return cls.from_fields(fields, where, lambda l, here: layer_from_dict(
+        l, here, _depth=_depth + 1, _budget=budget))
   try:
     layer = cls(**fields)
   except TypeError as e:
@@ -379,82 +842,10 @@ def _check_positive(layer, where, *names):
 
 def _layer_stats(layer, shape: tuple, where: str) -> LayerStats:
   """Output shape, parameters and forward FLOPs (per image) of one layer."""
-  if isinstance(layer, Residual):
-    main = _sequence_stats(layer.main, shape, f'{where}.main')
-    short = _sequence_stats(layer.shortcut, shape, f'{where}.shortcut')
-    m_out = main[-1].out_shape if main else shape
-    s_out = short[-1].out_shape if short else shape
-    if m_out != s_out:
-      raise SpecError(f'{where} (Residual): main path gives {m_out} but shortcut '
-                      f'gives {s_out}; they must match to be added')
-    params = sum(s.params for s in main + short)
-    flops = sum(s.flops for s in main + short) + math.prod(m_out)
-    return LayerStats(shape, m_out, params, flops)
-  if isinstance(layer, Concat):
-    if not layer.branches:
-      raise SpecError(f'{where} (Concat): needs at least one branch')
-    outs, params, flops = [], 0, 0
-    for b, branch in enumerate(layer.branches):
-      stats = _sequence_stats(branch, shape, f'{where}.branches[{b}]')
-      outs.append(stats[-1].out_shape if stats else shape)
-      params += sum(s.params for s in stats)
-      flops += sum(s.flops for s in stats)
-    if len({o[:-1] for o in outs}) != 1 or any(len(o) != 3 for o in outs):
-      raise SpecError(f'{where} (Concat): branch outputs {outs} differ in spatial size')
-    return LayerStats(shape, outs[0][:-1] + (sum(o[-1] for o in outs),), params, flops)
-
-  if isinstance(layer, Dense):
-    _check_positive(layer, where, 'features')
-    if len(shape) != 1:
-      raise SpecError(f'{where} (Dense): needs a flat input, got shape {shape}; '
-                      'put Flatten or GlobalAvgPool + Flatten before it')
-    n_in = shape[0]
-    params = n_in * layer.features + (layer.features if layer.use_bias else 0)
-    return LayerStats(shape, (layer.features,), params, 2 * n_in * layer.features)
-  if isinstance(layer, Flatten):
-    return LayerStats(shape, (math.prod(shape),), 0, 0)
-  if isinstance(layer, Dropout):
-    if not 0.0 <= layer.rate < 1.0:
-      raise SpecError(f'{where} (Dropout): rate must be in [0, 1), got {layer.rate}')
-    return LayerStats(shape, shape, 0, 0)
-  if isinstance(layer, ReLU):
-    return LayerStats(shape, shape, 0, math.prod(shape))
-
-  if len(shape) != 3:
-    raise SpecError(f'{where} ({type(layer).__name__}): needs an (H, W, C) input, '
-                    f'got flat shape {shape}')
-  h, w, c = shape
-  if isinstance(layer, BatchNorm):
-    return LayerStats(shape, shape, 2 * c, 2 * h * w * c)
-  if isinstance(layer, GlobalAvgPool):
-    return LayerStats(shape, (1, 1, c), 0, h * w * c)
-  if isinstance(layer, Conv):
-    _check_positive(layer, where, 'filters', 'kernel', 'stride')
-    if layer.padding < 0:
-      raise SpecError(f'{where} (Conv): padding must be >= 0, got {layer.padding}')
-    window, stride, pad = layer.kernel, layer.stride, layer.padding
-  elif isinstance(layer, MaxPool):
-    _check_positive(layer, where, 'window', 'stride')
-    if not 0 <= layer.padding < layer.window:
-      raise SpecError(f'{where} (MaxPool): padding must be in [0, window), got {layer.padding}')
-    window, stride, pad = layer.window, layer.stride, layer.padding
-  elif isinstance(layer, AvgPool):
-    _check_positive(layer, where, 'window', 'stride')
-    window, stride, pad = layer.window, layer.stride, 0
-  else:
+  if not isinstance(layer, LayerType):
+    _needs_map(layer, shape, where)
     raise SpecError(f'{where}: not a layer: {layer!r:.80}')
-  ceil = isinstance(layer, MaxPool) and layer.ceil
-  ho, wo = _out_size(h, window, stride, pad, ceil), _out_size(w, window, stride, pad, ceil)
-  if ho < 1 or wo < 1:
-    raise SpecError(f'{where} ({type(layer).__name__}): spatial size collapsed: '
-                    f'{h}x{w} input with window {window}, stride {stride}, padding {pad} '
-                    f'gives {ho}x{wo}')
-  if isinstance(layer, Conv):
-    k2 = layer.kernel * layer.kernel
-    params = k2 * c * layer.filters + (layer.filters if layer.use_bias else 0)
-    return LayerStats(shape, (ho, wo, layer.filters), params,
-                      2 * k2 * c * layer.filters * ho * wo)
-  return LayerStats(shape, (ho, wo, c), 0, window * window * ho * wo * c)
+  return layer.stats(shape, where)
 
 
 def _sequence_stats(layers, shape, where) -> list:
@@ -548,23 +939,20 @@ def sites(spec: NetSpec) -> list:
   class_layer = class_layer_index(spec)
   for i, layer in enumerate(top):
     stats = _layer_stats(layer, shape, f'layers[{i}]')
-    if isinstance(layer, (Residual, Concat)):
-      paths = ([((i, 'main'), layer.main)] if isinstance(layer, Residual) else
-               [((i, 'branches', b), br) for b, br in enumerate(layer.branches)])
+    if layer.channels == BLOCK:
       inner = []
-      for prefix, seq in paths:
-        s = shape
+      for key, seq in layer.site_children():
+        prefix, s = (i,) + key, shape
         for j, sub in enumerate(seq):
           st = _layer_stats(sub, s, str(prefix + (j,)))
           inner.append((prefix + (j,), sub, s, st.out_shape))
           s = st.out_shape
       n = len(inner)
       for k, (path, sub, s_in, s_out) in enumerate(inner):
-        out.append(Site(path, sub, s_in, s_out, _removable(sub), k + 1, n - k))
+        out.append(Site(path, sub, s_in, s_out, sub.removable(), k + 1, n - k))
     else:
       fixed = i in (0, len(top) - 1, class_layer)
-      out.append(Site((i,), layer, shape, stats.out_shape,
-                      _removable(layer) and not fixed))
+      out.append(Site((i,), layer, shape, stats.out_shape, layer.removable() and not fixed))
     shape = stats.out_shape
   return out
 
@@ -574,19 +962,13 @@ def class_layer_index(spec: NetSpec) -> int | None:
   classes (the last width-setting layer), or None if a block comes last."""
   for i in range(len(spec.layers) - 1, -1, -1):
     layer = spec.layers[i]
-    if isinstance(layer, (Conv, Dense)):
+    if not isinstance(layer, LayerType):
+      continue  # not a layer at all: sites and validate say so
+    if layer.width_field is not None:
       return i
-    if isinstance(layer, (Residual, Concat)):
+    if layer.channels == BLOCK:
       return None
   return None
-
-
-def _removable(layer) -> bool:
-  # The original code's rule: never strided convs, dense, average pools,
-  # flatten; the first and last layer are excluded by the caller.
-  if isinstance(layer, Conv):
-    return layer.stride == 1
-  return isinstance(layer, (BatchNorm, ReLU, MaxPool, Dropout))
 
 
 def removable_count(spec: NetSpec) -> int:
@@ -607,14 +989,8 @@ FEATURE_NAMES = tuple(f'type_{c.__name__}' for c in LAYER_TYPES) + (
 def site_features(site: Site) -> tuple:
   """x_t = (type one-hot, k, s, p, n, skip_start, skip_end), normalised to ~[0, 1]."""
   layer = site.layer
-  one_hot = tuple(1.0 if isinstance(layer, c) else 0.0 for c in LAYER_TYPES)
-  k = s = p = 0
-  if isinstance(layer, Conv):
-    k, s, p = layer.kernel, layer.stride, layer.padding
-  elif isinstance(layer, MaxPool):
-    k, s, p = layer.window, layer.stride, layer.padding
-  elif isinstance(layer, AvgPool):
-    k, s = layer.window, layer.stride
+  one_hot = tuple(1.0 if layer.feature_slot == slot else 0.0 for slot in range(len(LAYER_TYPES)))
+  k, s, p = layer.policy_features()
   n = site.out_shape[-1]
   scaled = (k / _KERNEL_NORM, s / _STRIDE_NORM, p / _PADDING_NORM,
             math.log2(1 + n) / _WIDTH_LOG_NORM,
@@ -657,12 +1033,9 @@ def _rebuild(layers, replace: dict, prefix=()) -> tuple:
       if replace[path] is not None:
         out.append(replace[path])
       continue
-    if isinstance(layer, Residual):
-      layer = Residual(_rebuild(layer.main, replace, path + ('main',)),
-                       _rebuild(layer.shortcut, replace, path + ('shortcut',)))
-    elif isinstance(layer, Concat):
-      layer = Concat(tuple(_rebuild(b, replace, path + ('branches', j))
-                           for j, b in enumerate(layer.branches)))
+    if isinstance(layer, LayerType) and layer.children():
+      layer = layer.with_children([_rebuild(seq, replace, path + key)
+                                   for key, seq in layer.children()])
     out.append(layer)
   return tuple(out)
 
@@ -671,7 +1044,8 @@ def check_student(student: NetSpec, reference: NetSpec, max_params: int | None =
                   max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS):
   """The student itself, or a Degenerate verdict saying why it is unusable
   in place of `reference` (same input, same classes, fewer parameters)."""
-  if not any(isinstance(l, (Conv, Dense, Residual, Concat)) for l in student.layers):
+  if not any(isinstance(l, LayerType) and (l.width_field is not None or l.channels == BLOCK)
+             for l in student.layers):
     return Degenerate('empty', 'the student has no conv or dense layer left')
   try:
     validate(student)
@@ -735,7 +1109,7 @@ def _width_layers(spec: NetSpec) -> list:
   class layer. Shortcut convs are not sites; they follow their group."""
   class_layer = class_layer_index(spec)
   return [(i, s) for i, s in enumerate(sites(spec))
-          if isinstance(s.layer, (Conv, Dense)) and s.path != (class_layer,)]
+          if s.layer.width_field is not None and s.path != (class_layer,)]
 
 
 def shrink_vars(spec: NetSpec, kernels: bool = False) -> list:
@@ -791,17 +1165,17 @@ def width_groups(spec: NetSpec) -> dict:
   def walk(layers, prefix, src):
     for i, layer in enumerate(layers):
       path = prefix + (i,)
-      if isinstance(layer, (Conv, Dense)):
+      if layer.width_field is not None:
         groups.find(path)
         src = path
-      elif isinstance(layer, Residual):
-        main = walk(layer.main, path + ('main',), src)
-        short = walk(layer.shortcut, path + ('shortcut',), src)
-        groups.union(settle(main), settle(short))
-        src = main
-      elif isinstance(layer, Concat):
-        members = [walk(b, path + ('branches', j), src) for j, b in enumerate(layer.branches)]
-        src = ('concat', path, tuple(members))
+      elif layer.channels == BLOCK:
+        members = [walk(seq, path + key, src) for key, seq in layer.children()]
+        if layer.combine == 'add':
+          for other in members[1:]:
+            groups.union(settle(members[0]), settle(other))
+          src = members[0]
+        else:
+          src = ('concat', path, tuple(members))
     return src
 
   walk(spec.layers, (), 'input')
@@ -869,12 +1243,11 @@ def shrink(spec: NetSpec, factors: Sequence[float], *, kernels: bool = False,
         replace[path] = _with_kernel(layer, kernel_factor[path])
       continue
     factor = sum(fs) / len(fs)
-    if isinstance(layer, Conv):
-      layer = dataclasses.replace(layer, filters=_shrunk_width(layer.filters, factor, round_to))
-      if path in kernel_factor:
-        layer = _with_kernel(layer, kernel_factor[path])
-    else:
-      layer = dataclasses.replace(layer, features=_shrunk_width(layer.features, factor, round_to))
+    width = layer.width_field
+    layer = dataclasses.replace(
+        layer, **{width: _shrunk_width(getattr(layer, width), factor, round_to)})
+    if path in kernel_factor:
+      layer = _with_kernel(layer, kernel_factor[path])
     replace[path] = layer
   student = NetSpec(spec.name, spec.input_shape, _rebuild(spec.layers, replace))
   return check_student(student, spec, max_params, max_dense_inputs)
@@ -888,14 +1261,12 @@ def _with_kernel(conv: Conv, factor: float) -> Conv:
 
 
 def _get_any(layers, path):
-  """Like _get but also follows 'shortcut' paths."""
+  """The layer at `path`, shortcut paths included."""
   node = layers[path[0]]
   rest = path[1:]
   while rest:
-    if rest[0] in ('main', 'shortcut'):
-      node, rest = getattr(node, rest[0])[rest[1]], rest[2:]
-    else:
-      node, rest = node.branches[rest[1]][rest[2]], rest[3:]
+    key, seq = next((k, s) for k, s in node.children() if rest[:len(k)] == k)
+    node, rest = seq[rest[len(key)]], rest[len(key) + 1:]
   return node
 
 
@@ -903,12 +1274,9 @@ def iter_layers(layers) -> Iterator:
   """Every layer, containers first and then their contents, depth first."""
   for layer in layers:
     yield layer
-    if isinstance(layer, Residual):
-      yield from iter_layers(layer.main)
-      yield from iter_layers(layer.shortcut)
-    elif isinstance(layer, Concat):
-      for b in layer.branches:
-        yield from iter_layers(b)
+    if isinstance(layer, LayerType):
+      for _, seq in layer.children():
+        yield from iter_layers(seq)
 
 
 def short_text(layers) -> str:
@@ -918,18 +1286,4 @@ def short_text(layers) -> str:
   Res[main|shortcut]; Cat[branch|branch])."""
   if isinstance(layers, NetSpec):
     layers = layers.layers
-  out = []
-  for l in layers:
-    if isinstance(l, Conv):
-      out.append(f'C{l.filters}' + (f'k{l.kernel}' if l.kernel != 3 else '')
-                 + (f'/{l.stride}' if l.stride != 1 else ''))
-    elif isinstance(l, Dense):
-      out.append(f'L{l.features}')
-    elif isinstance(l, Residual):
-      out.append(f'Res[{short_text(l.main)}|{short_text(l.shortcut)}]')
-    elif isinstance(l, Concat):
-      out.append('Cat[' + '|'.join(short_text(b) for b in l.branches) + ']')
-    else:
-      out.append({BatchNorm: 'B', ReLU: 'R', MaxPool: 'M', AvgPool: 'A', GlobalAvgPool: 'G',
-                  Dropout: 'D', Flatten: 'F'}[type(l)])
-  return ' '.join(out)
+  return ' '.join(l.short() for l in layers)

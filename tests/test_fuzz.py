@@ -61,7 +61,7 @@ def deep_list(depth: int):
 # --------------------------------------------------------------------------
 # Spec JSON
 
-LAYER_NAMES = sorted(S._BY_NAME)  # pylint: disable=protected-access
+LAYER_NAMES = sorted(S.REGISTRY)
 
 
 def random_layer(rng, depth=0) -> dict:
