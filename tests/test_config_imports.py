@@ -8,6 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from n2n_jax import config as config_lib
+from n2n_jax import data_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 HEAVY = ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'tensorflow', 'numpy')
@@ -36,8 +41,6 @@ def test_every_config_file_loads_without_importing_jax():
 def test_the_checks_still_know_every_name_list():
   # validate() imports the modules owning the name lists when it runs; an
   # unknown name is still refused with the valid ones listed.
-  import pytest  # pylint: disable=g-import-not-at-top
-  from n2n_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   for field, bad, listed in (('teacher.optimizer', 'lamb', 'adamw'),
                              ('search.reward', 'greedy', 'naive'),
                              ('policy.method', 'ppo', 'actor_critic'),
@@ -47,3 +50,17 @@ def test_the_checks_still_know_every_name_list():
     config = config_lib.apply_overrides(config_lib.base_config(), {field: bad})
     with pytest.raises(config_lib.ConfigError, match=f'{field}=.*{listed}'):
       config_lib.validate(config)
+
+
+def test_the_data_section_is_checked_without_loading_data():
+  from n2n_jax import data  # pylint: disable=g-import-not-at-top
+  # One error class, whichever module a caller catches it from.
+  assert data.DataError is data_config.DataError
+  section = data_config.default_data_config()
+  section.source = 'imagenet'
+  with pytest.raises(data_config.DataError, match='choose one of digits, idx, tfds'):
+    data_config.validate_data_config(section)
+  config = config_lib.base_config()
+  config.data.source = 'idx'  # no path
+  with pytest.raises(config_lib.ConfigError, match='data.path is empty'):
+    config_lib.validate(config)
