@@ -22,6 +22,7 @@ import shutil
 import sys
 import threading
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ from n2n_jax import report
 from n2n_jax import reward as reward_lib
 from n2n_jax import runtime
 from n2n_jax import scoring
+from n2n_jax import search_state
 from n2n_jax import spec as spec_lib
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import time_budget
@@ -57,7 +59,8 @@ class SearchError(RuntimeError):
 
 
 class ResumeMismatch(ValueError):
-  """The workdir holds a search made from a different config."""
+  """The workdir holds a search this run cannot resume: made from a different
+  config, or stored in a layout this version does not read."""
 
 
 # Config sections that decide a search's result; runtime settings do not.
@@ -83,27 +86,69 @@ def _search_origin(config) -> dict:
   return config_lib.as_json(origin)
 
 
-# ---- the two stages as (features, mask, actions -> student)
+# ---- the two stages as data: what differs between them is in the Stage
+
 
 @dataclasses.dataclass
 class Stage:
-  number: int
+  """One stage of the search; the loop calls what it carries and never asks
+  which stage it is."""
+  number: int  # 1 or 2: a label (records, checkpoints) and part of its random keys
+  name: str  # its policy state's key in the checkpoint and its update's kind
   source: spec_lib.NetSpec  # the spec this stage transforms
   features: np.ndarray  # (T, F) policy input
   mask: np.ndarray  # (T,) True where the action counts
   policy: object
   iterations: int
   learning_rate: float
+  # (stage, policy params, key, m) -> (m, T) actions.
+  sampler: Callable
+  # (stage, actions, config, **limits) -> the student spec or a Degenerate verdict.
+  transform: Callable
+  # (state, features, mask, actions, rewards) -> (state, metrics): its policy update.
+  update: Callable
+  # The runtime setting that says whether its students train inside its source.
+  share_setting: str
+  # Whether its students drop layers of the source (the scorer's shared program
+  # then keeps a switch per layer), rather than narrow them.
+  removals: bool
+  # What it acts on, for the message when the source has none of it.
+  unit: str
+
+  def sample(self, params, key, m: int):
+    return self.sampler(self, params, key, m)
 
   def to_student(self, actions, config, teacher_params: int):
     """The student (or Degenerate verdict) for one rollout's actions."""
-    limit = dict(max_params=teacher_params, max_dense_inputs=config.search.max_dense_inputs)
-    if self.number == 1:
-      keep = [bool(a) for a, m in zip(actions, self.mask) if m]
-      return spec_lib.remove(self.source, keep, **limit)
-    factors = [config.policy.shrink_actions[int(a)] for a in actions]
-    return spec_lib.shrink(self.source, factors, kernels=config.policy.shrink_kernels,
-                           round_to=config.policy.round_to, **limit)
+    return self.transform(self, actions, config, max_params=teacher_params,
+                          max_dense_inputs=config.search.max_dense_inputs)
+
+
+def _sample_removal(stage: Stage, params, key, m: int):
+  return reinforce.sample_removal(stage.policy, params, jnp.asarray(stage.features),
+                                  jnp.asarray(stage.mask), key, m)
+
+
+def _sample_shrink(stage: Stage, params, key, m: int):
+  return reinforce.sample_shrink(stage.policy, params, jnp.asarray(stage.features), key, m)
+
+
+def _remove_layers(stage: Stage, actions, config, **limit):
+  del config  # removal has no settings of its own
+  keep = [bool(a) for a, m in zip(actions, stage.mask) if m]
+  return spec_lib.remove(stage.source, keep, **limit)
+
+
+def _shrink_layers(stage: Stage, actions, config, **limit):
+  factors = [config.policy.shrink_actions[int(a)] for a in actions]
+  return spec_lib.shrink(stage.source, factors, kernels=config.policy.shrink_kernels,
+                         round_to=config.policy.round_to, **limit)
+
+
+def _policy_update(config, policy, learning_rate: float, kind: str):
+  return reinforce.make_update(policy, reinforce.make_optimizer(learning_rate), kind,
+                               config.policy.method, config.policy.baseline,
+                               config.policy.baseline_decay)
 
 
 def removal_stage(config, teacher_spec) -> Stage:
@@ -113,8 +158,12 @@ def removal_stage(config, teacher_spec) -> Stage:
   policy = policies.RemovalPolicy(hidden=config.policy.removal_hidden,
                                   num_layers=config.policy.num_layers,
                                   critic=config.policy.method == 'actor_critic')
-  return Stage(1, teacher_spec, features, mask, policy, config.search.stage1_iterations,
-               config.policy.removal_learning_rate)
+  learning_rate = config.policy.removal_learning_rate
+  return Stage(1, 'removal', teacher_spec, features, mask, policy,
+               config.search.stage1_iterations, learning_rate, sampler=_sample_removal,
+               transform=_remove_layers,
+               update=_policy_update(config, policy, learning_rate, 'removal'),
+               share_setting='share_stage1_programs', removals=True, unit='removable layer')
 
 
 def shrink_policy(config) -> policies.ShrinkPolicy:
@@ -133,15 +182,23 @@ def shrink_stage(config, source) -> Stage:
                          + (float(v.variable == 'kernel'),) for v in variables], np.float32)
   features = features.reshape(len(variables), len(spec_lib.FEATURE_NAMES) + 1)
   policy = shrink_policy(config)
-  return Stage(2, source, features, np.ones(len(variables), bool), policy,
-               config.search.stage2_iterations, config.policy.shrink_learning_rate)
+  learning_rate = config.policy.shrink_learning_rate
+  return Stage(2, 'shrink', source, features, np.ones(len(variables), bool), policy,
+               config.search.stage2_iterations, learning_rate, sampler=_sample_shrink,
+               transform=_shrink_layers,
+               update=_policy_update(config, policy, learning_rate, 'shrink'),
+               share_setting='share_stage2_program', removals=False, unit='shrinkable layer')
 
 
-def _sample(stage: Stage, params, key, m: int):
-  if stage.number == 1:
-    return reinforce.sample_removal(stage.policy, params, jnp.asarray(stage.features),
-                                    jnp.asarray(stage.mask), key, m)
-  return reinforce.sample_shrink(stage.policy, params, jnp.asarray(stage.features), key, m)
+def _stages(config, state: search_state.SearchState, stage1: Stage, teacher_spec):
+  """The search's stages in order, each made when the one before has ended:
+  stage 2 shrinks the best stage-1 student (the teacher if there is none), a
+  choice kept in the state so that a resumed run shrinks the same one."""
+  yield stage1
+  if state.stage2_source is None:
+    best = state.stage_best[stage1.number]
+    state.stage2_source = best['spec'] if best else spec_lib.to_dict(teacher_spec)
+  yield shrink_stage(config, spec_lib.from_dict(state.stage2_source))
 
 
 def _describe_student(student) -> str:
@@ -166,7 +223,7 @@ class SearchContext:
   constraints: reward_lib.Constraints | None
   teacher_logits: jax.Array  # on the whole training split
   # architecture_key -> first validation accuracy, with search.reuse_results;
-  # it lives in the checkpointed meta, so a resumed search knows what it knew.
+  # it lives in the checkpointed SearchState, so a resumed search knows what it knew.
   known_accuracies: dict | None = None
   # With constraints.max_latency_ms: spec -> milliseconds (latency.measure),
   # and architecture_key -> milliseconds measured so far (checkpointed too).
@@ -229,7 +286,7 @@ def _known_results(ctx: SearchContext, students, trainable) -> tuple:
   return results, reused, to_train
 
 
-def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
+def _iteration(ctx: SearchContext, stage: Stage, state, iteration: int):
   """One policy iteration: sample m students, train and score them, update."""
   config = ctx.config
   start = time.perf_counter()
@@ -239,7 +296,7 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
   # Process 0's actions and (below) scores on every process: hosts that compute
   # the last bits differently (GPU reductions) would otherwise drift apart.
   actions = distributed.from_primary(
-      np.asarray(_sample(stage, state.params, sample_key, config.search.rollouts)))
+      np.asarray(stage.sample(state.params, sample_key, config.search.rollouts)))
   students = [stage.to_student(a, config, ctx.teacher_params) for a in actions]
   trainable = [i for i, s in enumerate(students) if not spec_lib.is_degenerate(s)]
   results, reused, to_train = _known_results(ctx, students, trainable)
@@ -273,8 +330,8 @@ def _iteration(ctx: SearchContext, stage: Stage, state, update, iteration: int):
       if accuracies[i] is not None:
         ctx.known_accuracies[architecture_key(students[i])] = accuracies[i]
   baseline_before = float(state.baseline)
-  state, metrics = update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
-                          jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
+  state, metrics = stage.update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
+                                jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
   loss = float(metrics['loss'])
   if not bool(metrics['finite']):
     raise SearchError(f'stage {stage.number} iteration {iteration}: the policy loss is {loss} '
@@ -303,17 +360,18 @@ def _better(candidate: dict | None, best: dict | None) -> bool:
   return candidate is not None and (best is None or candidate['reward'] > best['reward'])
 
 
-def _starts_another(config, meta, number: int, stage1_iterations: int, elapsed: float) -> bool:
-  """Whether stage `number` runs another iteration: it has some left, (stage
-  1) stage 2 has not begun, and runtime.time_budget_minutes leaves room for
-  one (time_budget.py; process 0 decides for all)."""
-  done = meta['done'][str(number)]
-  total = stage1_iterations if number == 1 else config.search.stage2_iterations
-  if done >= total or (number == 1 and meta['done']['2']):
+def _starts_another(config, state: search_state.SearchState, number: int,
+                    stage1_iterations: int, elapsed: float) -> bool:
+  """Whether stage `number` runs another iteration: it has some left, no later
+  stage has begun, and runtime.time_budget_minutes leaves room for one
+  (time_budget.py; process 0 decides for all)."""
+  done, records = state.done, state.records
+  planned = {1: stage1_iterations, 2: config.search.stage2_iterations}
+  if done[number] >= planned[number] or any(done[n] for n in done if n > number):
     return False
   deadline = time_budget.stage_deadline(config.runtime.time_budget_minutes, number,
                                         stage1_iterations, config.search.stage2_iterations)
-  finished = [r['seconds'] for r in meta['records'] if r['stage'] == number]
+  finished = [r['seconds'] for r in records if r['stage'] == number]
   return bool(distributed.from_primary(np.asarray(
       time_budget.room_for_another(elapsed, deadline, finished))))
 
@@ -392,11 +450,11 @@ def _compile_in_background(update, state, stage: Stage, rollouts: int) -> thread
 
 
 def _shares_programs(config, stage: Stage, dataset) -> bool:
-  """Whether the stage's students train inside its source
-  (runtime.share_stage1_programs / share_stage2_program; 'auto' weighs the
-  source's arithmetic against compiles, see runtime.share_programs)."""
-  switch = (config.runtime.share_stage2_program if stage.number == 2
-            else config.runtime.share_stage1_programs)
+  """Whether the stage's students train inside its source (its
+  stage.share_setting, runtime.share_stage1_programs or share_stage2_program;
+  'auto' weighs the source's arithmetic against compiles, see
+  runtime.share_programs)."""
+  switch = getattr(config.runtime, stage.share_setting)
   examples = len(dataset.train_images)
   if config.distill.max_train_examples:
     examples = min(examples, config.distill.max_train_examples)
@@ -467,21 +525,24 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   # is only read (and must exist) when a search starts.
   states = _policy_states(config, stage1, jax.random.fold_in(jax.random.key(config.seed), 0),
                           '' if resuming else config.policy.init_from)
-  meta = {'origin': origin, 'done': {'1': 0, '2': 0}, 'best_stage1': None, 'best_stage2': None,
-          'best': None, 'records': [], 'stage2_source': None, 'compile_seconds': 0.0,
-          'search_seconds': 0.0, 'known_accuracies': {}, 'pareto': []}
+  state = search_state.SearchState.fresh(origin)
   if resuming:
     def same_config(stored):
+      # A record without an origin is refused below, once its checksum shows
+      # it was stored that way and not damaged since.
+      if not isinstance(stored.get('origin'), dict):
+        return
       diff = config_lib.differences(stored['origin'], origin)
       if diff:
         raise ResumeMismatch(
             f'{workdir} holds a search made with a different config:\n  ' + '\n  '.join(diff)
             + '\nRun with --config.search.restart=True to discard it, or use another '
             '--workdir.')
-    states, meta = ckpts.restore_latest_good(
+    states, stored = ckpts.restore_latest_good(
         states, same_config,
         remedy='Rerun with --config.search.restart=True to start the search over.')
     states = dict(states)
+    state = _stored_state(stored, ckpts)
 
   teacher_logits = train_lib.predict(teacher.model, teacher.variables, dataset.train_images)
   scorer = scorer or _evaluator(config, dataset, teacher, teacher_logits)
@@ -497,69 +558,58 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   ctx = SearchContext(config, workdir, teacher, dataset, scorer,
                       spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
                       constraints, teacher_logits,
-                      meta.setdefault('known_accuracies', {}) if config.search.reuse_results
-                      else None,
-                      latency if k.max_latency_ms else None,
-                      meta.setdefault('latencies', {}))
+                      state.known_accuracies if config.search.reuse_results else None,
+                      latency if k.max_latency_ms else None, state.latencies)
 
 
   # Process 0 writes the logs; the others compute the same records.
   primary = distributed.is_primary()
-  writer = report.MetricsWriter(workdir, meta['records']) if primary else None
-  board = report.TensorBoardWriter(workdir, first_step=len(meta['records'])) if primary else None
+  writer = report.MetricsWriter(workdir, state.records) if primary else None
+  board = report.TensorBoardWriter(workdir, first_step=len(state.records)) if primary else None
   total = stage1.iterations + config.search.stage2_iterations
-  bar = tqdm.tqdm(total=total, initial=meta['done']['1'] + meta['done']['2'], unit='iter',
+  bar = tqdm.tqdm(total=total, initial=sum(state.done.values()), unit='iter',
                   desc='search', disable=not progress, dynamic_ncols=True)
-  search_start = time.perf_counter() - meta['search_seconds']
-  compile_before = meta['compile_seconds']
+  search_start = time.perf_counter() - state.search_seconds
+  compile_before = state.compile_seconds
   try:
-    for number, name in ((1, 'removal'), (2, 'shrink')):
-      if number == 1:
-        stage = stage1
-      else:
-        if meta['stage2_source'] is None:
-          # Stage 2 shrinks the best stage-1 student (the teacher if there is none).
-          best = meta['best_stage1']
-          meta['stage2_source'] = best['spec'] if best else spec_lib.to_dict(teacher.spec)
-        stage = shrink_stage(config, spec_lib.from_dict(meta['stage2_source']))
-        if stage.iterations and not len(stage.features):
-          # Nothing to shrink (only the class layer has a width): stage 2 has no actions.
-          if primary:
-            tqdm.tqdm.write(f'stage 2 skipped: {stage.source.name} has no shrinkable layer',
-                            file=sys.stderr)
-          break
-      update = reinforce.make_update(stage.policy, reinforce.make_optimizer(stage.learning_rate),
-                                     name, config.policy.method, config.policy.baseline,
-                                     config.policy.baseline_decay)
-      if meta['done'][str(number)] < stage.iterations:
+    for stage in _stages(config, state, stage1, teacher.spec):
+      if stage.iterations and not len(stage.features):
+        # Nothing to act on (stage 2: only the class layer has a width): no actions.
+        if primary:
+          tqdm.tqdm.write(f'stage {stage.number} skipped: {stage.source.name} has no '
+                          f'{stage.unit}', file=sys.stderr)
+        continue
+      if state.done[stage.number] < stage.iterations:
         if hasattr(scorer, 'prepare') and _shares_programs(config, stage, dataset):
           # The stage's shared program compiles while the policy's sampler does.
-          scorer.prepare(stage.source, removals=number == 1)
-        _compile_in_background(update, states[name], stage, config.search.rollouts)
-      while _starts_another(config, meta, number, stage1.iterations,
+          scorer.prepare(stage.source, removals=stage.removals)
+        _compile_in_background(stage.update, states[stage.name], stage, config.search.rollouts)
+      while _starts_another(config, state, stage.number, stage1.iterations,
                             time.perf_counter() - search_start):
-        iteration = meta['done'][str(number)] + 1
-        states[name], record, students = _iteration(ctx, stage, states[name], update, iteration)
+        iteration = state.done[stage.number] + 1
+        states[stage.name], record, students = _iteration(ctx, stage, states[stage.name],
+                                                          iteration)
         valid = _valid_students(students, record)
         best_here = _best_of(valid)
-        # Searches checkpointed before the front was kept start it on resume.
-        meta['pareto'] = pareto.update(meta.get('pareto', []), valid)
-        key = f'best_stage{number}'
-        if _better(best_here, meta[key]):
-          meta[key] = best_here
-        if _better(best_here, meta['best']):
-          meta['best'] = best_here
-        record['best_reward'] = meta[key]['reward'] if meta[key] else reward_lib.DEGENERATE_REWARD
-        meta['records'].append(record)
-        meta['done'][str(number)] = iteration
-        meta['compile_seconds'] = compile_before + getattr(scorer, 'compile_seconds', 0.0)
-        meta['search_seconds'] = time.perf_counter() - search_start
-        ckpts.save(len(meta['records']), states, meta)
+        state.pareto = pareto.update(state.pareto, valid)
+        if _better(best_here, state.stage_best[stage.number]):
+          state.stage_best[stage.number] = best_here
+        if _better(best_here, state.best):
+          state.best = best_here
+        stage_best = state.stage_best[stage.number]
+        record['best_reward'] = (stage_best['reward'] if stage_best
+                                 else reward_lib.DEGENERATE_REWARD)
+        state.records.append(record)
+        state.done[stage.number] = iteration
+        state.compile_seconds = compile_before + getattr(scorer, 'compile_seconds', 0.0)
+        state.search_seconds = time.perf_counter() - search_start
+        ckpts.save(len(state.records), states, state.to_dict())
         if primary:
           writer.append(record)
           board.append(record)
-        best = meta['best']
-        bar.set_postfix(stage=number, it=iteration, reward=f'{record["mean_reward"]:.3f}',
+        best = state.best
+        bar.set_postfix(stage=stage.number, it=iteration,
+                        reward=f'{record["mean_reward"]:.3f}',
                         best=f'{ctx.teacher_params / best["params"]:.1f}x' if best else '-')
         bar.update(1)
   finally:
@@ -569,13 +619,24 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
       # not the flush that fails after it.
       with contextlib.suppress(OSError) if sys.exc_info()[0] else contextlib.nullcontext():
         board.close()
-  return _finish(ctx, meta, progress)
+  return _finish(ctx, state, progress)
 
 
-def _finish(ctx: SearchContext, meta, progress) -> dict:
+def _stored_state(stored: dict, ckpts: checkpoint_lib.Checkpoints) -> search_state.SearchState:
+  """The SearchState a restored checkpoint holds, or a refusal saying what to do."""
+  try:
+    return search_state.SearchState.from_dict(stored)
+  except search_state.LayoutError as e:
+    raise ResumeMismatch(
+        f'{ckpts.workdir} holds a search checkpoint ({ckpts.directory}) this version cannot '
+        f'resume: {e}. Rerun with --config.search.restart=True to start the search over, or '
+        'use another --workdir.') from None
+
+
+def _finish(ctx: SearchContext, state: search_state.SearchState, progress) -> dict:
   """Train the best student to convergence, export it, write the summary and report."""
   config, workdir = ctx.config, ctx.workdir
-  best = meta['best']
+  best = state.best
   if best is None:
     raise SearchError('the search found no usable student: every sampled student was '
                       'degenerate or failed (see metrics.jsonl "degenerate"). Try more '
@@ -600,26 +661,26 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
                   **({'latency_ms': ctx.latencies[architecture_key(spec)],
                       'latency_batch_size': config.constraints.latency_batch_size}
                      if ctx.latency is not None else {})},
-      'stage1_best': _brief(meta.get('best_stage1')),
-      'stage2_best': _brief(meta.get('best_stage2')),
+      'stage1_best': _brief(state.stage_best[1]),
+      'stage2_best': _brief(state.stage_best[2]),
       'compression': ctx.teacher_params / student_params,
       # The iterations run: fewer than planned where runtime.time_budget_minutes ended a stage.
-      'iterations': {'stage1': meta['done']['1'], 'stage2': meta['done']['2'],
+      'iterations': {'stage1': state.done[1], 'stage2': state.done[2],
                      'planned': [config.search.stage1_iterations,
                                  config.search.stage2_iterations],
                      'time_budget_minutes': config.runtime.time_budget_minutes},
       # Summed over every process a resumed run took. 'compile' is the part of
       # search and final spent compiling student programs, not a fourth share.
-      'wall_seconds': round(teacher_seconds + meta['search_seconds'] + final.seconds, 2),
-      'time': {'teacher': round(teacher_seconds, 2), 'search': round(meta['search_seconds'], 2),
-               'compile': round(meta['compile_seconds'] + final.compile_seconds, 2),
+      'wall_seconds': round(teacher_seconds + state.search_seconds + final.seconds, 2),
+      'time': {'teacher': round(teacher_seconds, 2), 'search': round(state.search_seconds, 2),
+               'compile': round(state.compile_seconds + final.compile_seconds, 2),
                'final': round(final.seconds, 2)},
   }
   export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, final.variables, {
       'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
       'normalisation': teacher_record.get('normalisation')})
   if config.final.pareto_max:
-    front = meta.get('pareto', [])
+    front = state.pareto
     trained = _train_pareto(ctx, pareto.spread(front, config.final.pareto_max, best['spec']),
                             progress)
     summary['pareto'] = {'front_size': len(front),
@@ -632,7 +693,7 @@ def _finish(ctx: SearchContext, meta, progress) -> dict:
     report.write_summary(summary, workdir)
     # write_report draws the plots beside report.md (search_stage*.png,
     # accuracy_vs_params.png, with the Pareto students) and links them.
-    report.write_report(summary, meta['records'], os.path.join(workdir, 'report.md'))
+    report.write_report(summary, state.records, os.path.join(workdir, 'report.md'))
   return summary
 
 

@@ -8,6 +8,7 @@ from n2n_jax import config as config_lib
 from n2n_jax import experiment
 from n2n_jax import report
 from n2n_jax import search
+from n2n_jax import search_state
 from n2n_jax import time_budget
 
 
@@ -27,8 +28,11 @@ def test_an_iteration_starts_only_if_its_expected_time_fits():
 
 
 def make_meta(done1, done2, seconds=10.0):
-  records = [{'stage': 1, 'seconds': seconds}] * done1 + [{'stage': 2, 'seconds': seconds}] * done2
-  return {'done': {'1': done1, '2': done2}, 'records': records}
+  state = search_state.SearchState.fresh(origin={})
+  state.records = ([{'stage': 1, 'seconds': seconds}] * done1
+                   + [{'stage': 2, 'seconds': seconds}] * done2)
+  state.done = {1: done1, 2: done2}
+  return state
 
 
 def test_the_search_loop_asks_the_rule(config_factory):
