@@ -352,7 +352,7 @@ class Evaluator:
       if not self._warned_fallback:
         self._warned_fallback = True
         warnings.warn(f'{len(jobs)} students trained together failed '
-                      f'({str(e).splitlines()[0][:200]}); training them one by one')
+                      f'({str(e).splitlines()[0][:200]}); training them one by one', stacklevel=2)
       return [self.train(spec, key, seed, device=device, inside=inside) for spec, key in jobs]
     each = (time.perf_counter() - start - compile_s) / len(jobs)
     results = []

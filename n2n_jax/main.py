@@ -122,7 +122,7 @@ def loaded_config(config_flag=_CONFIG):
   """The parsed --config, or the one-line exit of a file that failed to load."""
   try:
     config = config_flag.value
-    config.mode  # pylint: disable=pointless-statement  # a file that failed to load raises here
+    _ = config.mode  # a file that failed to load raises here
   except _FLAG_ERRORS as e:
     _usage_error(e)
   return config

@@ -66,7 +66,10 @@ def key_of(name):
   return name[:-len(program_store.SUFFIX)]
 
 
-def train_once(ds, logits, store, settings=E.DistillSettings(epochs=1)):
+ONE_EPOCH = E.DistillSettings(epochs=1)
+
+
+def train_once(ds, logits, store, settings=ONE_EPOCH):
   evaluator = E.Evaluator(ds, logits, settings, program_store=store)
   result = evaluator.train(student(), jax.random.key(3), 0, keep_variables=True)
   assert result.error is None
