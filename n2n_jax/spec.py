@@ -587,7 +587,7 @@ class Concat(LayerType):
         for b, branch in enumerate(branches)))
 
 
-Layer = Union[tuple(REGISTRY.values())]
+Layer = Union[tuple(REGISTRY.values())]  # noqa: UP007 (a union built from the registry)
 
 # The policies' layer-type one-hot, one column per type with a feature_slot,
 # in slot order. Trained policies read exactly these columns, so slots are

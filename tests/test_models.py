@@ -234,7 +234,7 @@ def test_init_variables_seeded_and_shaped_like_flax_init():
   b = models.init_variables(model, 7, spec.input_shape)
   c = models.init_variables(model, 8, spec.input_shape)
   leaves_a = jax.tree_util.tree_leaves_with_path(a)
-  for (path, x), y in zip(leaves_a, jax.tree_util.tree_leaves(b)):
+  for (_, x), y in zip(leaves_a, jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
   kernels_differ = [not np.array_equal(x, y) for (path, x), y
                     in zip(leaves_a, jax.tree_util.tree_leaves(c)) if path[-1].key == 'kernel']
