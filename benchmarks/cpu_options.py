@@ -44,16 +44,16 @@ YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
 # line uses (runtime.CPU_XLA_FLAGS); the others each change one thing from it,
 # except 'jax_default' (no flags at all).
 VARIANTS = {
-    'cli': (YNN_OFF, {}),
-    'jax_default': ('', {}),
-    'onednn': (f'{YNN_OFF} --xla_cpu_use_onednn=true', {}),
-    'no_xnnpack': (f'{YNN_OFF} --xla_cpu_use_xnnpack=false', {}),
-    'fast_compile': (f'{YNN_OFF} --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE', {}),
-    'opt_level_0': (f'{YNN_OFF} --xla_backend_optimization_level=0', {}),
-    'opt_level_1': (f'{YNN_OFF} --xla_backend_optimization_level=1', {}),
-    'llvm_cheap': (f'{YNN_OFF} --xla_llvm_disable_expensive_passes=true', {}),
-    'fast_math': (f'{YNN_OFF} --xla_cpu_enable_fast_math=true', {}),
-    'hugetlb': (YNN_OFF, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}),
+  'cli': (YNN_OFF, {}),
+  'jax_default': ('', {}),
+  'onednn': (f'{YNN_OFF} --xla_cpu_use_onednn=true', {}),
+  'no_xnnpack': (f'{YNN_OFF} --xla_cpu_use_xnnpack=false', {}),
+  'fast_compile': (f'{YNN_OFF} --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE', {}),
+  'opt_level_0': (f'{YNN_OFF} --xla_backend_optimization_level=0', {}),
+  'opt_level_1': (f'{YNN_OFF} --xla_backend_optimization_level=1', {}),
+  'llvm_cheap': (f'{YNN_OFF} --xla_llvm_disable_expensive_passes=true', {}),
+  'fast_math': (f'{YNN_OFF} --xla_cpu_enable_fast_math=true', {}),
+  'hugetlb': (YNN_OFF, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}),
 }
 # 'jax_default' is left out unless asked for: its backward convolutions run
 # ~10x slower (the team's DESIGN.md), so its teacher figure alone takes minutes.
@@ -66,17 +66,24 @@ def measure(quick: bool) -> dict:
   sys.path.insert(0, HERE)
   import jax  # pylint: disable=g-import-not-at-top
   import throughput as tp  # pylint: disable=g-import-not-at-top
+
   from n2n_jax import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
-  from n2n_jax import models, zoo  # pylint: disable=g-import-not-at-top
+  from n2n_jax import models  # pylint: disable=g-import-not-at-top
   from n2n_jax import spec as spec_lib  # pylint: disable=g-import-not-at-top
   from n2n_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from n2n_jax import zoo  # pylint: disable=g-import-not-at-top
 
   tp.persistent_cache(None)
-  out = {'xla_flags': os.environ.get('XLA_FLAGS', ''), 'compile_seconds': {},
-         'steps_per_second': {}}
+  out = {
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'compile_seconds': {},
+    'steps_per_second': {},
+  }
   teacher_name, shape, sizes, epoch_steps, min_seconds = (
-      ('digits_cnn', (8, 8, 1), (('small', 0.25), ('medium', 0.5)), 5, 0.3) if quick else
-      ('vgg13', (28, 28, 1), tp.SIZES, 10, 3.0))
+    ('digits_cnn', (8, 8, 1), (('small', 0.25), ('medium', 0.5)), 5, 0.3)
+    if quick
+    else ('vgg13', (28, 28, 1), tp.SIZES, 10, 3.0)
+  )
   digits = zoo.get('digits_cnn', (8, 8, 1), tp.NUM_CLASSES)
   teacher = zoo.get(teacher_name, shape, tp.NUM_CLASSES)
   medium = tp.shrunk(teacher, 0.5)
@@ -84,8 +91,9 @@ def measure(quick: bool) -> dict:
   def data_for(spec):
     dataset = tp.synthetic_dataset(spec.input_shape, epoch_steps * tp.BATCH, 100, 0)
     model = models.build(spec)
-    logits = train_lib.predict(model, models.init_variables(model, 0, spec.input_shape),
-                               dataset.train_images)
+    logits = train_lib.predict(
+      model, models.init_variables(model, 0, spec.input_shape), dataset.train_images
+    )
     return dataset, logits
 
   # The first compile of a process also pays for JAX's own start-up; a
@@ -105,24 +113,32 @@ def measure(quick: bool) -> dict:
       evaluator = evaluator_lib.Evaluator(dataset, logits, tp.distill_settings(epoch_steps))
       program, _ = evaluator.programs.get(student, evaluator.devices[0])
       state = train_lib.TrainState.create(
-          models.init_variables(program.model, 0, student.input_shape), program.tx)
+        models.init_variables(program.model, 0, student.input_shape), program.tx
+      )
       _, metrics = program.runner.run(state, evaluator.data, jax.random.key(1), tp.BATCH)
       out['loss'] = metrics['loss']
-    out['steps_per_second'][name] = tp.steps_per_second(dataset, logits, student, epoch_steps,
-                                                        min_seconds)
-  out['train_gflops'] = (3 * spec_lib.flops(teacher) * tp.BATCH
-                         * out['steps_per_second'][sizes[-1][0]] / 1e9)
+    out['steps_per_second'][name] = tp.steps_per_second(
+      dataset, logits, student, epoch_steps, min_seconds
+    )
+  out['train_gflops'] = (
+    3 * spec_lib.flops(teacher) * tp.BATCH * out['steps_per_second'][sizes[-1][0]] / 1e9
+  )
   return out
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true', help='tiny sizes, two variants')
-  parser.add_argument('--variants', default='',
-                      help=f'comma-separated subset of: {", ".join(VARIANTS)}')
-  parser.add_argument('--repeats', type=int, default=1,
-                      help='run the variants this many times, interleaved (the machine\'s '
-                      'load drifts), and report medians')
+  parser.add_argument(
+    '--variants', default='', help=f'comma-separated subset of: {", ".join(VARIANTS)}'
+  )
+  parser.add_argument(
+    '--repeats',
+    type=int,
+    default=1,
+    help="run the variants this many times, interleaved (the machine's "
+    'load drifts), and report medians',
+  )
   parser.add_argument('--json-only', action='store_true', help='print only the JSON line')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -130,7 +146,8 @@ def main(argv=None) -> dict:
     print(json.dumps(measure(args.quick)), flush=True)
     return {}
   names = [n for n in args.variants.split(',') if n] or list(
-      QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+    QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS
+  )
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     parser.error(f'unknown variant(s) {", ".join(unknown)}; valid: {", ".join(VARIANTS)}')
@@ -139,10 +156,15 @@ def main(argv=None) -> dict:
   for repeat in range(args.repeats):
     for name in names:
       flags, extra = VARIANTS[name]
-      proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child']
-                            + (['--quick'] if args.quick else []),
-                            env=dict(os.environ, XLA_FLAGS=flags, **extra),
-                            capture_output=True, text=True, cwd=ROOT, check=False)
+      proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--child']
+        + (['--quick'] if args.quick else []),
+        env=dict(os.environ, XLA_FLAGS=flags, **extra),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+      )
       if proc.returncode:
         runs[name].append({'error': proc.stderr.strip().splitlines()[-1:]})
         say(f'{name} (run {repeat + 1}): FAILED ({runs[name][-1]["error"]})')
@@ -155,31 +177,49 @@ def main(argv=None) -> dict:
     good = [r for r in rs if 'error' not in r]
     flags, extra = VARIANTS[name]
     # The flags as the child process saw them.
-    results[name] = {'xla_flags': good[0]['xla_flags'] if good else flags, 'env': extra,
-                     'runs': len(good), 'errors': [r['error'] for r in rs if 'error' in r]}
+    results[name] = {
+      'xla_flags': good[0]['xla_flags'] if good else flags,
+      'env': extra,
+      'runs': len(good),
+      'errors': [r['error'] for r in rs if 'error' in r],
+    }
     if good:
       results[name].update(_medians(good))
-      say(f'{name:13s} median of {len(good)}: ' + _line(results[name])
-          + f' | XLA_FLAGS="{flags}"' + ''.join(f' {k}={v}' for k, v in extra.items()))
-  print(json.dumps({'command': ' '.join([sys.executable] + sys.argv), 'variants': results}),
-        flush=True)
+      say(
+        f'{name:13s} median of {len(good)}: '
+        + _line(results[name])
+        + f' | XLA_FLAGS="{flags}"'
+        + ''.join(f' {k}={v}' for k, v in extra.items())
+      )
+  print(
+    json.dumps({'command': ' '.join([sys.executable] + sys.argv), 'variants': results}), flush=True
+  )
   return results
 
 
 def _line(r: dict) -> str:
-  return ('compile s: ' + ', '.join(f'{k} {v:.2f}' for k, v in r['compile_seconds'].items())
-          + ' | steps/s: ' + ', '.join(f'{k} {v:.2f}' for k, v in r['steps_per_second'].items())
-          + f' | {r["train_gflops"]:.1f} GFLOP/s | loss {r["loss"]:.6g}')
+  return (
+    'compile s: '
+    + ', '.join(f'{k} {v:.2f}' for k, v in r['compile_seconds'].items())
+    + ' | steps/s: '
+    + ', '.join(f'{k} {v:.2f}' for k, v in r['steps_per_second'].items())
+    + f' | {r["train_gflops"]:.1f} GFLOP/s | loss {r["loss"]:.6g}'
+  )
 
 
 def _medians(runs: list) -> dict:
   """Per-figure medians over runs (the loss is the same in every run)."""
   med = lambda xs: float(statistics.median(xs))
-  return {'compile_seconds': {k: med([r['compile_seconds'][k] for r in runs])
-                              for k in runs[0]['compile_seconds']},
-          'steps_per_second': {k: med([r['steps_per_second'][k] for r in runs])
-                               for k in runs[0]['steps_per_second']},
-          'train_gflops': med([r['train_gflops'] for r in runs]), 'loss': runs[0]['loss']}
+  return {
+    'compile_seconds': {
+      k: med([r['compile_seconds'][k] for r in runs]) for k in runs[0]['compile_seconds']
+    },
+    'steps_per_second': {
+      k: med([r['steps_per_second'][k] for r in runs]) for k in runs[0]['steps_per_second']
+    },
+    'train_gflops': med([r['train_gflops'] for r in runs]),
+    'loss': runs[0]['loss'],
+  }
 
 
 if __name__ == '__main__':

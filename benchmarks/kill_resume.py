@@ -49,14 +49,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # saving, both search stages with a checkpoint per iteration, final training
 # and export.
 JOB_OVERRIDES = (
-    '--config.data.max_train_examples=256',
-    '--config.teacher.epochs=3',
-    '--config.search.stage1_iterations=3',
-    '--config.search.stage2_iterations=2',
-    '--config.search.rollouts=2',
-    '--config.distill.epochs=1',
-    '--config.final.epochs=2',
-    '--config.runtime.progress=False',
+  '--config.data.max_train_examples=256',
+  '--config.teacher.epochs=3',
+  '--config.search.stage1_iterations=3',
+  '--config.search.stage2_iterations=2',
+  '--config.search.rollouts=2',
+  '--config.distill.epochs=1',
+  '--config.final.epochs=2',
+  '--config.runtime.progress=False',
 )
 
 
@@ -75,10 +75,18 @@ POLL_SECONDS = 0.002
 KILLED = -signal.SIGKILL  # Popen.returncode of a process that SIGKILL ended
 
 
-def job_command(workdir: str, cache_dir: str, overrides=JOB_OVERRIDES,
-                config: str = 'configs/digits.py') -> list[str]:
-  return [sys.executable, '-m', 'n2n_jax.main', f'--config={config}', f'--workdir={workdir}',
-          *overrides, f'--config.runtime.compilation_cache_dir={cache_dir}']
+def job_command(
+  workdir: str, cache_dir: str, overrides=JOB_OVERRIDES, config: str = 'configs/digits.py'
+) -> list[str]:
+  return [
+    sys.executable,
+    '-m',
+    'n2n_jax.main',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    *overrides,
+    f'--config.runtime.compilation_cache_dir={cache_dir}',
+  ]
 
 
 # ---- what a finished run leaves that must not depend on interruptions
@@ -103,9 +111,14 @@ def comparable(workdir: str) -> dict:
 
 
 # What the brief names first; the rest of summary.json is compared too.
-KEY_FIELDS = (('student', 'spec'), ('student', 'params'), ('student', 'val_accuracy'),
-              ('student', 'test_accuracy'), ('teacher', 'val_accuracy'),
-              ('teacher', 'test_accuracy'))
+KEY_FIELDS = (
+  ('student', 'spec'),
+  ('student', 'params'),
+  ('student', 'val_accuracy'),
+  ('student', 'test_accuracy'),
+  ('teacher', 'val_accuracy'),
+  ('teacher', 'test_accuracy'),
+)
 
 
 def differences(reference: dict, got: dict) -> list[str]:
@@ -125,16 +138,19 @@ def differences(reference: dict, got: dict) -> list[str]:
     r, g = rs.get(k) or {}, gs.get(k) or {}
     for field in sorted(set(r) | set(g)):
       if r.get(field) != g.get(field) and (k, field) not in KEY_FIELDS:
-        out.append(f'summary {k}.{field}: reference {_short(r.get(field))}, '
-                   f'got {_short(g.get(field))}')
+        out.append(
+          f'summary {k}.{field}: reference {_short(r.get(field))}, got {_short(g.get(field))}'
+        )
   rm, gm = reference['metrics'], got['metrics']
   if len(rm) != len(gm):
     out.append(f'metrics.jsonl: reference has {len(rm)} records, got {len(gm)}')
   for i, (r, g) in enumerate(zip(rm, gm)):
     if r != g:
       keys = sorted(k for k in set(r) | set(g) if r.get(k) != g.get(k))
-      out.append(f'metrics.jsonl record {i + 1} (stage {r.get("stage")} iteration '
-                 f'{r.get("iteration")}) differs in {keys}')
+      out.append(
+        f'metrics.jsonl record {i + 1} (stage {r.get("stage")} iteration '
+        f'{r.get("iteration")}) differs in {keys}'
+      )
   if reference['student'] != got['student']:
     out.append('student/spec.json differs')
   return out
@@ -238,6 +254,7 @@ class Kill:
   """When to kill a run: `mode` 'random' kills `delay` seconds after the start;
   'checkpoint' kills the instant the orbax temporary folder of the write
   `target` (a write_key) appears."""
+
   mode: str
   delay: float = 0.0
   target: tuple[str, str] | None = None
@@ -267,8 +284,9 @@ class Run:
     return not self.landed and self.returncode != 0
 
 
-def run_job(command: list[str], workdir: str, kill: Kill | None, log_path: str,
-            timeout: float) -> Run:
+def run_job(
+  command: list[str], workdir: str, kill: Kill | None, log_path: str, timeout: float
+) -> Run:
   """Run `command` once, watching `workdir` for checkpoint writes, and
   SIGKILL it as `kill` says (None: let it finish, or kill it at `timeout`)."""
   result = Run(kill, step_before=latest_search_step(workdir), log=log_path)
@@ -277,8 +295,9 @@ def run_job(command: list[str], workdir: str, kill: Kill | None, log_path: str,
   with open(log_path, 'w', encoding='utf-8') as log:
     start = time.monotonic()
     # Its own session, so that the kill reaches anything it started too.
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+      command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     fire_at = start + (kill.delay if kill and kill.mode == 'random' else timeout)
     killed_on = None
     while proc.poll() is None:
@@ -312,8 +331,11 @@ def run_job(command: list[str], workdir: str, kill: Kill | None, log_path: str,
     result.cut = sorted(write_key(n) for n in after)
   result.writes = sorted(((n, t0, t1) for n, (t0, t1) in seen.items()), key=lambda w: w[1])
   result.step_after = latest_search_step(workdir)
-  steps = [int(n.split(os.sep)[1].split('.')[0]) for n, _, _ in result.writes
-           if n.startswith('search_checkpoints' + os.sep)]
+  steps = [
+    int(n.split(os.sep)[1].split('.')[0])
+    for n, _, _ in result.writes
+    if n.startswith('search_checkpoints' + os.sep)
+  ]
   result.first_step_written = steps[0] if steps else None
   return result
 
@@ -332,8 +354,14 @@ class Reference:
   writes: list
 
 
-def reference_run(workroot: str, cache_dir: str, overrides=JOB_OVERRIDES,
-                  timeout: float = 1800.0, warm_up: bool = True, say=print) -> Reference:
+def reference_run(
+  workroot: str,
+  cache_dir: str,
+  overrides=JOB_OVERRIDES,
+  timeout: float = 1800.0,
+  warm_up: bool = True,
+  say=print,
+) -> Reference:
   """The uninterrupted run. With `warm_up` and an empty compilation cache, one
   more uninterrupted run first fills the cache (and must give the same result)."""
   workdir = os.path.join(workroot, 'reference')
@@ -342,24 +370,31 @@ def reference_run(workroot: str, cache_dir: str, overrides=JOB_OVERRIDES,
     # A cold cache would make the reference slow and the kill moments drawn
     # from its duration late: one warm-up run compiles everything first.
     say('warming the compilation cache with one uninterrupted run')
-    warm = run_job(job_command(os.path.join(workroot, 'warmup'), cache_dir, overrides),
-                   os.path.join(workroot, 'warmup'), None,
-                   os.path.join(workroot, 'warmup.log'), timeout)
+    warm = run_job(
+      job_command(os.path.join(workroot, 'warmup'), cache_dir, overrides),
+      os.path.join(workroot, 'warmup'),
+      None,
+      os.path.join(workroot, 'warmup.log'),
+      timeout,
+    )
     if warm.returncode != 0:
-      raise RuntimeError(f'the warm-up run failed (exit {warm.returncode}); {warm.log} ends:\n'
-                         + log_tail(warm.log))
+      raise RuntimeError(
+        f'the warm-up run failed (exit {warm.returncode}); {warm.log} ends:\n' + log_tail(warm.log)
+      )
   run = run_job(command, workdir, None, os.path.join(workroot, 'reference.log'), timeout)
   if run.returncode != 0:
-    raise RuntimeError(f'the reference run failed (exit {run.returncode}); {run.log} ends:\n'
-                       + log_tail(run.log))
+    raise RuntimeError(
+      f'the reference run failed (exit {run.returncode}); {run.log} ends:\n' + log_tail(run.log)
+    )
   result = comparable(workdir)
   if os.path.isdir(os.path.join(workroot, 'warmup')):
     # Two uninterrupted runs, compiled and from the cache, must agree before
     # any difference can be blamed on a kill.
     diff = differences(result, comparable(os.path.join(workroot, 'warmup')))
     if diff:
-      raise RuntimeError('two uninterrupted runs differ, so kills cannot be judged:\n  '
-                         + '\n  '.join(diff))
+      raise RuntimeError(
+        'two uninterrupted runs differ, so kills cannot be judged:\n  ' + '\n  '.join(diff)
+      )
   step_times = {}
   for name, t0, _ in run.writes:
     if name.startswith('search_checkpoints' + os.sep):
@@ -377,8 +412,9 @@ def remaining_seconds(ref: Reference, workdir: str) -> float:
   return min(ref.seconds, ref.startup + ref.seconds - ref.step_times[step])
 
 
-def draw_kill(rng: random.Random, ref: Reference, workdir: str, checkpoint_share: float,
-              hit: set | None = None) -> Kill:
+def draw_kill(
+  rng: random.Random, ref: Reference, workdir: str, checkpoint_share: float, hit: set | None = None
+) -> Kill:
   """With probability `checkpoint_share`, a kill during one of the checkpoint
   writes the run about to start still has to make (teacher progress, teacher,
   each search step, the exported student), uniform over those not in `hit`
@@ -405,9 +441,18 @@ class Trial:
     return sum(r.landed for r in self.runs)
 
 
-def run_trial(index: int, ref: Reference, workroot: str, cache_dir: str, kills: list,
-              rng: random.Random, overrides=JOB_OVERRIDES, checkpoint_share: float = 0.5,
-              say=print, hit: set | None = None) -> Trial:
+def run_trial(
+  index: int,
+  ref: Reference,
+  workroot: str,
+  cache_dir: str,
+  kills: list,
+  rng: random.Random,
+  overrides=JOB_OVERRIDES,
+  checkpoint_share: float = 0.5,
+  say=print,
+  hit: set | None = None,
+) -> Trial:
   """One workdir: a run per entry of `kills` (ending early if one finishes
   before its kill), one more left to finish, and the comparison with the
   reference.
@@ -428,15 +473,17 @@ def run_trial(index: int, ref: Reference, workroot: str, cache_dir: str, kills: 
     elif callable(planned):
       kill = planned(trial.runs)
     else:
-      kill = draw_kill(rng, ref, workdir, {'random': 0.0, 'checkpoint': 1.0}.get(
-          planned, checkpoint_share), hit)
+      kill = draw_kill(
+        rng, ref, workdir, {'random': 0.0, 'checkpoint': 1.0}.get(planned, checkpoint_share), hit
+      )
     run = run_job(command, workdir, kill, f'{workdir}.run{n}.log', timeout)
     trial.runs.append(run)
     hit.update(run.cut)
     say(_describe_run(index, n, run))
     if run.failed:
-      trial.error = (f'run {n} exited with {run.returncode} by itself; {run.log} ends:\n'
-                     + log_tail(run.log))
+      trial.error = f'run {n} exited with {run.returncode} by itself; {run.log} ends:\n' + log_tail(
+        run.log
+      )
       return trial
     if not run.landed:  # it finished
       break
@@ -444,12 +491,15 @@ def run_trial(index: int, ref: Reference, workroot: str, cache_dir: str, kills: 
   # starts with the step after the latest one saved when it started.
   for n, run in enumerate(trial.runs):
     if run.step_after < run.step_before:
-      trial.mismatches.append(f'run {n}: the latest saved search step went back from '
-                              f'{run.step_before} to {run.step_after}')
+      trial.mismatches.append(
+        f'run {n}: the latest saved search step went back from '
+        f'{run.step_before} to {run.step_after}'
+      )
     if run.first_step_written not in (None, run.step_before + 1):
       trial.mismatches.append(
-          f'run {n} started with search step {run.step_before} saved but wrote step '
-          f'{run.first_step_written} first (expected {run.step_before + 1})')
+        f'run {n} started with search step {run.step_before} saved but wrote step '
+        f'{run.first_step_written} first (expected {run.step_before + 1})'
+      )
   try:
     got = comparable(workdir)
   except (OSError, ValueError) as e:
@@ -482,14 +532,26 @@ def _describe_run(trial: int, n: int, run: Run) -> str:
 
 
 def machine() -> dict:
-  return {'platform': platform.platform(), 'machine': platform.machine(),
-          'python': platform.python_version(), 'cpus': os.cpu_count(),
-          'load_average': [round(x, 2) for x in os.getloadavg()]}
+  return {
+    'platform': platform.platform(),
+    'machine': platform.machine(),
+    'python': platform.python_version(),
+    'cpus': os.cpu_count(),
+    'load_average': [round(x, 2) for x in os.getloadavg()],
+  }
 
 
-def stress(kills: int, seed: int, workroot: str, *, max_seconds: float = 1800.0,
-           overrides=None, checkpoint_share: float = 0.5,
-           kills_per_trial=(2, 4), say=print) -> dict:
+def stress(
+  kills: int,
+  seed: int,
+  workroot: str,
+  *,
+  max_seconds: float = 1800.0,
+  overrides=None,
+  checkpoint_share: float = 0.5,
+  kills_per_trial=(2, 4),
+  say=print,
+) -> dict:
   """Trials until `kills` kills have landed (or `max_seconds` have passed);
   returns the figures. `overrides` default: job_overrides()."""
   start = time.monotonic()
@@ -498,26 +560,45 @@ def stress(kills: int, seed: int, workroot: str, *, max_seconds: float = 1800.0,
   cache_dir = os.path.join(workroot, 'compilation_cache')
   rng = random.Random(seed)
   ref = reference_run(workroot, cache_dir, overrides, say=say)
-  say(f'reference: {ref.seconds:.1f} s, student {ref.result["summary"]["student"]["params"]} '
-      f'params, test accuracy {ref.result["summary"]["student"]["test_accuracy"]:.4f}; '
-      f'checkpoint writes: ' + ', '.join(f'{location(n)} {t1 - t0 + POLL_SECONDS:.3f} s'
-                                         for n, t0, t1 in ref.writes))
+  say(
+    f'reference: {ref.seconds:.1f} s, student {ref.result["summary"]["student"]["params"]} '
+    f'params, test accuracy {ref.result["summary"]["student"]["test_accuracy"]:.4f}; '
+    f'checkpoint writes: '
+    + ', '.join(f'{location(n)} {t1 - t0 + POLL_SECONDS:.3f} s' for n, t0, t1 in ref.writes)
+  )
   trials, hit = [], set()
   while sum(t.kills for t in trials) < kills and time.monotonic() - start < max_seconds:
     left = kills - sum(t.kills for t in trials)
     plan = [None] * min(left, rng.randint(*kills_per_trial))
-    trial = run_trial(len(trials), ref, workroot, cache_dir, plan, rng, overrides,
-                      checkpoint_share, say=say, hit=hit)
+    trial = run_trial(
+      len(trials),
+      ref,
+      workroot,
+      cache_dir,
+      plan,
+      rng,
+      overrides,
+      checkpoint_share,
+      say=say,
+      hit=hit,
+    )
     trials.append(trial)
-    verdict = 'ERROR ' + trial.error if trial.error else (
-        'MISMATCH\n  ' + '\n  '.join(trial.mismatches) if trial.mismatches else
-        'same result as the reference')
+    verdict = (
+      'ERROR ' + trial.error
+      if trial.error
+      else (
+        'MISMATCH\n  ' + '\n  '.join(trial.mismatches)
+        if trial.mismatches
+        else 'same result as the reference'
+      )
+    )
     say(f'trial {trial.index}: {trial.kills} kills, {verdict}')
   return figures(trials, ref, time.monotonic() - start, seed, workroot, overrides)
 
 
-def figures(trials, ref: Reference, seconds: float, seed, workroot: str,
-            overrides=JOB_OVERRIDES) -> dict:
+def figures(
+  trials, ref: Reference, seconds: float, seed, workroot: str, overrides=JOB_OVERRIDES
+) -> dict:
   runs = [r for t in trials for r in t.runs]
   landed = [r for r in runs if r.landed]
   by_location = {}
@@ -525,29 +606,31 @@ def figures(trials, ref: Reference, seconds: float, seed, workroot: str,
     for where in r.during_write:
       by_location[where] = by_location.get(where, 0) + 1
   return {
-      'kills': len(landed),
-      'kills_during_checkpoint_write': sum(bool(r.during_write) for r in landed),
-      'kills_during_write_by_location': by_location,
-      # Coverage: which of the reference run's checkpoint writes some kill cut.
-      'writes_cut': sorted({'/'.join(x for x in k if x) for r in landed for k in r.cut}),
-      'writes_in_reference': len(ref.writes),
-      'random_kills': sum(r.kill.mode == 'random' for r in landed),
-      'checkpoint_aimed_kills': sum(r.kill.mode == 'checkpoint' for r in landed),
-      'missed_kills': sum(r.kill is not None and not r.landed for r in runs),
-      'trials': len(trials),
-      'runs': len(runs),
-      'reruns': len(runs) - len(trials),
-      'mismatches': sum(len(t.mismatches) for t in trials),
-      'failures': sum(t.error is not None for t in trials),
-      'leftover_tmp_folders': sum(
-          len(temporary_folders(os.path.join(workroot, f'trial{t.index:03d}'))) for t in trials),
-      'reference_seconds': round(ref.seconds, 2),
-      'seconds': round(seconds, 1),
-      'seed': seed,
-      'command': shlex.join(job_command('WORKDIR', os.path.join(workroot, 'compilation_cache'),
-                                        overrides)),
-      'harness': shlex.join([sys.executable] + sys.argv),
-      'machine': machine(),
+    'kills': len(landed),
+    'kills_during_checkpoint_write': sum(bool(r.during_write) for r in landed),
+    'kills_during_write_by_location': by_location,
+    # Coverage: which of the reference run's checkpoint writes some kill cut.
+    'writes_cut': sorted({'/'.join(x for x in k if x) for r in landed for k in r.cut}),
+    'writes_in_reference': len(ref.writes),
+    'random_kills': sum(r.kill.mode == 'random' for r in landed),
+    'checkpoint_aimed_kills': sum(r.kill.mode == 'checkpoint' for r in landed),
+    'missed_kills': sum(r.kill is not None and not r.landed for r in runs),
+    'trials': len(trials),
+    'runs': len(runs),
+    'reruns': len(runs) - len(trials),
+    'mismatches': sum(len(t.mismatches) for t in trials),
+    'failures': sum(t.error is not None for t in trials),
+    'leftover_tmp_folders': sum(
+      len(temporary_folders(os.path.join(workroot, f'trial{t.index:03d}'))) for t in trials
+    ),
+    'reference_seconds': round(ref.seconds, 2),
+    'seconds': round(seconds, 1),
+    'seed': seed,
+    'command': shlex.join(
+      job_command('WORKDIR', os.path.join(workroot, 'compilation_cache'), overrides)
+    ),
+    'harness': shlex.join([sys.executable] + sys.argv),
+    'machine': machine(),
   }
 
 
@@ -555,23 +638,36 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--kills', type=int, default=20, help='kills that must land')
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--workroot', default=None,
-                      help='folder for the workdirs and the compilation cache (default: a '
-                      'new temporary folder); a warm cache there is reused')
-  parser.add_argument('--max-seconds', type=float, default=1800.0,
-                      help='start no trial after this long')
-  parser.add_argument('--checkpoint-share', type=float, default=0.5,
-                      help='share of kills aimed at a checkpoint write')
+  parser.add_argument(
+    '--workroot',
+    default=None,
+    help='folder for the workdirs and the compilation cache (default: a '
+    'new temporary folder); a warm cache there is reused',
+  )
+  parser.add_argument(
+    '--max-seconds', type=float, default=1800.0, help='start no trial after this long'
+  )
+  parser.add_argument(
+    '--checkpoint-share', type=float, default=0.5, help='share of kills aimed at a checkpoint write'
+  )
   parser.add_argument('--json', action='store_true', help='print only the JSON line')
   args = parser.parse_args(argv)
   workroot = args.workroot or tempfile.mkdtemp(prefix='n2n_kill_resume_')
   say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
   say(f'workroot {workroot}')
-  result = stress(args.kills, args.seed, workroot, max_seconds=args.max_seconds,
-                  checkpoint_share=args.checkpoint_share, say=say)
-  say(f"{result['kills']} kills ({result['kills_during_checkpoint_write']} during checkpoint "
-      f"writes) in {result['trials']} trials, {result['mismatches']} mismatches, "
-      f"{result['failures']} failed trials, {result['seconds']:.0f} s")
+  result = stress(
+    args.kills,
+    args.seed,
+    workroot,
+    max_seconds=args.max_seconds,
+    checkpoint_share=args.checkpoint_share,
+    say=say,
+  )
+  say(
+    f'{result["kills"]} kills ({result["kills_during_checkpoint_write"]} during checkpoint '
+    f'writes) in {result["trials"]} trials, {result["mismatches"]} mismatches, '
+    f'{result["failures"]} failed trials, {result["seconds"]:.0f} s'
+  )
   print(json.dumps(result), flush=True)
   if result['mismatches'] or result['failures']:
     return 1

@@ -22,10 +22,17 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import optax
 
-from n2n_jax import models, spec, train, zoo
+from n2n_jax import models
+from n2n_jax import spec
+from n2n_jax import train
+from n2n_jax import zoo
 
-ARCHS = (('digits_cnn', (8, 8, 1)), ('conv4', (28, 28, 1)), ('vgg13', (28, 28, 1)),
-         ('resnet18', (32, 32, 3)))
+ARCHS = (
+  ('digits_cnn', (8, 8, 1)),
+  ('conv4', (28, 28, 1)),
+  ('vgg13', (28, 28, 1)),
+  ('resnet18', (32, 32, 3)),
+)
 
 
 def main():
@@ -56,15 +63,31 @@ def main():
       state, m = step(state, data, idx, jax.random.key(i))
     jax.block_until_ready(m)
     step_s = (time.perf_counter() - t_step) / 3
-    row = {'arch': name, 'params': spec.param_count(net), 'init_s': round(t1 - t0, 3),
-           'compile_first_step_s': round(t2 - t1, 3), 'step_s': round(step_s, 4)}
+    row = {
+      'arch': name,
+      'params': spec.param_count(net),
+      'init_s': round(t1 - t0, 3),
+      'compile_first_step_s': round(t2 - t1, 3),
+      'step_s': round(step_s, 4),
+    }
     rows.append(row)
-    print(f"{name:12s} {row['params']:>11,} params  init {row['init_s']:.3f} s  "
-          f"first step (compile) {row['compile_first_step_s']:.2f} s  step {step_s * 1e3:.1f} ms "
-          f"(batch {args.batch})")
-  print(json.dumps({'cache': 'warm' if warm else 'cold', 'backend': jax.default_backend(),
-                    'device': jax.devices()[0].device_kind, 'machine': platform.machine(),
-                    'cpus': os.cpu_count(), 'rows': rows}))
+    print(
+      f'{name:12s} {row["params"]:>11,} params  init {row["init_s"]:.3f} s  '
+      f'first step (compile) {row["compile_first_step_s"]:.2f} s  step {step_s * 1e3:.1f} ms '
+      f'(batch {args.batch})'
+    )
+  print(
+    json.dumps(
+      {
+        'cache': 'warm' if warm else 'cold',
+        'backend': jax.default_backend(),
+        'device': jax.devices()[0].device_kind,
+        'machine': platform.machine(),
+        'cpus': os.cpu_count(),
+        'rows': rows,
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

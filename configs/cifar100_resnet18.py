@@ -16,7 +16,9 @@ the teacher alone. Paper's compressed student: stage 1: 69.64 % at 4.76M
 measured yet: ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant
+from n2n_jax.config import base_config
+from n2n_jax.config import paper_teacher_schedule
 
 
 def get_config(variant=''):

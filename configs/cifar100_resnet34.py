@@ -16,7 +16,9 @@ the teacher alone. Paper's compressed student: stage 1: 70.11 % at 4.25M
 of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant
+from n2n_jax.config import base_config
+from n2n_jax.config import paper_teacher_schedule
 
 
 def get_config(variant=''):

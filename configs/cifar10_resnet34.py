@@ -16,7 +16,9 @@ stage 1+2: 92.35 % at 2.07M (10.2x). The search's runtime is not measured yet:
 ~1,000 student distillations of 5 epochs each, so plan on a GPU.
 """
 
-from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant
+from n2n_jax.config import base_config
+from n2n_jax.config import paper_teacher_schedule
 
 
 def get_config(variant=''):

@@ -14,7 +14,9 @@ not measured; a GPU job, as VGG-19's.
 Reduced CPU variant: --config=configs/cifar10_vgg11.py:reduced.
 """
 
-from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant
+from n2n_jax.config import base_config
+from n2n_jax.config import paper_teacher_schedule
 
 
 def get_config(variant=''):

@@ -16,7 +16,8 @@ runtimes, empty caches and re-run, are in docs/performance.md, "Compiling").
 Teacher only: --config.mode=teacher (~30 s).
 """
 
-from n2n_jax.config import apply_variant, base_config
+from n2n_jax.config import apply_variant
+from n2n_jax.config import base_config
 
 
 def get_config(variant=''):

@@ -28,7 +28,9 @@ smaller at 92.99 %): launch/one_gpu.sh configs/fashion_mnist_vgg13.py DIR
 --config.distill.epochs=1 --config.final.epochs=20
 """
 
-from n2n_jax.config import apply_variant, base_config, paper_teacher_schedule
+from n2n_jax.config import apply_variant
+from n2n_jax.config import base_config
+from n2n_jax.config import paper_teacher_schedule
 
 
 def get_config(variant=''):

@@ -11,6 +11,7 @@ _LAZY = {'compress': 'api', 'Compressed': 'api'}
 def __getattr__(name):
   if name in _LAZY:
     import importlib  # pylint: disable=g-import-not-at-top
+
     return getattr(importlib.import_module(f'n2n_jax.{_LAZY[name]}'), name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 

@@ -32,6 +32,7 @@ class Compressed:
   after final training, its size against the teacher's, the search's
   per-iteration records (metrics.jsonl) and the whole summary
   (summary.json). `workdir` is None when compress ran in a temporary folder."""
+
   spec: spec_lib.NetSpec
   model: object
   variables: dict
@@ -46,17 +47,28 @@ class Compressed:
 
   def __repr__(self) -> str:
     t = self.teacher
-    rows = [('teacher ' + t['name'], t['params'], t['val_accuracy'], t['test_accuracy']),
-            ('student', self.params, self.val_accuracy, self.test_accuracy)]
+    rows = [
+      ('teacher ' + t['name'], t['params'], t['val_accuracy'], t['test_accuracy']),
+      ('student', self.params, self.val_accuracy, self.test_accuracy),
+    ]
     lines = [f'{"":<24} {"params":>12} {"val acc":>8} {"test acc":>8}']
-    lines += [f'{name:<24.24} {params:>12,} {val:>8.2%} {test:>8.2%}'
-              for name, params, val, test in rows]
+    lines += [
+      f'{name:<24.24} {params:>12,} {val:>8.2%} {test:>8.2%}' for name, params, val, test in rows
+    ]
     lines.append(f'{self.compression:.1f}x smaller; workdir: {self.workdir or "(temporary)"}')
     return '\n'.join(lines)
 
 
-def compress(teacher, data, *, workdir: str | None = None, config=None, overrides=None,
-             scorer=None, progress: bool | None = None) -> Compressed:
+def compress(
+  teacher,
+  data,
+  *,
+  workdir: str | None = None,
+  config=None,
+  overrides=None,
+  scorer=None,
+  progress: bool | None = None,
+) -> Compressed:
   """Compress `teacher` into a smaller student by the N2N search.
 
   teacher: a zoo name ('vgg13', see zoo.NAMES; trained here), a spec.NetSpec
@@ -90,17 +102,27 @@ def compress(teacher, data, *, workdir: str | None = None, config=None, override
   config_lib.validate(config)
   progress = config.runtime.progress if progress is None else progress
   with _folder(workdir) as folder, workdir_lock.job_lock(folder):
-    runtime.enable_compilation_cache(config.runtime.compilation_cache_dir,
-                                     trust_shared=config.runtime.trust_shared_cache)
+    runtime.enable_compilation_cache(
+      config.runtime.compilation_cache_dir, trust_shared=config.runtime.trust_shared_cache
+    )
     the_teacher = _teacher(teacher, config, dataset, folder, progress)
-    summary = search_lib.run(config, folder, the_teacher, dataset, progress=progress,
-                             scorer=scorer)
+    summary = search_lib.run(config, folder, the_teacher, dataset, progress=progress, scorer=scorer)
     model, variables = export_lib.load_student(os.path.join(folder, search_lib.STUDENT_DIR))
     records = report.read_metrics(folder)
   student = summary['student']
-  return Compressed(model.spec, model, variables, student['val_accuracy'],
-                    student['test_accuracy'], student['params'], summary['compression'],
-                    summary['teacher'], records, summary, workdir)
+  return Compressed(
+    model.spec,
+    model,
+    variables,
+    student['val_accuracy'],
+    student['test_accuracy'],
+    student['params'],
+    summary['compression'],
+    summary['teacher'],
+    records,
+    summary,
+    workdir,
+  )
 
 
 @contextlib.contextmanager
@@ -131,17 +153,21 @@ def _dataset(data, config) -> data_lib.Dataset:
     elif data in data_lib.TFDS_DATASETS:
       section.update(source='tfds', name=data)
     else:
-      raise data_lib.DataError(f'unknown data {data!r}: give a data config section, a '
-                               'data.Dataset (data.from_arrays) or one of digits, '
-                               f'{", ".join(data_lib.TFDS_DATASETS)}')
+      raise data_lib.DataError(
+        f'unknown data {data!r}: give a data config section, a '
+        'data.Dataset (data.from_arrays) or one of digits, '
+        f'{", ".join(data_lib.TFDS_DATASETS)}'
+      )
     data = section
   if isinstance(data, ml_collections.ConfigDict):
     config.data = data_lib.default_data_config()
     config.data.update(data.to_dict())
     return data_lib.load(config.data)  # validates it first
-  raise data_lib.DataError(f'data must be a data config section, a source name, a '
-                           f'data.Dataset or a dict of from_arrays arguments, got '
-                           f'{type(data).__name__}')
+  raise data_lib.DataError(
+    f'data must be a data config section, a source name, a '
+    f'data.Dataset or a dict of from_arrays arguments, got '
+    f'{type(data).__name__}'
+  )
 
 
 def _teacher(teacher, config, dataset, folder, progress) -> teacher_lib.Teacher:
@@ -151,8 +177,10 @@ def _teacher(teacher, config, dataset, folder, progress) -> teacher_lib.Teacher:
     teacher = (model.spec, variables)
   if isinstance(teacher, str):
     if teacher not in zoo.NAMES:
-      raise config_lib.ConfigError(f'unknown teacher {teacher!r}: not an exported student\'s '
-                                   f'folder, nor a zoo name ({", ".join(zoo.NAMES)})')
+      raise config_lib.ConfigError(
+        f"unknown teacher {teacher!r}: not an exported student's "
+        f'folder, nor a zoo name ({", ".join(zoo.NAMES)})'
+      )
     config.teacher.name, config.teacher.spec_file = teacher, ''
     teacher = config_lib.teacher_spec(config, shape, classes)
   if isinstance(teacher, tuple) and len(teacher) == 2:
@@ -163,15 +191,20 @@ def _teacher(teacher, config, dataset, folder, progress) -> teacher_lib.Teacher:
     _fits(teacher, shape, classes)
     return teacher_lib.train_or_load(config, teacher, folder, lambda: dataset, progress=progress)
   raise config_lib.ConfigError(
-      'teacher must be a zoo name, an exported student\'s folder, a spec.NetSpec or a '
-      f'(NetSpec, variables) pair, got {type(teacher).__name__}')
+    "teacher must be a zoo name, an exported student's folder, a spec.NetSpec or a "
+    f'(NetSpec, variables) pair, got {type(teacher).__name__}'
+  )
 
 
 def _fits(spec, shape, classes) -> None:
   if tuple(spec.input_shape) != tuple(shape):
-    raise spec_lib.SpecError(f'the teacher {spec.name!r} takes {tuple(spec.input_shape)} '
-                             f'images, the data has {tuple(shape)}')
+    raise spec_lib.SpecError(
+      f'the teacher {spec.name!r} takes {tuple(spec.input_shape)} '
+      f'images, the data has {tuple(shape)}'
+    )
   spec_lib.validate(spec)
   if spec_lib.num_classes(spec) != classes:
-    raise spec_lib.SpecError(f'the teacher {spec.name!r} has {spec_lib.num_classes(spec)} '
-                             f'outputs, the data {classes} classes')
+    raise spec_lib.SpecError(
+      f'the teacher {spec.name!r} has {spec_lib.num_classes(spec)} '
+      f'outputs, the data {classes} classes'
+    )

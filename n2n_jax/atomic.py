@@ -68,7 +68,7 @@ def commit_dir(directory: str) -> str:
   briefly absent (a reader sees no folder, never a mixed one); the earlier
   folder is removed last, and put back if the swap fails."""
   directory, partial = os.path.abspath(directory), partial_dir(directory)
-  old = partial[:-len('.partial')] + '.old'
+  old = partial[: -len('.partial')] + '.old'
   shutil.rmtree(old, ignore_errors=True)
   if os.path.exists(directory):
     os.rename(directory, old)
@@ -84,4 +84,3 @@ def commit_dir(directory: str) -> str:
 
 def discard_partial_dir(directory: str) -> None:
   shutil.rmtree(partial_dir(directory), ignore_errors=True)
-

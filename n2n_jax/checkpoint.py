@@ -60,9 +60,11 @@ class Checkpoints:
 
   def _open(self):
     return ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=self._keep,
-                                             enable_async_checkpointing=False))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, enable_async_checkpointing=False
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -78,8 +80,11 @@ class Checkpoints:
     arrays = jax.device_get(arrays)
     meta = dict(meta, **{_CHECKSUM: checksum(arrays, meta)})
     with preemption.deferred(), failures_name(self.directory):
-      self._manager.save(step, args=ocp.args.Composite(
-          arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
+        force=True,
+      )
       self._manager.wait_until_finished()
 
   def restore(self, abstract_arrays, step: int | None = None) -> tuple:
@@ -87,9 +92,14 @@ class Checkpoints:
     `abstract_arrays` gives the tree structure, shapes and dtypes to restore into."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_arrays)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_arrays
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
     arrays, meta = restored['arrays'], dict(restored['meta'])
     stored = meta.pop(_CHECKSUM, None)
     if stored is not None and stored != checksum(arrays, meta):
@@ -98,8 +108,7 @@ class Checkpoints:
 
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
-    meta = self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     return {k: v for k, v in meta.items() if k != _CHECKSUM}
 
   def restore_latest_good(self, abstract_arrays, check_meta=None, remedy: str = '') -> tuple:
@@ -126,8 +135,11 @@ class Checkpoints:
         self._quarantine(skipped, kept=step)
       return arrays, meta
     raise CheckpointDamaged(
-        f'no checkpoint in {self.directory} can be read back intact ('
-        + '; '.join(f'step {s}: {reason}' for s, reason in skipped) + '). ' + remedy)
+      f'no checkpoint in {self.directory} can be read back intact ('
+      + '; '.join(f'step {s}: {reason}' for s, reason in skipped)
+      + '). '
+      + remedy
+    )
 
   def _quarantine(self, skipped, kept: int) -> None:
     """Move damaged steps out of orbax's folder (so the next save of that step
@@ -141,9 +153,11 @@ class Checkpoints:
       for step, reason in skipped:
         target = os.path.join(damaged, f'{os.path.basename(self.directory)}-{step}-{stamp}')
         shutil.move(os.path.join(self.directory, str(step)), target)
-        warnings.warn(f'checkpoint {self.directory}/{step} is damaged ({reason}); moved to '
-                      f'{target}; resuming from step {kept}, so the work after it is redone',
-                      stacklevel=5)  # the caller of restore_latest_good
+        warnings.warn(
+          f'checkpoint {self.directory}/{step} is damaged ({reason}); moved to '
+          f'{target}; resuming from step {kept}, so the work after it is redone',
+          stacklevel=5,
+        )  # the caller of restore_latest_good
 
     distributed.on_primary(f'quarantine {self.directory}', move)
     self._manager = self._open()
@@ -154,8 +168,9 @@ class Checkpoints:
   def delete_all(self):
     """Collective in a run of several processes, like save()."""
     self.close()
-    distributed.on_primary(f'delete {self.directory}',
-                           lambda: shutil.rmtree(self.directory, ignore_errors=True))
+    distributed.on_primary(
+      f'delete {self.directory}', lambda: shutil.rmtree(self.directory, ignore_errors=True)
+    )
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ class NotAWorkdir(ValueError):
 
 # --- reading a workdir ---------------------------------------------------------------------------
 
+
 def _read_json(path: str):
   if not os.path.exists(path):
     return None
@@ -62,8 +63,9 @@ def check_workdirs(workdirs):
   bad = [w for w in workdirs if not _is_workdir(w)]
   if bad:
     what = 'is not a run workdir' if len(bad) == 1 else 'are not run workdirs'
-    raise NotAWorkdir(f'{", ".join(bad)} {what} (a run workdir has at least one of '
-                      f'{", ".join(RUN_FILES)})')
+    raise NotAWorkdir(
+      f'{", ".join(bad)} {what} (a run workdir has at least one of {", ".join(RUN_FILES)})'
+    )
 
 
 def _load(workdir: str) -> dict:
@@ -73,11 +75,14 @@ def _load(workdir: str) -> dict:
   # Imported here: baselines brings in JAX, which takes seconds to import and
   # which a command that only reads JSON files does not need before this point.
   from n2n_jax import baselines  # pylint: disable=g-import-not-at-top
+
   try:
-    return {'summary': _read_json(os.path.join(workdir, report.SUMMARY_FILE)),
-            'teacher': _read_json(os.path.join(workdir, TEACHER_FILE)),
-            'records': report.read_metrics(workdir),
-            'baselines': baselines.read_all(workdir)}
+    return {
+      'summary': _read_json(os.path.join(workdir, report.SUMMARY_FILE)),
+      'teacher': _read_json(os.path.join(workdir, TEACHER_FILE)),
+      'records': report.read_metrics(workdir),
+      'baselines': baselines.read_all(workdir),
+    }
   except (OSError, ValueError) as e:  # json.JSONDecodeError and corrupt metrics are ValueErrors
     raise NotAWorkdir(f'{workdir}: cannot read the run in it: {e}') from None
 
@@ -95,6 +100,7 @@ def _default_labels(workdirs) -> list[str]:
 
 # --- result rows ---------------------------------------------------------------------------------
 
+
 def _delta(acc, reference):
   return None if acc is None or reference is None else acc - reference
 
@@ -102,12 +108,20 @@ def _delta(acc, reference):
 def _row(workdir, label, kind, name, params, val, test, teacher, wall=None, **extra) -> dict:
   """One result; compression and deltas are against this workdir's teacher."""
   t_params = teacher.get('params')
-  return {'workdir': workdir, 'label': label, 'kind': kind, 'name': name, 'params': params,
-          'compression': t_params / params if t_params and params else None,
-          'val_accuracy': val, 'test_accuracy': test,
-          'delta_val_accuracy': _delta(val, teacher.get('val_accuracy')),
-          'delta_test_accuracy': _delta(test, teacher.get('test_accuracy')),
-          'wall_seconds': wall, **extra}
+  return {
+    'workdir': workdir,
+    'label': label,
+    'kind': kind,
+    'name': name,
+    'params': params,
+    'compression': t_params / params if t_params and params else None,
+    'val_accuracy': val,
+    'test_accuracy': test,
+    'delta_val_accuracy': _delta(val, teacher.get('val_accuracy')),
+    'delta_test_accuracy': _delta(test, teacher.get('test_accuracy')),
+    'wall_seconds': wall,
+    **extra,
+  }
 
 
 def _teacher(run: dict) -> dict:
@@ -131,45 +145,99 @@ def _stage1_so_far(records: list[dict]) -> dict | None:
     degenerate = r.get('degenerate') or [None] * len(r['rewards'])
     for reward, acc, params, why in zip(r['rewards'], r['accuracies'], r['params'], degenerate):
       if why is None and params and (best is None or reward > best['reward']):
-        best = {'params': params, 'val_accuracy': acc, 'reward': reward,
-                'iteration': r['iteration']}
+        best = {
+          'params': params,
+          'val_accuracy': acc,
+          'reward': reward,
+          'iteration': r['iteration'],
+        }
   return best
 
 
 def _result_rows(workdir: str, label: str, run: dict) -> list[dict]:
   teacher, summary = _teacher(run), run['summary']
-  rows = [_row(workdir, label, 'teacher', teacher.get('name'), teacher.get('params'),
-               teacher.get('val_accuracy'), teacher.get('test_accuracy'), teacher,
-               wall=teacher['seconds'])]
+  rows = [
+    _row(
+      workdir,
+      label,
+      'teacher',
+      teacher.get('name'),
+      teacher.get('params'),
+      teacher.get('val_accuracy'),
+      teacher.get('test_accuracy'),
+      teacher,
+      wall=teacher['seconds'],
+    )
+  ]
   # The stage-1 best was only distilled briefly during the search: it has the
   # validation accuracy the reward saw, and no test accuracy.
   stage1 = summary.get('stage1_best') if summary else _stage1_so_far(run['records'])
   if stage1:
-    rows.append(_row(workdir, label, 'stage1', 'N2N stage 1', stage1['params'],
-                     stage1.get('val_accuracy'), None, teacher, reward=stage1.get('reward'),
-                     iteration=stage1.get('iteration'), partial=summary is None))
+    rows.append(
+      _row(
+        workdir,
+        label,
+        'stage1',
+        'N2N stage 1',
+        stage1['params'],
+        stage1.get('val_accuracy'),
+        None,
+        teacher,
+        reward=stage1.get('reward'),
+        iteration=stage1.get('iteration'),
+        partial=summary is None,
+      )
+    )
   if summary:
     student = summary['student']
-    row = _row(workdir, label, 'n2n', 'N2N stage 1+2', student['params'],
-               student.get('val_accuracy'), student.get('test_accuracy'), teacher,
-               wall=summary.get('wall_seconds'), flops=student.get('flops'),
-               stage=student.get('stage'))
+    row = _row(
+      workdir,
+      label,
+      'n2n',
+      'N2N stage 1+2',
+      student['params'],
+      student.get('val_accuracy'),
+      student.get('test_accuracy'),
+      teacher,
+      wall=summary.get('wall_seconds'),
+      flops=student.get('flops'),
+      stage=student.get('stage'),
+    )
     if summary.get('compression'):
       row['compression'] = summary['compression']
     rows.append(row)
     # The Pareto students trained after the search (final.pareto_max).
     for n, m in enumerate(summary.get('pareto', {}).get('students', []), 1):
-      rows.append(_row(workdir, label, 'pareto', str(n), m['params'],
-                       m.get('val_accuracy'), m.get('test_accuracy'), teacher,
-                       flops=m.get('flops')))
+      rows.append(
+        _row(
+          workdir,
+          label,
+          'pareto',
+          str(n),
+          m['params'],
+          m.get('val_accuracy'),
+          m.get('test_accuracy'),
+          teacher,
+          flops=m.get('flops'),
+        )
+      )
   for name, b in run['baselines'].items():
     student = b.get('student') or {}
     extra = {'flops': student.get('flops')}
     if 'repeats' in b:
       extra['repeats'] = b['repeats']
-    row = _row(workdir, label, b.get('method', 'baseline'), b.get('name', name),
-               student.get('params'), student.get('val_accuracy'),
-               student.get('test_accuracy'), teacher, wall=b.get('wall_seconds'), **extra)
+    row = _row(
+      workdir,
+      label,
+      b.get('method', 'baseline'),
+      b.get('name', name),
+      student.get('params'),
+      student.get('val_accuracy'),
+      student.get('test_accuracy'),
+      teacher,
+      wall=b.get('wall_seconds'),
+      **extra,
+    )
     if row['compression'] is None and b.get('compression'):
       row['compression'] = b['compression']
     rows.append(row)
@@ -177,6 +245,7 @@ def _result_rows(workdir: str, label: str, run: dict) -> list[dict]:
 
 
 # --- search statistics ---------------------------------------------------------------------------
+
 
 def _nan_to_none(x):
   return None if x is None or not math.isfinite(x) else x
@@ -196,10 +265,15 @@ def stage_stats(records: list[dict]) -> dict:
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else None
 
-  return {'iterations': len(records), 'students': students, 'degenerate': degenerate,
-          'mean_reward': mean('mean_reward'), 'mean_accuracy': mean('mean_accuracy'),
-          'mean_compression': mean('mean_compression'),
-          'best_reward': _nan_to_none(max((s['best_reward'] for s in stats), default=None))}
+  return {
+    'iterations': len(records),
+    'students': students,
+    'degenerate': degenerate,
+    'mean_reward': mean('mean_reward'),
+    'mean_accuracy': mean('mean_accuracy'),
+    'mean_compression': mean('mean_compression'),
+    'best_reward': _nan_to_none(max((s['best_reward'] for s in stats), default=None)),
+  }
 
 
 def search_row(workdir: str, label: str, records: list[dict], first: int) -> dict:
@@ -249,9 +323,14 @@ def searches(rows):
 
 # --- tables --------------------------------------------------------------------------------------
 
-MODEL_NAMES = {'teacher': 'Teacher', 'stage1': 'N2N Student (Stage1)',
-               'n2n': 'N2N Student (Stage1+Stage2)', 'pareto': 'N2N Pareto student',
-               'pruning': 'Pruning', 'handdesigned': 'Hand-designed'}
+MODEL_NAMES = {
+  'teacher': 'Teacher',
+  'stage1': 'N2N Student (Stage1)',
+  'n2n': 'N2N Student (Stage1+Stage2)',
+  'pareto': 'N2N Pareto student',
+  'pruning': 'Pruning',
+  'handdesigned': 'Hand-designed',
+}
 VAL_MARK = '†'  # an accuracy that is the search's validation accuracy, not a test accuracy
 
 
@@ -267,11 +346,15 @@ def _shown_accuracy(row: dict) -> tuple[str, str]:
   """(Acc., Δ Acc.) for the paper-style table: test accuracy, or for a row
   with none the validation accuracy, marked, against the teacher's."""
   if row['test_accuracy'] is not None or row['val_accuracy'] is None:
-    return (report.format_accuracy(row['test_accuracy']),
-            report.NA if row['kind'] == 'teacher' else _signed(row['delta_test_accuracy']))
-  return (report.format_accuracy(row['val_accuracy']) + VAL_MARK,
-          _signed(row['delta_val_accuracy']) + (VAL_MARK if row['delta_val_accuracy'] is not None
-                                                else ''))
+    return (
+      report.format_accuracy(row['test_accuracy']),
+      report.NA if row['kind'] == 'teacher' else _signed(row['delta_test_accuracy']),
+    )
+  return (
+    report.format_accuracy(row['val_accuracy']) + VAL_MARK,
+    _signed(row['delta_val_accuracy'])
+    + (VAL_MARK if row['delta_val_accuracy'] is not None else ''),
+  )
 
 
 def _signed(delta) -> str:
@@ -294,11 +377,18 @@ def _results_table(rows) -> tuple[list[str], list[list[str]]]:
 def _results_table_text(rows) -> tuple[list[str], list[list[str]]]:
   """The text form has room for both accuracies and the time taken."""
   header = ['Model', 'Val. acc.', 'Test acc.', '#Params', 'Compr.', 'Δ Test acc.', 'Wall']
-  body = [[_model(r), report.format_accuracy(r['val_accuracy']),
-           report.format_accuracy(r['test_accuracy']), report.format_params(r['params']),
-           _compression(r),
-           report.NA if r['kind'] == 'teacher' else _signed(r['delta_test_accuracy']),
-           report.format_duration(r['wall_seconds'])] for r in results(rows)]
+  body = [
+    [
+      _model(r),
+      report.format_accuracy(r['val_accuracy']),
+      report.format_accuracy(r['test_accuracy']),
+      report.format_params(r['params']),
+      _compression(r),
+      report.NA if r['kind'] == 'teacher' else _signed(r['delta_test_accuracy']),
+      report.format_duration(r['wall_seconds']),
+    ]
+    for r in results(rows)
+  ]
   return header, body
 
 
@@ -308,20 +398,41 @@ def _number(x, digits=4) -> str:
 
 def _search_table(rows) -> tuple[list[str], list[list[str]]]:
   first = searches(rows)[0]['first'] if searches(rows) else 0
-  header = ['Run', 'Stage', 'Iters', 'Students', 'Degenerate',
-            f'Reward (first {first})', f'Acc. (first {first})', f'C (first {first})',
-            'Reward (all)', 'Acc. (all)', 'C (all)', 'Best reward']
+  header = [
+    'Run',
+    'Stage',
+    'Iters',
+    'Students',
+    'Degenerate',
+    f'Reward (first {first})',
+    f'Acc. (first {first})',
+    f'C (first {first})',
+    'Reward (all)',
+    'Acc. (all)',
+    'C (all)',
+    'Best reward',
+  ]
   body = []
   for r in searches(rows):
     for stage in report.STAGES:
       s = r[f'stage{stage}']
       a, f = s['all'], s['first']
-      body.append([r['label'], str(stage), str(a['iterations']), str(a['students']),
-                   str(a['degenerate']),
-                   _number(f['mean_reward']), report.format_accuracy(f['mean_accuracy']),
-                   _number(f['mean_compression'], 3),
-                   _number(a['mean_reward']), report.format_accuracy(a['mean_accuracy']),
-                   _number(a['mean_compression'], 3), _number(a['best_reward'])])
+      body.append(
+        [
+          r['label'],
+          str(stage),
+          str(a['iterations']),
+          str(a['students']),
+          str(a['degenerate']),
+          _number(f['mean_reward']),
+          report.format_accuracy(f['mean_accuracy']),
+          _number(f['mean_compression'], 3),
+          _number(a['mean_reward']),
+          report.format_accuracy(a['mean_accuracy']),
+          _number(a['mean_compression'], 3),
+          _number(a['best_reward']),
+        ]
+      )
   return header, body
 
 
@@ -344,17 +455,23 @@ def _text(header, body) -> list[str]:
 
 def _notes(rows, fmt) -> list[str]:
   first = searches(rows)[0]['first'] if searches(rows) else 0
-  notes = ['Compr. is teacher / student parameters and Δ is in percentage points, both '
-           "against the same workdir's teacher."]
+  notes = [
+    'Compr. is teacher / student parameters and Δ is in percentage points, both '
+    "against the same workdir's teacher."
+  ]
   if any(r['kind'] == 'stage1' for r in results(rows)):
     mark = f'{VAL_MARK} ' if fmt == 'markdown' else ''
-    notes.append(f'{mark}The stage-1 best was only distilled briefly during the search: it has '
-                 'the validation accuracy the reward saw, and no test accuracy.')
+    notes.append(
+      f'{mark}The stage-1 best was only distilled briefly during the search: it has '
+      'the validation accuracy the reward saw, and no test accuracy.'
+    )
   if fmt == 'text' and any(r['kind'] == 'n2n' for r in results(rows)):
     notes.append("The N2N student's wall time includes training its teacher.")
-  notes.append(f'Search statistics are means over policy iterations (first {first}, then all) '
-               'of the per-iteration means: reward counts degenerate students as -1; Acc. and '
-               'C = 1 - student/teacher params are over valid students only.')
+  notes.append(
+    f'Search statistics are means over policy iterations (first {first}, then all) '
+    'of the per-iteration means: reward counts degenerate students as -1; Acc. and '
+    'C = 1 - student/teacher params are over valid students only.'
+  )
   return notes
 
 
@@ -377,8 +494,12 @@ def format_tables(rows, fmt: str = 'text') -> str:
 # --- plot ----------------------------------------------------------------------------------------
 
 MARKERS = {'teacher': '*', 'n2n': 'D', 'pruning': 's', 'handdesigned': '^'}
-PLOT_KINDS = {'teacher': 'teacher', 'n2n': 'N2N stage 1+2', 'pruning': 'pruning',
-              'handdesigned': 'hand-designed'}
+PLOT_KINDS = {
+  'teacher': 'teacher',
+  'n2n': 'N2N stage 1+2',
+  'pruning': 'pruning',
+  'handdesigned': 'hand-designed',
+}
 
 
 def _colours(labels):
@@ -396,21 +517,30 @@ def _plot_results(ax, rows, colours):
     # Runs often share one teacher (a transferred policy, a baseline): each
     # later run's marker is drawn smaller, so that all of them stay visible.
     size = (200 if r['kind'] == 'teacher' else 80) * 0.8 ** runs.index(r['label'])
-    ax.scatter([r['params']], [100 * r['test_accuracy']], s=size,
-               marker=MARKERS.get(r['kind'], 'o'), color=colours[r['label']],
-               edgecolor='black', lw=0.6, zorder=3 + runs.index(r['label']))
+    ax.scatter(
+      [r['params']],
+      [100 * r['test_accuracy']],
+      s=size,
+      marker=MARKERS.get(r['kind'], 'o'),
+      color=colours[r['label']],
+      edgecolor='black',
+      lw=0.6,
+      zorder=3 + runs.index(r['label']),
+    )
   # Two legends: runs by colour, kinds by marker.
   for label, colour in colours.items():
     ax.scatter([], [], marker='o', color=colour, label=label)
   for kind, marker in MARKERS.items():
     if any(r['kind'] == kind for r in results(rows)):
-      ax.scatter([], [], marker=marker, color='0.6', edgecolor='black', lw=0.6,
-                 label=PLOT_KINDS[kind])
+      ax.scatter(
+        [], [], marker=marker, color='0.6', edgecolor='black', lw=0.6, label=PLOT_KINDS[kind]
+      )
   report.params_axis(ax)
   ax.margins(x=0.1, y=0.1)
   ax.set_ylabel('test accuracy (%)')
-  ax.set_title('Test accuracy against size\n(the stage-1 best has no test accuracy: not shown)',
-               fontsize=10)
+  ax.set_title(
+    'Test accuracy against size\n(the stage-1 best has no test accuracy: not shown)', fontsize=10
+  )
   ax.grid(alpha=0.3, which='both')
   ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
 
@@ -424,15 +554,26 @@ def _plot_rewards(ax, stage, per_run, colours, first):
     if rs:
       its = [r['iteration'] for r in rs]
       longest = max(longest, max(its))
-      ax.plot(its, [r['mean_reward'] for r in rs], '-o', ms=3, color=colours[label],
-              label=label)
+      ax.plot(its, [r['mean_reward'] for r in rs], '-o', ms=3, color=colours[label], label=label)
   if longest:
-    ax.axvspan(0.5, min(first, longest) + 0.5, color='0.9', zorder=0,
-               label=f'first {first} iteration{"s" if first > 1 else ""} (statistics)')
+    ax.axvspan(
+      0.5,
+      min(first, longest) + 0.5,
+      color='0.9',
+      zorder=0,
+      label=f'first {first} iteration{"s" if first > 1 else ""} (statistics)',
+    )
     ax.set_xlim(0.5, longest + 0.5)
   else:
-    ax.text(0.5, 0.5, f'no stage-{stage} iterations yet', transform=ax.transAxes,
-            ha='center', va='center', color='0.5')
+    ax.text(
+      0.5,
+      0.5,
+      f'no stage-{stage} iterations yet',
+      transform=ax.transAxes,
+      ha='center',
+      va='center',
+      color='0.5',
+    )
   action = {1: 'layer removal', 2: 'layer shrinkage'}[stage]
   ax.set_title(f'Stage {stage} ({action}): mean reward per iteration', fontsize=10)
   ax.set_ylabel('mean reward')
@@ -461,14 +602,19 @@ def plot(rows, records_by_label: list, path: str) -> str:
 
 # --- command line --------------------------------------------------------------------------------
 
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog='python -m n2n_jax.compare',
-      description='Compare N2N runs (and the baselines run in their workdirs) side by side.')
+    prog='python -m n2n_jax.compare',
+    description='Compare N2N runs (and the baselines run in their workdirs) side by side.',
+  )
   p.add_argument('workdirs', nargs='+', metavar='DIR', help='run workdirs')
-  p.add_argument('--first', type=int, default=10,
-                 help='search statistics over this many first iterations per stage '
-                      '(paper Table 5 uses 10)')
+  p.add_argument(
+    '--first',
+    type=int,
+    default=10,
+    help='search statistics over this many first iterations per stage (paper Table 5 uses 10)',
+  )
   p.add_argument('--format', choices=FORMATS, default='text')
   p.add_argument('--plot', metavar='PATH.png', help='write a comparison figure here')
   p.add_argument('--labels', help='comma-separated names for the DIRs, in order')

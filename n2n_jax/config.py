@@ -148,7 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache, and the program store (program_store.py) in
   # its n2n_programs/ subfolder; '' turns both off.
   c.runtime.compilation_cache_dir = os.path.join(
-      os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'n2n_jax', 'jax')
+    os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'n2n_jax', 'jax'
+  )
   # A compilation cache folder that other users can write to (or that one
   # owns) is not used: its files are executables, which would run as you.
   # True uses it anyway; program store entries must still be signed with your
@@ -240,13 +241,14 @@ def base_config() -> ml_collections.ConfigDict:
 # SGD with momentum 0.9 suits MNIST's lr 0.01, and Adam CIFAR/SVHN's lr 0.001
 # (SGD at 0.001 would barely move in 150 epochs).
 TEACHER_SCHEDULES = {
-    'mnist': dict(epochs=50, batch_size=64, optimizer='sgd', learning_rate=0.01,
-                  decay_epochs=(30,)),
-    'cifar': dict(epochs=150, batch_size=128, optimizer='adam', learning_rate=0.001,
-                  decay_epochs=(80, 120)),
-    # "50 epochs at 0.01, reduced to 0.001 after the 50th": we read it as 50 + 20.
-    'caltech256': dict(epochs=70, batch_size=64, optimizer='sgd', learning_rate=0.01,
-                       decay_epochs=(50,)),
+  'mnist': dict(epochs=50, batch_size=64, optimizer='sgd', learning_rate=0.01, decay_epochs=(30,)),
+  'cifar': dict(
+    epochs=150, batch_size=128, optimizer='adam', learning_rate=0.001, decay_epochs=(80, 120)
+  ),
+  # "50 epochs at 0.01, reduced to 0.001 after the 50th": we read it as 50 + 20.
+  'caltech256': dict(
+    epochs=70, batch_size=64, optimizer='sgd', learning_rate=0.01, decay_epochs=(50,)
+  ),
 }
 
 
@@ -274,8 +276,10 @@ def apply_variant(config, variant: str = ''):
   if variant in ('', None):
     return config
   if variant not in VARIANTS:
-    raise ConfigError(f'unknown config variant {variant!r}; valid variants: '
-                      f'{", ".join(VARIANTS)} (or none: configs/NAME.py)')
+    raise ConfigError(
+      f'unknown config variant {variant!r}; valid variants: '
+      f'{", ".join(VARIANTS)} (or none: configs/NAME.py)'
+    )
   config.data.max_train_examples = 5000
   config.data.validation_fraction = 0.05
   if config.data.source == 'folder':
@@ -374,8 +378,9 @@ def _check_structure(config, reference, prefix='') -> None:
       value = config[key]
     except (KeyError, AttributeError, TypeError):
       raise ConfigError(
-          f'{field} is missing; set fields one at a time (--config.{field}=...) rather than '
-          f'replacing the section --config.{prefix[:-1] or key}') from None
+        f'{field} is missing; set fields one at a time (--config.{field}=...) rather than '
+        f'replacing the section --config.{prefix[:-1] or key}'
+      ) from None
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(f'{field} must be a section of fields, got {_short(value)}')
@@ -391,10 +396,14 @@ _REFERENCE = base_config()
 
 def validate(config) -> None:
   """Checks that need no data: names, ranges and types."""
-  from n2n_jax import distributed, runtime, train as train_lib  # pylint: disable=g-import-not-at-top
+  from n2n_jax import distributed  # pylint: disable=g-import-not-at-top
+  from n2n_jax import runtime  # pylint: disable=g-import-not-at-top
+  from n2n_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f'the config must be an ml_collections.ConfigDict, got '
-                      f'{type(config).__name__}')
+    raise ConfigError(
+      f'the config must be an ml_collections.ConfigDict, got {type(config).__name__}'
+    )
   _check_structure(config, _REFERENCE)
   _one_of(config.mode, MODES, 'mode')
   _int_in(config.seed, 'seed', 0, MAX_INT64, 'a non-negative integer')
@@ -410,16 +419,19 @@ def validate(config) -> None:
   _positive(t.learning_rate, 'teacher.learning_rate', numbers.Real)
   _one_of(t.optimizer, train_lib.OPTIMIZERS, 'teacher.optimizer')
   if any(not _is_int(e) or not 0 <= e <= MAX_COUNT for e in t.decay_epochs):
-    raise ConfigError(f'teacher.decay_epochs must be non-negative integers, '
-                      f'got {_short(t.decay_epochs)}')
+    raise ConfigError(
+      f'teacher.decay_epochs must be non-negative integers, got {_short(t.decay_epochs)}'
+    )
   _positive(t.decay_factor, 'teacher.decay_factor', numbers.Real)
   _non_negative(t.weight_decay, 'teacher.weight_decay')
   if not _is_number(t.momentum) or not 0 <= t.momentum < 1:
     raise ConfigError(f'teacher.momentum must be in [0, 1), got {_short(t.momentum)}')
-  if t.input_shape and (len(t.input_shape) != 3 or not all(
-      _is_int(d) and 1 <= d <= MAX_COUNT for d in t.input_shape)):
-    raise ConfigError(f'teacher.input_shape must be (H, W, C) or empty, got '
-                      f'{_short(t.input_shape)}')
+  if t.input_shape and (
+    len(t.input_shape) != 3 or not all(_is_int(d) and 1 <= d <= MAX_COUNT for d in t.input_shape)
+  ):
+    raise ConfigError(
+      f'teacher.input_shape must be (H, W, C) or empty, got {_short(t.input_shape)}'
+    )
   _int_in(t.num_classes, 'teacher.num_classes', 0, what='an integer >= 0 (0 = from the data)')
   r = config.runtime
   _one_of(r.epoch_mode, train_lib.EPOCH_MODES, 'runtime.epoch_mode')
@@ -430,19 +442,35 @@ def validate(config) -> None:
   _int_in(r.compile_threads, 'runtime.compile_threads', 0, what='an integer >= 0 (0 = auto)')
   _non_negative(r.student_memory_limit_mb, 'runtime.student_memory_limit_mb')
   _one_of(r.distributed, distributed.MODES, 'runtime.distributed')
-  _int_in(r.peer_timeout_seconds, 'runtime.peer_timeout_seconds', 2, 24 * 3600,
-          what='an integer number of seconds from 2 to 86400')
+  _int_in(
+    r.peer_timeout_seconds,
+    'runtime.peer_timeout_seconds',
+    2,
+    24 * 3600,
+    what='an integer number of seconds from 2 to 86400',
+  )
   _one_of(r.share_stage2_program, runtime.SWITCHES, 'runtime.share_stage2_program')
   _one_of(r.share_stage1_programs, runtime.SWITCHES, 'runtime.share_stage1_programs')
   _one_of(r.train_together, runtime.TOGETHER, 'runtime.train_together')
-  _int_in(r.gpu_autotune_level, 'runtime.gpu_autotune_level', 0, 4,
-          what='an integer from 0 (no autotuning) to 4 (XLA default)')
-  _int_in(r.students_per_call, 'runtime.students_per_call', 0,
-          what='an integer >= 0 (0 = search.rollouts)')
+  _int_in(
+    r.gpu_autotune_level,
+    'runtime.gpu_autotune_level',
+    0,
+    4,
+    what='an integer from 0 (no autotuning) to 4 (XLA default)',
+  )
+  _int_in(
+    r.students_per_call,
+    'runtime.students_per_call',
+    0,
+    what='an integer >= 0 (0 = search.rollouts)',
+  )
   if r.student_memory_limit_mb > MAX_INT64 >> 20:
     # Multiplied by 2**20 into a byte count that must fit the int64 JAX reports.
-    raise ConfigError(f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '
-                      f'over the limit of {MAX_INT64 >> 20:,}')
+    raise ConfigError(
+      f'runtime.student_memory_limit_mb is {_short(r.student_memory_limit_mb)}, '
+      f'over the limit of {MAX_INT64 >> 20:,}'
+    )
   _validate_search(config)
   _validate_baselines(config)
 
@@ -453,8 +481,9 @@ def _validate_baselines(config) -> None:
     _positive(p[name], f'pruning.{name}')
   _int_in(p.finetune_steps, 'pruning.finetune_steps', 0)
   if not _is_number(p.fraction_per_step) or not 0 < p.fraction_per_step < 1:
-    raise ConfigError(f'pruning.fraction_per_step must be in (0, 1), '
-                      f'got {_short(p.fraction_per_step)}')
+    raise ConfigError(
+      f'pruning.fraction_per_step must be in (0, 1), got {_short(p.fraction_per_step)}'
+    )
   _positive(p.learning_rate, 'pruning.learning_rate', numbers.Real)
   for name in ('max_accuracy_drop', 'min_accuracy'):
     if not _is_number(p[name]) or not 0 <= p[name] <= 1:
@@ -464,10 +493,15 @@ def _validate_baselines(config) -> None:
 
 
 def _validate_search(config) -> None:
-  from n2n_jax import evaluator, reinforce, reward as reward_lib  # pylint: disable=g-import-not-at-top
+  from n2n_jax import evaluator  # pylint: disable=g-import-not-at-top
+  from n2n_jax import reinforce  # pylint: disable=g-import-not-at-top
+  from n2n_jax import reward as reward_lib  # pylint: disable=g-import-not-at-top
+
   s, p, d, f, k = config.search, config.policy, config.distill, config.final, config.constraints
-  for value, field in ((s.stage1_iterations, 'search.stage1_iterations'),
-                       (s.stage2_iterations, 'search.stage2_iterations')):
+  for value, field in (
+    (s.stage1_iterations, 'search.stage1_iterations'),
+    (s.stage2_iterations, 'search.stage2_iterations'),
+  ):
     _int_in(value, field, 0, what='a non-negative integer')
   _positive(s.rollouts, 'search.rollouts')
   _positive(s.max_dense_inputs, 'search.max_dense_inputs')
@@ -481,8 +515,9 @@ def _validate_search(config) -> None:
   for name in ('removal_hidden', 'shrink_hidden', 'num_layers', 'round_to'):
     _positive(p[name], f'policy.{name}')
   if not p.shrink_actions or any(not _is_number(a) or not 0 < a <= 1 for a in p.shrink_actions):
-    raise ConfigError(f'policy.shrink_actions must be factors in (0, 1], '
-                      f'got {_short(p.shrink_actions)}')
+    raise ConfigError(
+      f'policy.shrink_actions must be factors in (0, 1], got {_short(p.shrink_actions)}'
+    )
   for section, name in ((d, 'distill'), (f, 'final')):
     _positive(section.epochs, f'{name}.epochs')
     _positive(section.batch_size, f'{name}.batch_size')
@@ -507,6 +542,7 @@ def input_of(config, need_data: bool = True) -> tuple:
   images. With need_data=False the teacher's declared shape may stand in for
   data that is not on this machine (describe mode)."""
   from n2n_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+
   t = config.teacher
   declared = (tuple(t.input_shape), t.num_classes) if t.input_shape and t.num_classes else None
   try:
@@ -516,8 +552,10 @@ def input_of(config, need_data: bool = True) -> tuple:
       return declared
     raise
   if declared and declared != (tuple(found[0]), found[1]):
-    raise ConfigError(f'teacher.input_shape/num_classes say {declared} but the data gives '
-                      f'{found}; fix or clear teacher.input_shape and teacher.num_classes')
+    raise ConfigError(
+      f'teacher.input_shape/num_classes say {declared} but the data gives '
+      f'{found}; fix or clear teacher.input_shape and teacher.num_classes'
+    )
   return tuple(found[0]), found[1]
 
 
@@ -532,27 +570,36 @@ def teacher_spec(config, input_shape, num_classes) -> spec_lib.NetSpec:
       with open(t.spec_file, 'rb') as f:
         text = f.read(MAX_SPEC_FILE_BYTES + 1)
     except OSError as e:
-      raise ConfigError(f'teacher.spec_file: cannot read {t.spec_file!r}: '
-                        f'{e.strerror or e}') from None
+      raise ConfigError(
+        f'teacher.spec_file: cannot read {t.spec_file!r}: {e.strerror or e}'
+      ) from None
     if len(text) > MAX_SPEC_FILE_BYTES:
-      raise ConfigError(f'teacher.spec_file {t.spec_file!r} is over {MAX_SPEC_FILE_BYTES:,} '
-                        'bytes; it is not a JSON spec (spec.to_json writes a few KB)')
+      raise ConfigError(
+        f'teacher.spec_file {t.spec_file!r} is over {MAX_SPEC_FILE_BYTES:,} '
+        'bytes; it is not a JSON spec (spec.to_json writes a few KB)'
+      )
     try:
       spec = spec_lib.from_json(text)
     except spec_lib.SpecError as e:
       raise spec_lib.SpecError(f'teacher.spec_file {t.spec_file!r}: {e}') from None
     if spec.input_shape != tuple(input_shape):
-      raise ConfigError(f'teacher.spec_file {t.spec_file!r} is for input {spec.input_shape}, '
-                        f'but the data is {tuple(input_shape)}')
+      raise ConfigError(
+        f'teacher.spec_file {t.spec_file!r} is for input {spec.input_shape}, '
+        f'but the data is {tuple(input_shape)}'
+      )
   else:
     spec = zoo.get(t.name, input_shape, num_classes)
   try:
     spec_lib.validate(spec)
   except spec_lib.SpecError as e:
-    raise ConfigError(f'teacher {spec.name!r} cannot take input {tuple(input_shape)}: {e}') from None
+    raise ConfigError(
+      f'teacher {spec.name!r} cannot take input {tuple(input_shape)}: {e}'
+    ) from None
   if spec_lib.output_shape(spec) != (num_classes,):
-    raise ConfigError(f'teacher {spec.name!r} outputs {spec_lib.output_shape(spec)} but the '
-                      f'data has {num_classes} classes')
+    raise ConfigError(
+      f'teacher {spec.name!r} outputs {spec_lib.output_shape(spec)} but the '
+      f'data has {num_classes} classes'
+    )
   return spec
 
 
@@ -573,9 +620,11 @@ def apply_overrides(config, overrides) -> ml_collections.ConfigDict:
         where = '.'.join(walked) or 'the config'
         names = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         close = difflib.get_close_matches(part, names, n=1)
-        raise ConfigError(f'override {dotted!r}: {where} has no field {part!r}'
-                          + (f' (did you mean {close[0]!r}?)' if close else '')
-                          + (f'; its fields: {", ".join(names)}' if names else ''))
+        raise ConfigError(
+          f'override {dotted!r}: {where} has no field {part!r}'
+          + (f' (did you mean {close[0]!r}?)' if close else '')
+          + (f'; its fields: {", ".join(names)}' if names else '')
+        )
       walked.append(part)
       parent, node = node, node[part]
     if isinstance(node, ml_collections.ConfigDict):

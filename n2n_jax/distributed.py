@@ -31,8 +31,8 @@ import re
 import sys
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
+from jax.experimental import multihost_utils
 
 MODES = ('auto', 'off', 'on')  # config field runtime.distributed
 NUM_PROCESSES = 'JAX_NUM_PROCESSES'
@@ -76,8 +76,9 @@ def initialize(mode: str = 'auto', peer_timeout_seconds: int = 100) -> bool:
   A process that stops answering for `peer_timeout_seconds` is lost: see
   stop_if_a_peer_is_lost."""
   if mode not in MODES:
-    raise DistributedError(f'runtime.distributed={mode!r} is not valid; choose one of '
-                           f'{", ".join(MODES)}')
+    raise DistributedError(
+      f'runtime.distributed={mode!r} is not valid; choose one of {", ".join(MODES)}'
+    )
   if jax.distributed.is_initialized():
     return True
   if mode == 'off' or (mode == 'auto' and launched_as_several() is None):
@@ -87,22 +88,27 @@ def initialize(mode: str = 'auto', peer_timeout_seconds: int = 100) -> bool:
   if count is not None:
     index = _env_int(PROCESS_ID)
     if index is None or not os.environ.get(COORDINATOR):
-      raise DistributedError(f'{NUM_PROCESSES} is set, so {PROCESS_ID} and {COORDINATOR} '
-                             'must be too')
+      raise DistributedError(
+        f'{NUM_PROCESSES} is set, so {PROCESS_ID} and {COORDINATOR} must be too'
+      )
     explicit = dict(num_processes=count, process_id=index)  # JAX reads the address itself
   # n2n_jax handles SIGTERM itself (preemption.py). JAX's preemption service
   # installs a C++ SIGTERM handler that silently replaces Python's, and the
   # run would then ignore a preemption instead of saving and exiting 143.
   jax.config.update('jax_enable_preemption_service', False)
   try:
-    jax.distributed.initialize(**explicit, heartbeat_timeout_seconds=peer_timeout_seconds,
-                               shutdown_timeout_seconds=peer_timeout_seconds)
+    jax.distributed.initialize(
+      **explicit,
+      heartbeat_timeout_seconds=peer_timeout_seconds,
+      shutdown_timeout_seconds=peer_timeout_seconds,
+    )
   except (RuntimeError, ValueError, TypeError) as e:
     why = str(e).strip().splitlines()[0][:300].rstrip('.')
     raise DistributedError(
-        f'jax.distributed.initialize() failed: {why}. Outside Slurm, Open MPI and Cloud TPU '
-        f'set {COORDINATOR}, {NUM_PROCESSES} and {PROCESS_ID} for every process (see '
-        'launch/README.md)') from None
+      f'jax.distributed.initialize() failed: {why}. Outside Slurm, Open MPI and Cloud TPU '
+      f'set {COORDINATOR}, {NUM_PROCESSES} and {PROCESS_ID} for every process (see '
+      'launch/README.md)'
+    ) from None
   # Connect now, and with stdout pointing at stderr: on CPUs, Gloo prints a
   # line to stdout when the processes first meet, which would land in the
   # JSON that the CLI prints there.
@@ -133,8 +139,10 @@ def initialize(mode: str = 'auto', peer_timeout_seconds: int = 100) -> bool:
 
 LOST_PEER_EXIT_CODE = 75  # EX_TEMPFAIL in sysexits.h: run it again
 # What Gloo, gRPC and the coordination service say when a peer is gone.
-_LOST_PEER_TEXT = re.compile(r'Connection (reset|closed) by peer|heartbeat timeout|Socket closed|'
-                             r'tasks are unhealthy|UNAVAILABLE')
+_LOST_PEER_TEXT = re.compile(
+  r'Connection (reset|closed) by peer|heartbeat timeout|Socket closed|'
+  r'tasks are unhealthy|UNAVAILABLE'
+)
 
 
 def _lost_processes(text: str) -> list[int]:
@@ -154,18 +162,24 @@ def lost_peer_message(text: str, this: int, count: int) -> str:
     lost = [0]  # the coordinator runs in process 0: its service is gone
   if not lost and count == 2:
     lost = [1 - this]
-  who = (f'process {", ".join(map(str, lost))} of {count}' if lost
-         else f'another of the {count} processes')
-  return (f'error: process {this} lost contact with {who} (killed, preempted or its machine '
-          'gone); stopping. Run the whole job again to resume from the last checkpoint.')
+  who = (
+    f'process {", ".join(map(str, lost))} of {count}'
+    if lost
+    else f'another of the {count} processes'
+  )
+  return (
+    f'error: process {this} lost contact with {who} (killed, preempted or its machine '
+    'gone); stopping. Run the whole job again to resume from the last checkpoint.'
+  )
 
 
 def stop_if_a_peer_is_lost(error: BaseException) -> None:
   """In a run of several processes, an error saying a peer is gone ends this
   process at once (see above); any other error returns."""
   text = str(error)
-  if not (jax.distributed.is_initialized() and jax.process_count() > 1
-          and _LOST_PEER_TEXT.search(text)):
+  if not (
+    jax.distributed.is_initialized() and jax.process_count() > 1 and _LOST_PEER_TEXT.search(text)
+  ):
     return
   sys.stderr.write(lost_peer_message(text, jax.process_index(), jax.process_count()) + '\n')
   sys.stderr.flush()

@@ -45,7 +45,7 @@ class DistillSettings:
   max_train_examples: int = 0  # train on the first N training examples (0 = all)
 
   @classmethod
-  def from_config(cls, section, **fixed) -> 'DistillSettings':
+  def from_config(cls, section, **fixed) -> DistillSettings:
     """The settings a config section (config.distill, config.final) names,
     field by field, plus `fixed` ones the section does not hold (the loss)."""
     names = [f.name for f in dataclasses.fields(cls) if f.name in section and f.name not in fixed]
@@ -116,24 +116,37 @@ class Evaluator:
   whose `students_per_call` wide networks would not fit the memory limit, or
   whose stacked call fails (out of memory, say), trains one by one."""
 
-  def __init__(self, dataset, teacher_logits, settings: DistillSettings,
-               epoch_mode: str = 'auto', teacher_variables: dict | None = None,
-               memory_limit_bytes: int | None = None, devices=None,
-               compile_ahead: bool = True, mesh=None,
-               program_store: program_store_lib.ProgramStore | None = None,
-               compile_threads: int = 1, *,
-               program_cache: program_cache_lib.ProgramCache | None = None,
-               together: str | None = None, students_per_call: int = 1):
+  def __init__(
+    self,
+    dataset,
+    teacher_logits,
+    settings: DistillSettings,
+    epoch_mode: str = 'auto',
+    teacher_variables: dict | None = None,
+    memory_limit_bytes: int | None = None,
+    devices=None,
+    compile_ahead: bool = True,
+    mesh=None,
+    program_store: program_store_lib.ProgramStore | None = None,
+    compile_threads: int = 1,
+    *,
+    program_cache: program_cache_lib.ProgramCache | None = None,
+    together: str | None = None,
+    students_per_call: int = 1,
+  ):
     if settings.init not in INITS:
       raise ValueError(f'unknown init {settings.init!r}; valid: {", ".join(INITS)}')
     if settings.init == 'teacher' and teacher_variables is None:
       raise ValueError("init='teacher' needs the teacher's variables")
     if teacher_logits.shape[0] != dataset.train_images.shape[0]:
-      raise ValueError(f'teacher_logits has {teacher_logits.shape[0]} rows for '
-                       f'{dataset.train_images.shape[0]} training images')
+      raise ValueError(
+        f'teacher_logits has {teacher_logits.shape[0]} rows for '
+        f'{dataset.train_images.shape[0]} training images'
+      )
     if together is not None and together not in stacked_lib.LOWERINGS:
-      raise ValueError(f'unknown together={together!r}; valid: None, '
-                       f'{", ".join(stacked_lib.LOWERINGS)}')
+      raise ValueError(
+        f'unknown together={together!r}; valid: None, {", ".join(stacked_lib.LOWERINGS)}'
+      )
     if not isinstance(students_per_call, int) or students_per_call < 1:
       raise ValueError(f'students_per_call must be an integer >= 1, got {students_per_call!r}')
     self.dataset = dataset
@@ -144,9 +157,12 @@ class Evaluator:
     total = dataset.train_images.shape[0]
     if settings.max_train_examples and settings.max_train_examples < total:
       # A fixed random subset: splits keep their source's order, which may be sorted by class.
-      keep = np.sort(np.random.default_rng(0).permutation(total)[:settings.max_train_examples])
-      images, labels, teacher_logits = (dataset.train_images[keep], dataset.train_labels[keep],
-                                        teacher_logits[keep])
+      keep = np.sort(np.random.default_rng(0).permutation(total)[: settings.max_train_examples])
+      images, labels, teacher_logits = (
+        dataset.train_images[keep],
+        dataset.train_labels[keep],
+        teacher_logits[keep],
+      )
     else:
       images, labels = dataset.train_images, dataset.train_labels
     self.data = train_lib.Data(images, labels, teacher_logits)
@@ -155,8 +171,10 @@ class Evaluator:
     # split over the mesh's devices, data and state replicated on them.
     self.mesh = mesh
     if mesh is not None and len(self.devices) > 1:
-      raise ValueError('an Evaluator trains students either on several devices or data '
-                       'parallel over a mesh, not both')
+      raise ValueError(
+        'an Evaluator trains students either on several devices or data '
+        'parallel over a mesh, not both'
+      )
     # Stacked students are not split over a mesh.
     self.together = None if mesh is not None else together
     self.students_per_call = students_per_call
@@ -164,8 +182,15 @@ class Evaluator:
     self._lock = threading.Lock()
     self.compile_ahead = compile_ahead
     self.programs = student_programs.StudentPrograms(
-        settings, self.epoch_mode, self._resident, images.shape[0], mesh=mesh,
-        store=program_store, cache=program_cache, compile_threads=compile_threads)
+      settings,
+      self.epoch_mode,
+      self._resident,
+      images.shape[0],
+      mesh=mesh,
+      store=program_store,
+      cache=program_cache,
+      compile_threads=compile_threads,
+    )
     self._warned_fallback = False
 
   @property
@@ -179,8 +204,9 @@ class Evaluator:
     with self._lock:
       if device not in self._copies:
         arrays = (self.data, self.dataset.val_images, self.dataset.val_labels)
-        self._copies[device] = (train_lib.replicate(arrays, self.mesh) if self.mesh
-                                else jax.device_put(arrays, device))
+        self._copies[device] = (
+          train_lib.replicate(arrays, self.mesh) if self.mesh else jax.device_put(arrays, device)
+        )
       return self._copies[device]
 
   def _stacking_for(self, wide: spec_lib.NetSpec) -> tuple | None:
@@ -199,8 +225,10 @@ class Evaluator:
     neither, or whose wide network would not fit the device's memory, runs as
     itself (a broken one then fails with its own SpecError when it trains)."""
     if inside is not None:
-      for fit in (lambda: (padding.widen(spec, inside), None),
-                  lambda: padding.with_switches(spec, inside)):
+      for fit in (
+        lambda: (padding.widen(spec, inside), None),
+        lambda: padding.with_switches(spec, inside),
+      ):
         try:
           wide, on = fit()
           if not self._too_large(wide):
@@ -226,8 +254,10 @@ class Evaluator:
     need = count * training_memory_bytes(spec, self.settings.batch_size)
     if need <= self.memory_limit_bytes:
       return None
-    return (f'too large for device memory: training needs about {need / 2**20:.0f} MB, the '
-            f'limit is {self.memory_limit_bytes / 2**20:.0f} MB')
+    return (
+      f'too large for device memory: training needs about {need / 2**20:.0f} MB, the '
+      f'limit is {self.memory_limit_bytes / 2**20:.0f} MB'
+    )
 
   def _plan(self, jobs, inside) -> list:
     """The calls that train [(spec, key), ...]: (job indices, wide spec to
@@ -266,7 +296,7 @@ class Evaluator:
         spec = wide if wide is not None else self._wide(jobs[indices[0]][0], inside)[0]
         if self._may_compile(spec):
           ahead.append((spec, device, self._stacking_for(wide) if wide is not None else None))
-      self.programs.compile_ahead(ahead[len(self.devices):])
+      self.programs.compile_ahead(ahead[len(self.devices) :])
     results = [None] * len(jobs)
 
     def run(unit, device):
@@ -274,15 +304,15 @@ class Evaluator:
       if wide is None:
         results[indices[0]] = self.train(*jobs[indices[0]], seed, device=device, inside=inside)
       else:
-        for i, r in zip(indices, self._train_stacked([jobs[i] for i in indices], seed, wide,
-                                                      inside, device)):
+        for i, r in zip(
+          indices, self._train_stacked([jobs[i] for i in indices], seed, wide, inside, device)
+        ):
           results[i] = r
 
     fanout.over_devices(units, self.devices, run)
     return results
 
-  def __call__(self, students, keys, seed: int, *,
-               inside: spec_lib.NetSpec | None = None) -> list:
+  def __call__(self, students, keys, seed: int, *, inside: spec_lib.NetSpec | None = None) -> list:
     """The search's scorer (scoring.Scorer): each student distilled and
     scored on the validation split, as `train_many` does."""
     return self.train_many(list(zip(students, keys)), seed, inside=inside)
@@ -300,15 +330,19 @@ class Evaluator:
     except (padding.NotEmbeddable, spec_lib.SpecError):
       return
     if self._may_compile(wide):
-      self.programs.compile_ahead([(wide, device, self._stacking_for(wide))
-                                   for device in self.devices])
+      self.programs.compile_ahead(
+        [(wide, device, self._stacking_for(wide)) for device in self.devices]
+      )
 
-  def _initial_variables(self, program: student_programs.Program, spec, seed: int, places, on) -> dict:
+  def _initial_variables(
+    self, program: student_programs.Program, spec, seed: int, places, on
+  ) -> dict:
     """The student's own initial values (also when it runs padded), from the
     teacher where settings.init says so, placed in the wide network."""
     shapes = program.shapes if places is None else padding.student_shapes(places)
-    variables = models.init_variables(program.model, student_seed(spec, seed),
-                                      spec.input_shape, shapes)
+    variables = models.init_variables(
+      program.model, student_seed(spec, seed), spec.input_shape, shapes
+    )
     if self.settings.init == 'teacher':
       variables, _ = models.inherit_variables(variables, self.teacher_variables)
     return variables if places is None else padding.pad(variables, places, program.shapes, on)
@@ -329,19 +363,24 @@ class Evaluator:
           keys.append(key)
         # Inert copies of the first student fill the call; their results are dropped.
         inert = self.students_per_call - len(jobs)
-        states = program.init_state(jax.device_put(
-            stacked_lib.stack(variables + variables[:1] * inert), device))
+        states = program.init_state(
+          jax.device_put(stacked_lib.stack(variables + variables[:1] * inert), device)
+        )
         keys = jnp.stack(keys + keys[:1] * inert)
         errors = [None] * len(jobs)
         for epoch in range(self.settings.epochs):
           states, metrics = program.runner.run(
-              states, data, jax.vmap(jax.random.fold_in, (0, None))(keys, epoch),
-              self.settings.batch_size)
-          for i, loss in enumerate(metrics['loss'][:len(jobs)]):
+            states,
+            data,
+            jax.vmap(jax.random.fold_in, (0, None))(keys, epoch),
+            self.settings.batch_size,
+          )
+          for i, loss in enumerate(metrics['loss'][: len(jobs)]):
             if errors[i] is None and not np.isfinite(loss):
               errors[i] = f'training loss is {loss} at epoch {epoch + 1}'
-        logits = train_lib.predict(program.model, states.variables, val_images,
-                                   compiled=program.predict)
+        logits = train_lib.predict(
+          program.model, states.variables, val_images, compiled=program.predict
+        )
         finite = stacked_lib.finite(logits)
         accuracy = stacked_lib.accuracies(logits, val_labels)
     except Exception as e:  # pylint: disable=broad-except
@@ -351,21 +390,39 @@ class Evaluator:
         return self._train_stacked(jobs, seed, wide, inside, device)
       if not self._warned_fallback:
         self._warned_fallback = True
-        warnings.warn(f'{len(jobs)} students trained together failed '
-                      f'({str(e).splitlines()[0][:200]}); training them one by one', stacklevel=2)
+        warnings.warn(
+          f'{len(jobs)} students trained together failed '
+          f'({str(e).splitlines()[0][:200]}); training them one by one',
+          stacklevel=2,
+        )
       return [self.train(spec, key, seed, device=device, inside=inside) for spec, key in jobs]
     each = (time.perf_counter() - start - compile_s) / len(jobs)
     results = []
     for i in range(len(jobs)):
       if errors[i] is None and not finite[i]:
         errors[i] = 'validation logits are not finite (NaN or Inf)'
-      results.append(StudentResult(float('nan') if errors[i] else float(accuracy[i]), errors[i],
-                                   each, compile_s if i == 0 else 0.0))
+      results.append(
+        StudentResult(
+          float('nan') if errors[i] else float(accuracy[i]),
+          errors[i],
+          each,
+          compile_s if i == 0 else 0.0,
+        )
+      )
     return results
 
-  def train(self, spec: spec_lib.NetSpec, key, seed: int, *, keep_variables: bool = False,
-            progress=None, device=None, initial_variables: dict | None = None,
-            inside: spec_lib.NetSpec | None = None) -> StudentResult:
+  def train(
+    self,
+    spec: spec_lib.NetSpec,
+    key,
+    seed: int,
+    *,
+    keep_variables: bool = False,
+    progress=None,
+    device=None,
+    initial_variables: dict | None = None,
+    inside: spec_lib.NetSpec | None = None,
+  ) -> StudentResult:
     """Train one student for settings.epochs on `device` (default: the first
     of `devices`) and measure validation accuracy. Failures (a spec that
     cannot be built, a non-finite loss, an error while compiling or running)
@@ -374,11 +431,13 @@ class Evaluator:
     `inside`: see the class docstring; kept variables are the student's own."""
     device = device or self.devices[0]
     with jax.default_device(device):
-      return self._train(spec, key, seed, keep_variables, progress, device, initial_variables,
-                         inside)
+      return self._train(
+        spec, key, seed, keep_variables, progress, device, initial_variables, inside
+      )
 
-  def _train(self, spec, key, seed, keep_variables, progress, device,
-             initial_variables=None, inside=None) -> StudentResult:
+  def _train(
+    self, spec, key, seed, keep_variables, progress, device, initial_variables=None, inside=None
+  ) -> StudentResult:
     start = time.perf_counter()
     compile_s, program = 0.0, None
     try:
@@ -399,38 +458,46 @@ class Evaluator:
       if self.mesh is None:
         state = program.init_state(jax.device_put(variables, device))
       else:
-        state = train_lib.replicate(train_lib.TrainState.create(variables, program.tx),
-                                    self.mesh)
+        state = train_lib.replicate(train_lib.TrainState.create(variables, program.tx), self.mesh)
       for epoch in range(self.settings.epochs):
-        state, metrics = program.runner.run(state, data, jax.random.fold_in(key, epoch),
-                                            self.settings.batch_size)
+        state, metrics = program.runner.run(
+          state, data, jax.random.fold_in(key, epoch), self.settings.batch_size
+        )
         if not np.isfinite(metrics['loss']):
-          return StudentResult(float('nan'), f'training loss is {metrics["loss"]} at epoch '
-                               f'{epoch + 1}', time.perf_counter() - start - compile_s, compile_s)
+          return StudentResult(
+            float('nan'),
+            f'training loss is {metrics["loss"]} at epoch {epoch + 1}',
+            time.perf_counter() - start - compile_s,
+            compile_s,
+          )
         if progress is not None:
           progress(epoch + 1, metrics)
-      logits = train_lib.predict(program.model, state.variables, val_images,
-                                 compiled=program.predict)
+      logits = train_lib.predict(
+        program.model, state.variables, val_images, compiled=program.predict
+      )
       if not train_lib.is_finite(logits):
-        return StudentResult(float('nan'), 'validation logits are not finite (NaN or Inf)',
-                             time.perf_counter() - start - compile_s, compile_s)
+        return StudentResult(
+          float('nan'),
+          'validation logits are not finite (NaN or Inf)',
+          time.perf_counter() - start - compile_s,
+          compile_s,
+        )
       accuracy = train_lib.accuracy_of(logits, val_labels)
     except Exception as e:  # pylint: disable=broad-except
       if program is not None and program.store_key is not None:
         # A stored program that fails is a bad entry (see program_store):
         # drop it and train this student again on freshly compiled programs.
         self.programs.forget(run_spec, device, program)
-        return self._train(spec, key, seed, keep_variables, progress, device, initial_variables,
-                           inside)
+        return self._train(
+          spec, key, seed, keep_variables, progress, device, initial_variables, inside
+        )
       # One broken student must not end a search of hundreds: record why.
       reason = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
       if 'RESOURCE_EXHAUSTED' in reason or 'Out of memory' in reason:
         reason = 'out of device memory: ' + reason
-      return StudentResult(float('nan'), reason, time.perf_counter() - start - compile_s,
-                           compile_s)
+      return StudentResult(float('nan'), reason, time.perf_counter() - start - compile_s, compile_s)
     kept = None
     if keep_variables:
       kept = jax.device_get(state.variables)
       kept = kept if places is None else padding.unpad(kept, places)
     return StudentResult(accuracy, None, time.perf_counter() - start - compile_s, compile_s, kept)
-

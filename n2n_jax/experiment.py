@@ -19,29 +19,44 @@ from n2n_jax import workdir_lock
 
 # Errors that mean "fix your input" or "this run cannot go on", shown without
 # a traceback.
-USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, spec_lib.SpecError,
-               teacher_lib.WorkdirMismatch, teacher_lib.TrainingError, search_lib.ResumeMismatch,
-               search_lib.SearchError, workdir_lock.WorkdirBusy, teacher_lib.TeacherDamaged,
-               checkpoint_lib.CheckpointDamaged, distributed.DistributedError,
-               baselines.BaselineError)
+USER_ERRORS = (
+  config_lib.ConfigError,
+  data_lib.DataError,
+  spec_lib.SpecError,
+  teacher_lib.WorkdirMismatch,
+  teacher_lib.TrainingError,
+  search_lib.ResumeMismatch,
+  search_lib.SearchError,
+  workdir_lock.WorkdirBusy,
+  teacher_lib.TeacherDamaged,
+  checkpoint_lib.CheckpointDamaged,
+  distributed.DistributedError,
+  baselines.BaselineError,
+)
 
 
 def describe(spec: spec_lib.NetSpec) -> dict:
   """A JSON-ready summary of an architecture: counts and its layer list."""
   layers = []
   for i, (layer, stats) in enumerate(zip(spec.layers, spec_lib.layer_stats(spec))):
-    layers.append({'index': i, **spec_lib.layer_to_dict(layer),
-                   'output_shape': list(stats.out_shape), 'params': stats.params,
-                   'flops': stats.flops})
+    layers.append(
+      {
+        'index': i,
+        **spec_lib.layer_to_dict(layer),
+        'output_shape': list(stats.out_shape),
+        'params': stats.params,
+        'flops': stats.flops,
+      }
+    )
   return {
-      'name': spec.name,
-      'input_shape': list(spec.input_shape),
-      'num_classes': spec_lib.num_classes(spec),
-      'params': spec_lib.param_count(spec),
-      'flops': spec_lib.flops(spec),
-      'removable_layers': spec_lib.removable_count(spec),
-      'shrinkable_variables': len(spec_lib.shrink_vars(spec)),
-      'layers': layers,
+    'name': spec.name,
+    'input_shape': list(spec.input_shape),
+    'num_classes': spec_lib.num_classes(spec),
+    'params': spec_lib.param_count(spec),
+    'flops': spec_lib.flops(spec),
+    'removable_layers': spec_lib.removable_count(spec),
+    'shrinkable_variables': len(spec_lib.shrink_vars(spec)),
+    'layers': layers,
   }
 
 
@@ -68,8 +83,9 @@ def run(config, workdir: str | None, out=sys.stdout, *, scorer=None, latency=Non
 
 def _train(config, spec, workdir: str, scorer=None, latency=None) -> dict:
   """The teacher, and in compress mode the search after it, in `workdir`."""
-  runtime.enable_compilation_cache(config.runtime.compilation_cache_dir,
-                                   trust_shared=config.runtime.trust_shared_cache)
+  runtime.enable_compilation_cache(
+    config.runtime.compilation_cache_dir, trust_shared=config.runtime.trust_shared_cache
+  )
   progress = config.runtime.progress and distributed.is_primary()
   dataset = None
 
@@ -81,12 +97,14 @@ def _train(config, spec, workdir: str, scorer=None, latency=None) -> dict:
 
   teacher = teacher_lib.train_or_load(config, spec, workdir, get_dataset, progress=progress)
   if config.mode == 'teacher':
-    result = {k: v for k, v in teacher.record.items()
-              if k not in ('history', 'origin', 'variables_sha256')}
+    result = {
+      k: v for k, v in teacher.record.items() if k not in ('history', 'origin', 'variables_sha256')
+    }
     return dict(result, workdir=workdir)
   if config.mode == 'prune':
     return pruning.run(config, workdir, teacher, get_dataset(), progress=progress)
   if config.mode == 'handdesigned':
     return baselines.run_handdesigned(config, workdir, teacher, get_dataset(), progress=progress)
-  return search_lib.run(config, workdir, teacher, get_dataset(), progress=progress,
-                        scorer=scorer, latency=latency)
+  return search_lib.run(
+    config, workdir, teacher, get_dataset(), progress=progress, scorer=scorer, latency=latency
+  )

@@ -40,8 +40,9 @@ def folder_written_whole(directory: str):
     raise
 
 
-def save_student(directory: str, spec: spec_lib.NetSpec, variables: dict,
-                 info: dict | None = None) -> None:
+def save_student(
+  directory: str, spec: spec_lib.NetSpec, variables: dict, info: dict | None = None
+) -> None:
   """Write DIR/spec.json (the spec plus `info`, e.g. accuracies and the data
   normalisation a user needs to feed it) and DIR/variables/ (orbax), whole or
   not at all: both go into a temporary folder that then replaces DIR
@@ -63,12 +64,15 @@ def load_student(directory: str) -> tuple:
   """(module, variables) ready for `module.apply(variables, images, train=False)`."""
   path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: {directory} holds no exported student '
-                            '(a finished compression run writes WORKDIR/student/)')
+    raise FileNotFoundError(
+      f'{path} not found: {directory} holds no exported student '
+      '(a finished compression run writes WORKDIR/student/)'
+    )
   with open(path) as f:
     spec = spec_lib.from_dict(json.load(f)['spec'])
   model = models.build(spec)
   target = models.variable_shapes(model, spec.input_shape)
   variables = ocp.StandardCheckpointer().restore(
-      os.path.abspath(os.path.join(directory, VARIABLES_DIR)), target)
+    os.path.abspath(os.path.join(directory, VARIABLES_DIR)), target
+  )
   return model, dict(jax.device_put(variables))  # jax.Arrays, though saved from NumPy

@@ -40,8 +40,10 @@ def over_devices(units, devices, run) -> None:
 
   # Daemon threads: a SIGTERM in the main thread ends the process without
   # waiting for students still training (their work is redone on resume).
-  threads = [threading.Thread(target=work, args=(d,), daemon=True)
-             for d in range(min(len(devices), len(units)))]
+  threads = [
+    threading.Thread(target=work, args=(d,), daemon=True)
+    for d in range(min(len(devices), len(units)))
+  ]
   for t in threads:
     t.start()
   for t in threads:

@@ -33,8 +33,15 @@ from n2n_jax import program_store as program_store_lib
 from n2n_jax import spec as spec_lib
 
 
-def measure(spec: spec_lib.NetSpec, batch_size: int = 1, device=None, *, warmup: int = 3,
-            repeats: int = 20, store: program_store_lib.ProgramStore | None = None) -> float:
+def measure(
+  spec: spec_lib.NetSpec,
+  batch_size: int = 1,
+  device=None,
+  *,
+  warmup: int = 3,
+  repeats: int = 20,
+  store: program_store_lib.ProgramStore | None = None,
+) -> float:
   """Median milliseconds of one forward pass of `spec` on `batch_size` images
   on `device` (default: the first local device); `store` keeps the compiled
   forward pass for later processes."""
@@ -64,8 +71,9 @@ def _forward(model, variables, images, device, store):
     if loaded is not None:
       return loaded[0]['forward']
   with program_store_lib.persistent_cache_hits() as hits:
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-        variables, images).compile()
+    forward = (
+      jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
+    )
   # Programs from JAX's own cache serialize incompletely (program_store.py).
   if store is not None and not hits():
     store.save(key, {'forward': forward}, {'spec': spec_json})

@@ -29,11 +29,15 @@ from n2n_jax import runtime
 from n2n_jax import write_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. configs/digits.py.', lock_config=True)
+  'config', None, 'Experiment config file, e.g. configs/digits.py.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Folder for this run: teacher, search checkpoints, metrics, report, '
-    'exported student. Default: runs/NAME for --config=configs/NAME.py (runs/NAME_VARIANT '
-    'for NAME.py:VARIANT).')
+  'workdir',
+  None,
+  'Folder for this run: teacher, search checkpoints, metrics, report, '
+  'exported student. Default: runs/NAME for --config=configs/NAME.py (runs/NAME_VARIANT '
+  'for NAME.py:VARIANT).',
+)
 
 
 def default_workdir(config_argument: str) -> str:
@@ -53,6 +57,7 @@ def main(argv):
   runtime.set_cpu_flags()  # before the first JAX computation starts a backend
   from n2n_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
+
   config = loaded_config()
   workdir = _WORKDIR.value
   try:
@@ -74,8 +79,10 @@ def main(argv):
     if workdir is None and config.mode != 'describe':
       workdir = default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
       if distributed.is_primary():
-        print(f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
-              file=sys.stderr)
+        print(
+          f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
+          file=sys.stderr,
+        )
     experiment.run(config, workdir)
   except experiment.USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
@@ -83,8 +90,9 @@ def main(argv):
   except preemption.Preempted as e:
     # The teacher saved its last finished epoch on the way out; the search
     # saved its last finished iteration when it ended.
-    print(f'{e}: progress is saved in {workdir}; run the same command again to resume',
-          file=sys.stderr)
+    print(
+      f'{e}: progress is saved in {workdir}; run the same command again to resume', file=sys.stderr
+    )
     sys.exit(preemption.EXIT_CODE)
   except Exception as e:  # pylint: disable=broad-except  # full disk, read-only, lost peer
     distributed.stop_if_a_peer_is_lost(e)
@@ -173,21 +181,24 @@ def _name_the_override(message: str, argv) -> str:
   if key:
     named = [p for p in paths if key.group(1) in p.split('.')[1:]]
     if named:
-      rest = message[key.end():].strip()
-      return (f'{named[-1]}: the config has no field {key.group(1)!r}'
-              + (f'. {rest}' if rest else ''))
+      rest = message[key.end() :].strip()
+      return f'{named[-1]}: the config has no field {key.group(1)!r}' + (
+        f'. {rest}' if rest else ''
+      )
   if 'indices must be' in message and paths:
-    return (f'cannot apply {", ".join(paths)}: {message} (a field holding a value was given '
-            'sub-fields)')
+    return (
+      f'cannot apply {", ".join(paths)}: {message} (a field holding a value was given sub-fields)'
+    )
   return message
 
 
 def _usage_error(error):
   message = _clean(error)
   if len(message) > _MAX_MESSAGE_CHARS:  # absl quotes the whole value, however long
-    message = message[:_MAX_MESSAGE_CHARS - 3] + '...'
-  print(f'error: {message}\nSee --help for the flags and configs/*.py for the fields.',
-        file=sys.stderr)
+    message = message[: _MAX_MESSAGE_CHARS - 3] + '...'
+  print(
+    f'error: {message}\nSee --help for the flags and configs/*.py for the fields.', file=sys.stderr
+  )
   sys.exit(2)
 
 

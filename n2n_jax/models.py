@@ -36,6 +36,7 @@ def _pass_through(x, shape):
 class SpecNet(nn.Module):
   """A network interpreting `spec`. Call with (images NHWC, train: bool);
   train=True needs mutable=['batch_stats'] and, with dropout, a 'dropout' rng."""
+
   spec: S.NetSpec
   # Names of layers ('3', '5_main_1') whose outputs z are multiplied by
   # (1 + g), with g read from the 'gates' collection, one value per example
@@ -153,9 +154,11 @@ def inherit_variables(student: dict, teacher: dict) -> tuple:
     kind = name.rsplit('_', 1)[-1]
     for j in range(next_teacher, len(teacher_names)):
       t_name = teacher_names[j]
-      if (t_name.rsplit('_', 1)[-1] == kind
-          and shapes(t_params[t_name]) == shapes(params[name])
-          and shapes(t_stats.get(t_name)) == shapes(stats.get(name))):
+      if (
+        t_name.rsplit('_', 1)[-1] == kind
+        and shapes(t_params[t_name]) == shapes(params[name])
+        and shapes(t_stats.get(t_name)) == shapes(stats.get(name))
+      ):
         params[name] = t_params[t_name]
         if name in stats:
           stats[name] = t_stats[t_name]
@@ -169,21 +172,27 @@ def check_variables(spec: S.NetSpec, variables) -> dict:
   (same layer names and array shapes as init_variables gives), else
   ValueError naming the first that does not fit."""
   if not isinstance(variables, dict) or 'params' not in variables:
-    raise ValueError(f"variables must be a dict with 'params' (and 'batch_stats' for batch "
-                     f"norms), got {type(variables).__name__}")
+    raise ValueError(
+      f"variables must be a dict with 'params' (and 'batch_stats' for batch "
+      f'norms), got {type(variables).__name__}'
+    )
   variables = dict(variables)
   variables.setdefault('batch_stats', {})
   expected = variable_shapes(build(spec), spec.input_shape)
-  want = {jax.tree_util.keystr(p): l.shape
-          for p, l in jax.tree_util.tree_leaves_with_path(expected)}
-  have = {jax.tree_util.keystr(p): np.shape(l)
-          for p, l in jax.tree_util.tree_leaves_with_path(variables)}
+  want = {
+    jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(expected)
+  }
+  have = {
+    jax.tree_util.keystr(p): np.shape(l) for p, l in jax.tree_util.tree_leaves_with_path(variables)
+  }
   for name in sorted(set(want) | set(have)):
     if want.get(name) != have.get(name):
-      raise ValueError(f'variables do not fit {spec.name!r}: {name} is '
-                       f'{have.get(name, "missing")}, the spec needs '
-                       f'{want.get(name, "nothing there")} (layout: models.SpecNet; '
-                       'models.from_linen converts a Linen module\'s own)')
+      raise ValueError(
+        f'variables do not fit {spec.name!r}: {name} is '
+        f'{have.get(name, "missing")}, the spec needs '
+        f'{want.get(name, "nothing there")} (layout: models.SpecNet; '
+        "models.from_linen converts a Linen module's own)"
+      )
   return variables
 
 
@@ -219,12 +228,16 @@ def from_linen(spec: S.NetSpec, variables) -> dict:
     return tree
 
   theirs = layers_of(params)
-  ours = [(S.scope_name((i,), l), type(l).__name__) for i, l in enumerate(spec.layers)
-          if l.width_field is not None or l.per_channel_variables]
+  ours = [
+    (S.scope_name((i,), l), type(l).__name__)
+    for i, l in enumerate(spec.layers)
+    if l.width_field is not None or l.per_channel_variables
+  ]
   kinds = lambda pairs: [k for k, _ in pairs]
   if [k for _, k in ours] != kinds(theirs):
-    raise ValueError(f"the module's layers {kinds(theirs)} are not the spec's "
-                     f"{[k for _, k in ours]} (in order)")
+    raise ValueError(
+      f"the module's layers {kinds(theirs)} are not the spec's {[k for _, k in ours]} (in order)"
+    )
   out = {'params': {}, 'batch_stats': {}}
   for (name, kind), (_, path) in zip(ours, theirs):
     out['params'][name] = dict(get(params, path))

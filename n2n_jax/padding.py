@@ -44,6 +44,7 @@ def widen(student: S.NetSpec, source: S.NetSpec) -> S.NetSpec:
   place in `source` (or its own width, if wider); kernels, strides and all
   other layers stay the student's. Raises NotEmbeddable unless the two have
   the same layers in the same places."""
+
   def walk(mine, theirs, where):
     if len(mine) != len(theirs):
       raise NotEmbeddable(f'{where}: {len(mine)} layers against {len(theirs)}')
@@ -59,8 +60,12 @@ def widen(student: S.NetSpec, source: S.NetSpec) -> S.NetSpec:
         mine, theirs = a.children(), b.children()
         if len(mine) != len(theirs):
           raise NotEmbeddable(f'{here}: {len(mine)} branches against {len(theirs)}')
-        a = a.with_children([walk(x, y, here + ''.join(_where(k) for k in key))
-                             for (key, x), (_, y) in zip(mine, theirs)])
+        a = a.with_children(
+          [
+            walk(x, y, here + ''.join(_where(k) for k in key))
+            for (key, x), (_, y) in zip(mine, theirs)
+          ]
+        )
       elif a != b:
         raise NotEmbeddable(f'{here}: {a} against {b}')
       out.append(a)
@@ -100,15 +105,18 @@ def with_switches(student: S.NetSpec, source: S.NetSpec) -> tuple:
       on.append(float(running))
       matched += running
   if matched < len(mine):
-    raise NotEmbeddable(f'layers[{matched}] ({type(mine[matched]).__name__}) is not the '
-                        'source\'s next layer: the student is not the source with layers removed')
+    raise NotEmbeddable(
+      f'layers[{matched}] ({type(mine[matched]).__name__}) is not the '
+      "source's next layer: the student is not the source with layers removed"
+    )
   switched, shape = [], tuple(student.input_shape)
   for j, layer in enumerate(layers):
     if switchable(layer, shape):
       switched.append(j)
     elif not on[j]:
-      raise NotEmbeddable(f'removed layer {type(layer).__name__} cannot be switched off on '
-                          f'inputs of shape {shape}')
+      raise NotEmbeddable(
+        f'removed layer {type(layer).__name__} cannot be switched off on inputs of shape {shape}'
+      )
     shape = S.sequence_output_shape((layer,), shape)
   wide = S.NetSpec(source.name, source.input_shape, tuple(layers), tuple(switched))
   return wide, np.asarray(on, np.float32)
@@ -130,8 +138,7 @@ def embedding(student: S.NetSpec, wide: S.NetSpec, on=None) -> dict:
   out = {}
 
   def pairs(mine, theirs, prefix, wide_prefix):
-    return [(a, b, prefix + (i,), wide_prefix + (i,))
-            for i, (a, b) in enumerate(zip(mine, theirs))]
+    return [(a, b, prefix + (i,), wide_prefix + (i,)) for i, (a, b) in enumerate(zip(mine, theirs))]
 
   def put(collection, scope, wide_scope, name, index):
     out[(collection, scope, name)] = ((collection, wide_scope, name), index)
@@ -143,15 +150,18 @@ def embedding(student: S.NetSpec, wide: S.NetSpec, on=None) -> dict:
         continue
       scope, wide_scope = S.scope_name(here, a), S.scope_name(there, b)
       if a.channels == S.BLOCK:
-        parts = [(walk(pairs(x, y, here + key, there + key), shape, wide_shape, channels), y)
-                 for (key, x), (_, y) in zip(a.children(), b.children())]
+        parts = [
+          (walk(pairs(x, y, here + key, there + key), shape, wide_shape, channels), y)
+          for (key, x), (_, y) in zip(a.children(), b.children())
+        ]
         if a.combine == 'add':
           if not all(np.array_equal(parts[0][0], part) for part, _ in parts[1:]):
             raise NotEmbeddable(f'{scope}: main path and shortcut channels do not line up')
           channels = parts[0][0]
         else:
-          offsets = np.cumsum([0] + [S.sequence_output_shape(y, wide_shape)[-1]
-                                     for _, y in parts[:-1]])
+          offsets = np.cumsum(
+            [0] + [S.sequence_output_shape(y, wide_shape)[-1] for _, y in parts[:-1]]
+          )
           channels = np.concatenate([part + int(o) for (part, _), o in zip(parts, offsets)])
       else:
         outputs = a.output_channels(channels, shape, wide_shape)
@@ -206,6 +216,7 @@ def pad(variables: dict, places: dict, wide_shapes: dict, on=None) -> dict:
     path, index = where[wide_path]
     wide[np.ix_(*index)] = np.asarray(_get(variables, path))
     return wide
+
   return jax.tree_util.tree_map_with_path(place, dict(wide_shapes))
 
 
@@ -214,5 +225,6 @@ def unpad(wide_variables: dict, places: dict) -> dict:
   tree = {'params': {}, 'batch_stats': {}}
   for (collection, scope, name), (wide_path, index) in places.items():
     tree[collection].setdefault(scope, {})[name] = np.asarray(_get(wide_variables, wide_path))[
-        np.ix_(*index)]
+      np.ix_(*index)
+    ]
   return tree

@@ -23,8 +23,11 @@ STUDENTS_DIR = 'students'
 
 def dominates(a: dict, b: dict) -> bool:
   """Whether `a` is at least as small and as accurate as `b`, and better in one."""
-  return (a['params'] <= b['params'] and a['val_accuracy'] >= b['val_accuracy']
-          and (a['params'] < b['params'] or a['val_accuracy'] > b['val_accuracy']))
+  return (
+    a['params'] <= b['params']
+    and a['val_accuracy'] >= b['val_accuracy']
+    and (a['params'] < b['params'] or a['val_accuracy'] > b['val_accuracy'])
+  )
 
 
 def update(front: list[dict], candidates) -> list[dict]:
@@ -33,8 +36,10 @@ def update(front: list[dict], candidates) -> list[dict]:
   stays), and the members they dominate removed; sorted by params."""
   front = list(front)
   for c in candidates:
-    if any(dominates(m, c) or (m['params'] == c['params']
-                               and m['val_accuracy'] == c['val_accuracy']) for m in front):
+    if any(
+      dominates(m, c) or (m['params'] == c['params'] and m['val_accuracy'] == c['val_accuracy'])
+      for m in front
+    ):
       continue
     front = [m for m in front if not dominates(c, m)] + [c]
   return sorted(front, key=lambda m: (m['params'], -m['val_accuracy']))

@@ -18,7 +18,7 @@ them and `policy.apply(params, ...)` uses them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,7 @@ class RemovalPolicy(nn.Module):
 
   __call__(features (T, F)) -> (logits (T, 2), values (T,) or None).
   """
+
   hidden: int = 30
   num_layers: int = 2
   critic: bool = False
@@ -50,8 +51,7 @@ class RemovalPolicy(nn.Module):
       # parent=None hands the RNNs and cells to the Bidirectional, so the
       # parameters read bilstm_i/forward_rnn/cell rather than being named by
       # creation order at this module's top level.
-      rnns = [nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), parent=None)
-              for _ in range(2)]
+      rnns = [nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), parent=None) for _ in range(2)]
       x = nn.Bidirectional(*rnns, name=f'bilstm_{i}')(x)
     logits = nn.Dense(2, name='logits')(x)
     values = nn.Dense(1, name='value')(x)[:, 0] if self.critic else None
@@ -69,6 +69,7 @@ class ShrinkPolicy(nn.Module):
   values is (T,) with critic=True, else None. The value at step t is read from
   the state before a_t is drawn, so it is a valid baseline for a_t.
   """
+
   num_actions: int = 10
   hidden: int = 50
   num_layers: int = 2
@@ -156,8 +157,9 @@ def init_policy(policy: nn.Module, key, num_features: int) -> dict:
   elif isinstance(policy, RemovalPolicy):
     args = (features,)
   else:
-    raise TypeError(f'not a policy: {type(policy).__name__}; '
-                    'expected RemovalPolicy or ShrinkPolicy')
+    raise TypeError(
+      f'not a policy: {type(policy).__name__}; expected RemovalPolicy or ShrinkPolicy'
+    )
   shapes = jax.eval_shape(policy.init, key, *args)
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)

@@ -94,7 +94,7 @@ def source_version() -> str:
   return digest.hexdigest()
 
 
-def for_cache_dir(cache_dir: str, *, trust_shared: bool = False) -> 'ProgramStore | None':
+def for_cache_dir(cache_dir: str, *, trust_shared: bool = False) -> ProgramStore | None:
   """The store that lives beside JAX's persistent cache in `cache_dir`
   (runtime.compilation_cache_dir); None when that cache is off ('').
   trust_shared: runtime.trust_shared_cache."""
@@ -103,11 +103,12 @@ def for_cache_dir(cache_dir: str, *, trust_shared: bool = False) -> 'ProgramStor
   return ProgramStore(os.path.join(cache_dir, SUBDIR), trust_shared=trust_shared)
 
 
-def for_runtime(runtime_config) -> 'ProgramStore | None':
+def for_runtime(runtime_config) -> ProgramStore | None:
   """for_cache_dir with a config's runtime section (compilation_cache_dir,
   trust_shared_cache)."""
-  return for_cache_dir(runtime_config.compilation_cache_dir,
-                       trust_shared=runtime_config.trust_shared_cache)
+  return for_cache_dir(
+    runtime_config.compilation_cache_dir, trust_shared=runtime_config.trust_shared_cache
+  )
 
 
 _WARNED = set()
@@ -204,8 +205,7 @@ class ProgramStore:
   the caller compiles and saves again. `secret` replaces this user's key
   (user_key()); trust_shared uses a folder other users can write to."""
 
-  def __init__(self, directory: str, *, trust_shared: bool = False,
-               secret: bytes | None = None):
+  def __init__(self, directory: str, *, trust_shared: bool = False, secret: bytes | None = None):
     self.directory = directory
     self.trust_shared = trust_shared
     self._secret = secret
@@ -213,8 +213,16 @@ class ProgramStore:
   def key(self, device, *parts) -> str:
     """The entry name for programs determined by `parts` (reprs must be
     deterministic: specs, frozen dataclasses, shapes) running on `device`."""
-    versions = (FORMAT, jax.__version__, jaxlib.__version__, source_version(),
-                os.environ.get('XLA_FLAGS', ''), device.platform, device.device_kind, device.id)
+    versions = (
+      FORMAT,
+      jax.__version__,
+      jaxlib.__version__,
+      source_version(),
+      os.environ.get('XLA_FLAGS', ''),
+      device.platform,
+      device.device_kind,
+      device.id,
+    )
     return hashlib.sha256(repr((versions,) + parts).encode()).hexdigest()
 
   def _path(self, key: str) -> str:
@@ -226,11 +234,13 @@ class ProgramStore:
     if not self.trust_shared:
       why = writable_by_others(self.directory)
       if why:
-        _warn_once(('shared', self.directory),
-                   f'the program store {self.directory} is not used: {why}, so another user '
-                   'could plant code there that would run as you. Students compile as usual; '
-                   'runtime.trust_shared_cache=True uses it anyway (entries still need your '
-                   'key).')
+        _warn_once(
+          ('shared', self.directory),
+          f'the program store {self.directory} is not used: {why}, so another user '
+          'could plant code there that would run as you. Students compile as usual; '
+          'runtime.trust_shared_cache=True uses it anyway (entries still need your '
+          'key).',
+        )
         return None
     return self._secret if self._secret is not None else user_key()
 
@@ -248,12 +258,14 @@ class ProgramStore:
         data = f.read()
     except OSError:  # missing, or unreadable
       return None
-    tag, body = data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:]
+    tag, body = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]
     if not (data.startswith(MAGIC) and hmac.compare_digest(tag, self._tag(secret, key, body))):
-      _warn_once(('unsigned', self.directory),
-                 f'the program store {self.directory} holds an entry not signed with your '
-                 f'key ({key[:16]}...: damaged, changed, or written by someone else); it is '
-                 'not loaded, and its programs are compiled again')
+      _warn_once(
+        ('unsigned', self.directory),
+        f'the program store {self.directory} holds an entry not signed with your '
+        f'key ({key[:16]}...: damaged, changed, or written by someone else); it is '
+        'not loaded, and its programs are compiled again',
+      )
       self.discard(key)
       return None
     return pickle.loads(zlib.decompress(body))
@@ -275,9 +287,11 @@ class ProgramStore:
       os.replace(tmp, self._path(key))
     except Exception as e:  # pylint: disable=broad-except  # full disk, read-only, unpicklable
       if isinstance(e, OSError):
-        _warn_once(('write', self.directory),
-                   f'the program store {self.directory} cannot be written ({e.strerror}); '
-                   'students compile as usual and their programs are not stored')
+        _warn_once(
+          ('write', self.directory),
+          f'the program store {self.directory} cannot be written ({e.strerror}); '
+          'students compile as usual and their programs are not stored',
+        )
       if tmp is not None:
         with contextlib.suppress(OSError):
           os.remove(tmp)
@@ -292,8 +306,10 @@ class ProgramStore:
         return None
       if any(entry['extras'][name] != value for name, value in expected.items()):
         raise ValueError(f'entry {key} is not for {expected}')
-      programs = {name: serialize_executable.deserialize_and_load(*payload)
-                  for name, payload in entry['programs'].items()}
+      programs = {
+        name: serialize_executable.deserialize_and_load(*payload)
+        for name, payload in entry['programs'].items()
+      }
       return programs, entry['extras']
     except Exception:  # pylint: disable=broad-except  # a damaged entry: compile again
       self.discard(key)

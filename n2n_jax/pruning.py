@@ -57,6 +57,7 @@ _KEY_STREAM = 4  # keys of pruning repeat r: fold_in(fold_in(key(seed), 4), r)
 @dataclasses.dataclass(frozen=True)
 class Prunable:
   """A conv whose filters can be removed, and the variables its width runs through."""
+
   path: tuple  # the conv's spec path
   layer: spec_lib.Conv
   # Variable scopes of the layers with per-channel variables (BatchNorms)
@@ -116,9 +117,15 @@ def _follow(layers, prefix, j, shapes):
     elif layer.channels == spec_lib.FLATTENS:
       flattened = math.prod(shapes[here].in_shape[:2])
     elif layer.width_field is not None:
-      return Prunable(path, layers[j], tuple(batch_norms), spec_lib.scope_name(tap),
-                      math.prod(shapes[tap].out_shape[:2]),
-                      spec_lib.scope_name(here, layer), flattened)
+      return Prunable(
+        path,
+        layers[j],
+        tuple(batch_norms),
+        spec_lib.scope_name(tap),
+        math.prod(shapes[tap].out_shape[:2]),
+        spec_lib.scope_name(here, layer),
+        flattened,
+      )
     elif layer.channels != spec_lib.KEEPS:
       return None  # a Residual or Concat block takes the channels
   return None  # the sequence ends: the width is the block's output (or the logits)
@@ -141,8 +148,9 @@ def _gate_gradient_sums(model, loss_fn, variables, gates, data, idx):
   return {k: jnp.abs(v).sum(0) for k, v in jax.grad(loss)(gates).items()}
 
 
-def taylor_scores(spec: spec_lib.NetSpec, variables: dict, data: train_lib.Data, batches,
-                  loss_fn) -> dict:
+def taylor_scores(
+  spec: spec_lib.NetSpec, variables: dict, data: train_lib.Data, batches, loss_fn
+) -> dict:
   """{conv path: normalised Taylor score per filter} over the training
   examples in `batches` (an array (count, batch) of indices into `data`)."""
   units = prunable_convs(spec)
@@ -160,7 +168,7 @@ def taylor_scores(spec: spec_lib.NetSpec, variables: dict, data: train_lib.Data,
     # for example i, so Molchanov's |(1/M) sum_m dC_i/dz_m z_m| is B/M times
     # its absolute value; averaged over all examples seen.
     theta = np.asarray(sums[u.tap], np.float64) * size / u.positions / batches.size
-    norm = np.sqrt(np.sum(theta ** 2))
+    norm = np.sqrt(np.sum(theta**2))
     scores[u.path] = theta / norm if norm > 0 else theta
   return scores
 
@@ -196,8 +204,9 @@ def prune(spec: spec_lib.NetSpec, variables: dict, remove: dict) -> tuple:
   units = {u.path: u for u in prunable_convs(spec)}
   # Sliced on the host: indexing device arrays would compile a gather for
   # every new shape, seconds per pruning step on a CPU.
-  host = jax.device_get({'params': variables['params'],
-                         'batch_stats': variables.get('batch_stats', {})})
+  host = jax.device_get(
+    {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  )
   params = {k: dict(v) for k, v in host['params'].items()}
   stats = {k: dict(v) for k, v in host['batch_stats'].items()}
   replace = {}
@@ -239,6 +248,7 @@ class Limits:
   """Pruning stops at a network with fewer than `params` parameters or a
   validation accuracy below `val_accuracy`; `reference` describes where the
   limits came from (summary.json's 'reference')."""
+
   params: int
   val_accuracy: float
   reference: dict
@@ -273,34 +283,55 @@ def stopping_limits(config, workdir: str, teacher) -> Limits:
       their_teacher = summary.get('teacher', {}).get('params')
       their_teacher = None if their_teacher is None else int(their_teacher)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-      raise baselines.BaselineError(f'{path} holds no usable N2N student ({e!r}); '
-                                    'it should be the summary mode=compress writes') from None
+      raise baselines.BaselineError(
+        f'{path} holds no usable N2N student ({e!r}); it should be the summary mode=compress writes'
+      ) from None
     teacher_params = spec_lib.param_count(teacher.spec)
     if their_teacher is not None and their_teacher != teacher_params:
       raise baselines.BaselineError(
-          f'{path} compressed a teacher of {their_teacher:,} parameters, but this '
-          f"workdir's teacher has {teacher_params:,}: pruning must start from the same teacher")
-    return Limits(params, val - p.max_accuracy_drop, {
-        'workdir': os.path.abspath(folder), 'params': params, 'val_accuracy': val,
-        'test_accuracy': student.get('test_accuracy'), 'min_params': params,
-        'min_val_accuracy': val - p.max_accuracy_drop})
+        f'{path} compressed a teacher of {their_teacher:,} parameters, but this '
+        f"workdir's teacher has {teacher_params:,}: pruning must start from the same teacher"
+      )
+    return Limits(
+      params,
+      val - p.max_accuracy_drop,
+      {
+        'workdir': os.path.abspath(folder),
+        'params': params,
+        'val_accuracy': val,
+        'test_accuracy': student.get('test_accuracy'),
+        'min_params': params,
+        'min_val_accuracy': val - p.max_accuracy_drop,
+      },
+    )
   if p.reference:
     raise baselines.BaselineError(
-        f'pruning.reference is {p.reference!r}, but {path} does not exist: run '
-        '--config.mode=compress there first, or name the workdir of a finished compression')
+      f'pruning.reference is {p.reference!r}, but {path} does not exist: run '
+      '--config.mode=compress there first, or name the workdir of a finished compression'
+    )
   if not p.min_params and not p.min_accuracy:
     raise baselines.BaselineError(
-        f'pruning stops at the N2N student, and there is none: {path} does not exist. '
-        'Run --config.mode=compress in this workdir first, point --config.pruning.reference '
-        'at a workdir that has one, or set --config.pruning.min_params (and '
-        '--config.pruning.min_accuracy) to stop at those limits instead')
+      f'pruning stops at the N2N student, and there is none: {path} does not exist. '
+      'Run --config.mode=compress in this workdir first, point --config.pruning.reference '
+      'at a workdir that has one, or set --config.pruning.min_params (and '
+      '--config.pruning.min_accuracy) to stop at those limits instead'
+    )
   return _explicit_limits(p)
 
 
 def _explicit_limits(p) -> Limits:
-  return Limits(int(p.min_params), float(p.min_accuracy), {
-      'workdir': None, 'params': None, 'val_accuracy': None, 'test_accuracy': None,
-      'min_params': int(p.min_params), 'min_val_accuracy': float(p.min_accuracy)})
+  return Limits(
+    int(p.min_params),
+    float(p.min_accuracy),
+    {
+      'workdir': None,
+      'params': None,
+      'val_accuracy': None,
+      'test_accuracy': None,
+      'min_params': int(p.min_params),
+      'min_val_accuracy': float(p.min_accuracy),
+    },
+  )
 
 
 # ---- one pruning run
@@ -309,6 +340,7 @@ def _explicit_limits(p) -> Limits:
 @dataclasses.dataclass
 class Pruned:
   """The last acceptable network of one pruning run."""
+
   spec: spec_lib.NetSpec
   variables: dict
   val_accuracy: float
@@ -320,11 +352,12 @@ def _batches(key, num_examples: int, batch_size: int, count: int) -> jax.Array:
   """`count` batches of indices (count, batch), from successive random permutations."""
   per_permutation = max(1, num_examples // batch_size)
   keys = jax.random.split(key, -(-count // per_permutation))
-  return jnp.concatenate([train_lib.epoch_indices(k, num_examples, batch_size)
-                          for k in keys])[:count]
+  return jnp.concatenate([train_lib.epoch_indices(k, num_examples, batch_size) for k in keys])[
+    :count
+  ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hard_soft(soft_weight: float):
   """The final training's loss, one function object per weight: the jitted
   functions here take it as a static argument, so a network seen again (the
@@ -341,8 +374,17 @@ def _train_step(spec: spec_lib.NetSpec, loss_fn, learning_rate: float) -> tuple:
   return tx, jax.jit(train_lib.make_step(models.build(spec), tx, loss_fn))
 
 
-def finetune(spec: spec_lib.NetSpec, variables: dict, data: train_lib.Data, key, loss_fn, *,
-             steps: int, batch_size: int, learning_rate: float) -> dict:
+def finetune(
+  spec: spec_lib.NetSpec,
+  variables: dict,
+  data: train_lib.Data,
+  key,
+  loss_fn,
+  *,
+  steps: int,
+  batch_size: int,
+  learning_rate: float,
+) -> dict:
   """`steps` Adam steps of `loss_fn` on random training batches (train mode)."""
   if not steps:
     return variables
@@ -355,8 +397,18 @@ def finetune(spec: spec_lib.NetSpec, variables: dict, data: train_lib.Data, key,
   return state.variables
 
 
-def prune_until_stop(config, spec, variables, val_accuracy: float, data: train_lib.Data,
-                     dataset, limits: Limits, key, *, log=None) -> Pruned:
+def prune_until_stop(
+  config,
+  spec,
+  variables,
+  val_accuracy: float,
+  data: train_lib.Data,
+  dataset,
+  limits: Limits,
+  key,
+  *,
+  log=None,
+) -> Pruned:
   """Prune, fine-tune and check the stopping rule step by step, from `spec`
   with `variables` (validation accuracy `val_accuracy`); returns the last
   acceptable network. `log(step, removed, params, val_accuracy, reason)` is
@@ -369,15 +421,28 @@ def prune_until_stop(config, spec, variables, val_accuracy: float, data: train_l
     if all(u.filters == 1 for u in prunable_convs(kept.spec)):
       return dataclasses.replace(kept, stopped_because='nothing_prunable')
     score_key, tune_key = jax.random.split(jax.random.fold_in(key, step))
-    scores = taylor_scores(kept.spec, kept.variables, data,
-                           _batches(score_key, num_examples, p.batch_size, p.score_batches),
-                           loss_fn)
+    scores = taylor_scores(
+      kept.spec,
+      kept.variables,
+      data,
+      _batches(score_key, num_examples, p.batch_size, p.score_batches),
+      loss_fn,
+    )
     remove = lowest_filters(kept.spec, scores, p.fraction_per_step)
     spec, variables = prune(kept.spec, kept.variables, remove)
-    variables = finetune(spec, variables, data, tune_key, loss_fn, steps=p.finetune_steps,
-                         batch_size=p.batch_size, learning_rate=p.learning_rate)
-    accuracy = train_lib.accuracy(models.build(spec), variables, dataset.val_images,
-                                  dataset.val_labels)
+    variables = finetune(
+      spec,
+      variables,
+      data,
+      tune_key,
+      loss_fn,
+      steps=p.finetune_steps,
+      batch_size=p.batch_size,
+      learning_rate=p.learning_rate,
+    )
+    accuracy = train_lib.accuracy(
+      models.build(spec), variables, dataset.val_images, dataset.val_labels
+    )
     params = spec_lib.param_count(spec)
     reason = stop_reason(params, accuracy, limits)
     if log is not None:
@@ -403,52 +468,81 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True) -> dic
   base_key = jax.random.fold_in(jax.random.key(config.seed), _KEY_STREAM)
   results, pruning_seconds = [], 0.0
   for r in range(p.repeats):
-    bar = tqdm.tqdm(desc=f'pruning {r + 1}/{p.repeats}', unit='step', disable=not progress,
-                    dynamic_ncols=True)
+    bar = tqdm.tqdm(
+      desc=f'pruning {r + 1}/{p.repeats}', unit='step', disable=not progress, dynamic_ncols=True
+    )
 
     def log(step, removed, params, accuracy, reason, r=r, bar=bar):
       bar.update(1)
       bar.set_postfix(params=f'{params:,}', val=f'{accuracy:.4f}')
       if progress:
         verdict = f'stop ({reason}), keep step {step - 1}' if reason else 'ok'
-        tqdm.tqdm.write(f'pruning {r + 1}/{p.repeats} step {step}: removed {removed} filters, '
-                        f'{params:,} params ({teacher_params / params:.2f}x), val accuracy '
-                        f'{accuracy:.4f} (limits {limits.params:,} params, '
-                        f'{limits.val_accuracy:.4f}): {verdict}', file=sys.stderr)
+        tqdm.tqdm.write(
+          f'pruning {r + 1}/{p.repeats} step {step}: removed {removed} filters, '
+          f'{params:,} params ({teacher_params / params:.2f}x), val accuracy '
+          f'{accuracy:.4f} (limits {limits.params:,} params, '
+          f'{limits.val_accuracy:.4f}): {verdict}',
+          file=sys.stderr,
+        )
 
     began = time.perf_counter()
     try:
-      pruned = prune_until_stop(config, teacher.spec, teacher.variables,
-                                teacher.record['val_accuracy'], data, dataset, limits,
-                                jax.random.fold_in(base_key, r), log=log)
+      pruned = prune_until_stop(
+        config,
+        teacher.spec,
+        teacher.variables,
+        teacher.record['val_accuracy'],
+        data,
+        dataset,
+        limits,
+        jax.random.fold_in(base_key, r),
+        log=log,
+      )
     finally:
       bar.close()
     pruning_seconds += time.perf_counter() - began
     # Named apart from the teacher, for comparison tables and the export.
     spec = dataclasses.replace(pruned.spec, name=f'{teacher.spec.name}_{NAME}')
-    trained = baselines.train_final(config, dataset, teacher_logits, spec,
-                                    progress=progress, initial_variables=pruned.variables,
-                                    desc=f'final training {r + 1}/{p.repeats}')
+    trained = baselines.train_final(
+      config,
+      dataset,
+      teacher_logits,
+      spec,
+      progress=progress,
+      initial_variables=pruned.variables,
+      desc=f'final training {r + 1}/{p.repeats}',
+    )
     results.append((pruned, trained))
 
   # Highest validation accuracy; on a tie the smaller network, then the earlier repeat.
   _, best = max(results, key=lambda pt: (pt[1].val_accuracy, -spec_lib.param_count(pt[1].spec)))
   final_seconds = sum(t.seconds for _, t in results)
   summary = {
-      'method': 'pruning', 'name': NAME,
-      'teacher': baselines.teacher_summary(teacher),
-      'student': baselines.student_summary(best),
-      'compression': teacher_params / spec_lib.param_count(best.spec),
-      'reference': limits.reference,
-      'repeats': [{'params': spec_lib.param_count(t.spec), 'val_accuracy': t.val_accuracy,
-                   'test_accuracy': t.test_accuracy, 'steps': pr.steps,
-                   'stopped_because': pr.stopped_because,
-                   'pruned_val_accuracy': pr.val_accuracy,
-                   'architecture': spec_lib.short_text(t.spec)} for pr, t in results],
-      'settings': p.to_dict(),
-      'wall_seconds': round(time.perf_counter() - start, 2),
-      # 'compile' is the part of 'final' spent compiling, not a third share.
-      'time': {'pruning': round(pruning_seconds, 2), 'final': round(final_seconds, 2),
-               'compile': round(sum(t.compile_seconds for _, t in results), 2)},
+    'method': 'pruning',
+    'name': NAME,
+    'teacher': baselines.teacher_summary(teacher),
+    'student': baselines.student_summary(best),
+    'compression': teacher_params / spec_lib.param_count(best.spec),
+    'reference': limits.reference,
+    'repeats': [
+      {
+        'params': spec_lib.param_count(t.spec),
+        'val_accuracy': t.val_accuracy,
+        'test_accuracy': t.test_accuracy,
+        'steps': pr.steps,
+        'stopped_because': pr.stopped_because,
+        'pruned_val_accuracy': pr.val_accuracy,
+        'architecture': spec_lib.short_text(t.spec),
+      }
+      for pr, t in results
+    ],
+    'settings': p.to_dict(),
+    'wall_seconds': round(time.perf_counter() - start, 2),
+    # 'compile' is the part of 'final' spent compiling, not a third share.
+    'time': {
+      'pruning': round(pruning_seconds, 2),
+      'final': round(final_seconds, 2),
+      'compile': round(sum(t.compile_seconds for _, t in results), 2),
+    },
   }
   return baselines.save(workdir, NAME, summary, best, teacher)

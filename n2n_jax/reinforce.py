@@ -21,7 +21,8 @@ Its running-mean baseline is available as baseline='running_mean'.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -34,19 +35,23 @@ KINDS = ('removal', 'shrink')
 
 # ---- state
 
+
 class PolicyState(flax.struct.PyTreeNode):
   """Everything an iteration boundary needs to resume the policy's training;
   a pytree of arrays, so orbax can checkpoint it as is."""
+
   params: Any
   opt_state: Any
   baseline: jax.Array  # float32 scalar: b for the next update
   num_updates: jax.Array  # int32 scalar: updates applied so far
 
   @classmethod
-  def create(cls, params, optimizer: optax.GradientTransformation,
-             baseline: float = 0.0) -> 'PolicyState':
-    return cls(params, optimizer.init(params), jnp.asarray(baseline, jnp.float32),
-               jnp.zeros((), jnp.int32))
+  def create(
+    cls, params, optimizer: optax.GradientTransformation, baseline: float = 0.0
+  ) -> PolicyState:
+    return cls(
+      params, optimizer.init(params), jnp.asarray(baseline, jnp.float32), jnp.zeros((), jnp.int32)
+    )
 
 
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
@@ -57,6 +62,7 @@ def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
 
 # ---- baselines: (baseline, num_updates, rewards, decay) -> new baseline
 # num_updates counts the updates before this one, so it is 0 on the first.
+
 
 def ema_baseline(baseline, num_updates, rewards, decay):
   """The paper's exponential moving average of past batch-mean rewards. The
@@ -90,16 +96,17 @@ def get_baseline(kind: str) -> Callable:
 def _reinforce_terms(rewards, b, values, step_logp, weights, m, decisions):
   del values, weights, m, decisions
   advantage = rewards - b
-  return (-jnp.mean(advantage * step_logp.sum(-1)), jnp.zeros((), jnp.float32),
-          jnp.mean(advantage))
+  return (-jnp.mean(advantage * step_logp.sum(-1)), jnp.zeros((), jnp.float32), jnp.mean(advantage))
 
 
 def _actor_critic_terms(rewards, b, values, step_logp, weights, m, decisions):
   del b
   advantage = rewards[:, None] - values  # (m, T)
-  return (-jnp.sum(jax.lax.stop_gradient(advantage) * step_logp) / m,
-          jnp.sum(weights * jnp.square(advantage)) / (m * decisions),
-          jnp.sum(weights * advantage) / (m * decisions))
+  return (
+    -jnp.sum(jax.lax.stop_gradient(advantage) * step_logp) / m,
+    jnp.sum(weights * jnp.square(advantage)) / (m * decisions),
+    jnp.sum(weights * advantage) / (m * decisions),
+  )
 
 
 _METHODS = {'reinforce': _reinforce_terms, 'actor_critic': _actor_critic_terms}
@@ -110,15 +117,18 @@ def update_baseline(kind: str, baseline, num_updates, rewards, decay: float = 0.
   """b after seeing this iteration's rewards (float32 scalar)."""
   rewards = jnp.asarray(rewards, jnp.float32)
   num_updates = jnp.asarray(num_updates, jnp.int32)
-  return get_baseline(kind)(jnp.asarray(baseline, jnp.float32), num_updates, rewards,
-                            jnp.float32(decay)).astype(jnp.float32)
+  return get_baseline(kind)(
+    jnp.asarray(baseline, jnp.float32), num_updates, rewards, jnp.float32(decay)
+  ).astype(jnp.float32)
 
 
 # ---- sampling: m rollouts in one compiled call
 
+
 @functools.partial(jax.jit, static_argnames=('policy', 'm'))
-def sample_removal(policy: policies.RemovalPolicy, params, features, mask, key, m: int,
-                   temperature=1.0) -> jax.Array:
+def sample_removal(
+  policy: policies.RemovalPolicy, params, features, mask, key, m: int, temperature=1.0
+) -> jax.Array:
   """(m, T) int32 keep (1) / remove (0) actions. Sites where mask is False
   (not removable) are always kept. The bidirectional policy does not read its
   own actions, so one forward pass serves all m rollouts."""
@@ -128,8 +138,9 @@ def sample_removal(policy: policies.RemovalPolicy, params, features, mask, key, 
 
 
 @functools.partial(jax.jit, static_argnames=('policy', 'm'))
-def sample_shrink(policy: policies.ShrinkPolicy, params, features, key, m: int,
-                  temperature=1.0) -> jax.Array:
+def sample_shrink(
+  policy: policies.ShrinkPolicy, params, features, key, m: int, temperature=1.0
+) -> jax.Array:
   """(m, T) int32 indices into the policy's factor tuple, each rollout drawn
   autoregressively from its own key."""
   features = jnp.asarray(features, jnp.float32)
@@ -143,6 +154,7 @@ def sample_shrink(policy: policies.ShrinkPolicy, params, features, key, m: int,
 
 # ---- per-step terms and log-probabilities
 
+
 def _step_terms(kind, policy, params, features, mask, actions):
   """Per-step log pi(a_t), entropy and value (each (m, T); values None without
   a critic) and the step weights (T,): 1 where the step is a decision."""
@@ -154,8 +166,7 @@ def _step_terms(kind, policy, params, features, mask, actions):
     if values is not None:
       values = jnp.broadcast_to(values, actions.shape)
   else:
-    logits, values = jax.vmap(lambda a: policy.apply(params, features, a, method='score'))(
-        actions)
+    logits, values = jax.vmap(lambda a: policy.apply(params, features, a, method='score'))(actions)
   log_pi = jax.nn.log_softmax(logits)
   step_logp = jnp.sum(jax.nn.one_hot(actions, logits.shape[-1]) * log_pi, -1)
   entropy = -jnp.sum(jnp.exp(log_pi) * log_pi, -1)
@@ -169,16 +180,16 @@ def _step_terms(kind, policy, params, features, mask, actions):
 
 
 @functools.partial(jax.jit, static_argnames='policy')
-def removal_log_probs(policy: policies.RemovalPolicy, params, features, mask,
-                      actions) -> jax.Array:
+def removal_log_probs(policy: policies.RemovalPolicy, params, features, mask, actions) -> jax.Array:
   """log P(a_{1:T}) per rollout, (m,): summed over removable sites only (the
   others were forced, not chosen)."""
   return _step_terms('removal', policy, params, features, mask, actions)[0].sum(-1)
 
 
 @functools.partial(jax.jit, static_argnames='policy')
-def shrink_log_probs(policy: policies.ShrinkPolicy, params, features, actions,
-                     mask=None) -> jax.Array:
+def shrink_log_probs(
+  policy: policies.ShrinkPolicy, params, features, actions, mask=None
+) -> jax.Array:
   """log P(a_{1:T}) per rollout, (m,), by teacher forcing; mask (T,) bool, if
   given, leaves steps out of the sum (they still feed the next step)."""
   return _step_terms('shrink', policy, params, features, mask, actions)[0].sum(-1)
@@ -186,9 +197,16 @@ def shrink_log_probs(policy: policies.ShrinkPolicy, params, features, actions,
 
 # ---- the update
 
-def make_update(policy, optimizer: optax.GradientTransformation, kind: str,
-                method: str = 'reinforce', baseline: str = 'ema',
-                baseline_decay: float = 0.9, value_weight: float = 0.5) -> Callable:
+
+def make_update(
+  policy,
+  optimizer: optax.GradientTransformation,
+  kind: str,
+  method: str = 'reinforce',
+  baseline: str = 'ema',
+  baseline_decay: float = 0.9,
+  value_weight: float = 0.5,
+) -> Callable:
   """One jitted `update(state, features, mask, actions, rewards) -> (state,
   metrics)`: a single optimiser step on this iteration's m rollouts.
 
@@ -223,16 +241,19 @@ def make_update(policy, optimizer: optax.GradientTransformation, kind: str,
     raise ValueError("method 'actor_critic' needs a policy built with critic=True")
 
   def loss_fn(params, b, features, mask, actions, rewards):
-    step_logp, entropy, values, weights = _step_terms(
-        kind, policy, params, features, mask, actions)
+    step_logp, entropy, values, weights = _step_terms(kind, policy, params, features, mask, actions)
     m = rewards.shape[0]
     decisions = jnp.maximum(weights.sum(), 1.0)  # 1 if no step is a decision
     policy_loss, value_loss, mean_advantage = _METHODS[method](
-        rewards, b, values, step_logp, weights, m, decisions)
+      rewards, b, values, step_logp, weights, m, decisions
+    )
     loss = policy_loss + value_weight * value_loss
-    aux = {'policy_loss': policy_loss, 'value_loss': value_loss,
-           'advantage': mean_advantage,
-           'entropy': jnp.sum(weights * entropy) / (m * decisions)}
+    aux = {
+      'policy_loss': policy_loss,
+      'value_loss': value_loss,
+      'advantage': mean_advantage,
+      'entropy': jnp.sum(weights * entropy) / (m * decisions),
+    }
     return loss, aux
 
   @jax.jit
@@ -241,18 +262,28 @@ def make_update(policy, optimizer: optax.GradientTransformation, kind: str,
     actions = jnp.asarray(actions, jnp.int32)
     rewards = jnp.asarray(rewards, jnp.float32)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.baseline, features, mask, actions, rewards)
+      state.params, state.baseline, features, mask, actions, rewards
+    )
     changes, opt_state = optimizer.update(grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)
     new = PolicyState(
-        params=optax.apply_updates(state.params, changes), opt_state=opt_state,
-        baseline=baseline_fn(state.baseline, state.num_updates, rewards,
-                             jnp.float32(baseline_decay)).astype(jnp.float32),
-        num_updates=state.num_updates + 1)
+      params=optax.apply_updates(state.params, changes),
+      opt_state=opt_state,
+      baseline=baseline_fn(
+        state.baseline, state.num_updates, rewards, jnp.float32(baseline_decay)
+      ).astype(jnp.float32),
+      num_updates=state.num_updates + 1,
+    )
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = dict(aux, loss=loss, grad_norm=grad_norm, baseline=state.baseline,
-                   reward=jnp.mean(rewards), finite=finite)
+    metrics = dict(
+      aux,
+      loss=loss,
+      grad_norm=grad_norm,
+      baseline=state.baseline,
+      reward=jnp.mean(rewards),
+      finite=finite,
+    )
     return new, metrics
 
   return update

@@ -32,6 +32,7 @@ COLOURS = {'reward': 'tab:orange', 'accuracy': 'tab:green', 'compression': 'tab:
 
 # --- JSON ----------------------------------------------------------------------------------------
 
+
 def _to_builtin(x):
   """json's fallback: the search hands over numpy / jax scalars and arrays."""
   if hasattr(x, 'tolist'):  # numpy and jax arrays and scalars alike
@@ -59,6 +60,7 @@ def _fsync_dir(directory: str):
 
 # --- metrics.jsonl -------------------------------------------------------------------------------
 
+
 def _parse_lines(data: bytes, path: str):
   """(records, end of the last good line, problem with the last line or None).
   A bad line before the last is corruption, not a crash, and raises."""
@@ -77,9 +79,11 @@ def _parse_lines(data: bytes, path: str):
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
       if is_last:
         return records, good_end, f'{path} line {number} is incomplete ({e}); ignoring it'
-      raise ValueError(f'{path} line {number} is corrupted ({e}): {raw[:80]!r}. '
-                       'Only the last line may be cut short by a crash; fix or '
-                       'remove this line by hand.') from None
+      raise ValueError(
+        f'{path} line {number} is corrupted ({e}): {raw[:80]!r}. '
+        'Only the last line may be cut short by a crash; fix or '
+        'remove this line by hand.'
+      ) from None
     records.append(record)
     offset += len(raw) + 1
     good_end = offset
@@ -114,8 +118,9 @@ class MetricsWriter:
     if records is None:
       self._repair_tail()
     else:
-      atomic.write_text(self.path, ''.join(_dumps(r, separators=(',', ':')) + '\n'
-                                           for r in records))
+      atomic.write_text(
+        self.path, ''.join(_dumps(r, separators=(',', ':')) + '\n' for r in records)
+      )
 
   def _repair_tail(self):
     """A run resumed after a crash would glue its first line onto a cut one and
@@ -152,6 +157,7 @@ class MetricsWriter:
 
 # --- per-record statistics -----------------------------------------------------------------------
 
+
 def _valid_mask(record: dict) -> np.ndarray:
   """Rollouts that made a real student: not degenerate and with a size."""
   degenerate = record.get('degenerate') or [None] * len(record['rewards'])
@@ -174,16 +180,17 @@ def iteration_stats(record: dict) -> dict:
   accuracies = np.asarray(record['accuracies'], dtype=float)[valid]
   compressions = relative_compression(np.asarray(record['compressions'], dtype=float)[valid])
   return {
-      'mean_reward': float(record['mean_reward']),
-      'best_reward': float(record['best_reward']),
-      'mean_accuracy': float(accuracies.mean()) if valid.any() else math.nan,
-      'mean_compression': float(compressions.mean()) if valid.any() else math.nan,
-      'baseline': float(record['baseline']),
-      'policy_loss': float(record['policy_loss']),
+    'mean_reward': float(record['mean_reward']),
+    'best_reward': float(record['best_reward']),
+    'mean_accuracy': float(accuracies.mean()) if valid.any() else math.nan,
+    'mean_compression': float(compressions.mean()) if valid.any() else math.nan,
+    'baseline': float(record['baseline']),
+    'policy_loss': float(record['policy_loss']),
   }
 
 
 # --- TensorBoard ---------------------------------------------------------------------------------
+
 
 class TensorBoardWriter:
   """Scalars per iteration under WORKDIR/tensorboard/, tagged stage{1,2}/NAME, at
@@ -191,13 +198,20 @@ class TensorBoardWriter:
   stage 2 continues where stage 1 ended). When resuming, pass
   first_step=len(read_metrics(workdir)) so steps keep matching that index."""
 
-  TAGS = ('mean_reward', 'best_reward', 'mean_accuracy', 'mean_compression', 'baseline',
-          'policy_loss')
+  TAGS = (
+    'mean_reward',
+    'best_reward',
+    'mean_accuracy',
+    'mean_compression',
+    'baseline',
+    'policy_loss',
+  )
 
   def __init__(self, workdir: str, first_step: int = 0):
     # tensorboardX is pure Python (no TensorFlow); imported here so that reading
     # metrics and plotting do not need it.
     import tensorboardX
+
     self.logdir = os.path.join(workdir, TENSORBOARD_DIR)
     self._writer = tensorboardX.SummaryWriter(logdir=self.logdir)
     self._step = first_step
@@ -228,6 +242,7 @@ class TensorBoardWriter:
 
 # --- plots ---------------------------------------------------------------------------------------
 
+
 def _by_stage(records: list[dict]) -> dict:
   out = {}
   for record in records:
@@ -239,8 +254,9 @@ def _save(fig: Figure, path: str) -> str:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   # Written whole or not at all (atomic.py): a reader never opens half a PNG.
-  return atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches='tight'),
-                           suffix='.png')
+  return atomic.write_with(
+    path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches='tight'), suffix='.png'
+  )
 
 
 def _legend_below(ax):
@@ -261,21 +277,58 @@ def stage_figure(stage: int, records: list[dict]) -> Figure:
     x = np.full(len(valid), r['iteration'], dtype=float)
     rewards = np.asarray(r['rewards'], dtype=float)
     ax.scatter(x[valid], rewards[valid], s=14, color=COLOURS['reward'], alpha=0.3, lw=0)
-    ax.scatter(x[~valid], rewards[~valid], s=22, color=COLOURS['reward'], alpha=0.5,
-               marker='x', lw=1)
-    ax.scatter(x[valid], np.asarray(r['accuracies'], dtype=float)[valid], s=14,
-               color=COLOURS['accuracy'], alpha=0.3, lw=0)
-    ax.scatter(x[valid], relative_compression(np.asarray(r['compressions'])[valid]), s=14,
-               color=COLOURS['compression'], alpha=0.3, lw=0)
+    ax.scatter(
+      x[~valid], rewards[~valid], s=22, color=COLOURS['reward'], alpha=0.5, marker='x', lw=1
+    )
+    ax.scatter(
+      x[valid],
+      np.asarray(r['accuracies'], dtype=float)[valid],
+      s=14,
+      color=COLOURS['accuracy'],
+      alpha=0.3,
+      lw=0,
+    )
+    ax.scatter(
+      x[valid],
+      relative_compression(np.asarray(r['compressions'])[valid]),
+      s=14,
+      color=COLOURS['compression'],
+      alpha=0.3,
+      lw=0,
+    )
 
-  ax.plot(its, [s['mean_reward'] for s in stats], '-o', ms=4, color=COLOURS['reward'],
-          label='reward (mean)')
-  ax.plot(its, [s['best_reward'] for s in stats], '--', color=COLOURS['reward'], alpha=0.8,
-          label='best reward so far')
-  ax.plot(its, [s['mean_accuracy'] for s in stats], '-o', ms=4, color=COLOURS['accuracy'],
-          label='accuracy (mean)')
-  ax.plot(its, [s['mean_compression'] for s in stats], '-o', ms=4,
-          color=COLOURS['compression'], label='compression C = 1 - student/teacher (mean)')
+  ax.plot(
+    its,
+    [s['mean_reward'] for s in stats],
+    '-o',
+    ms=4,
+    color=COLOURS['reward'],
+    label='reward (mean)',
+  )
+  ax.plot(
+    its,
+    [s['best_reward'] for s in stats],
+    '--',
+    color=COLOURS['reward'],
+    alpha=0.8,
+    label='best reward so far',
+  )
+  ax.plot(
+    its,
+    [s['mean_accuracy'] for s in stats],
+    '-o',
+    ms=4,
+    color=COLOURS['accuracy'],
+    label='accuracy (mean)',
+  )
+  ax.plot(
+    its,
+    [s['mean_compression'] for s in stats],
+    '-o',
+    ms=4,
+    color=COLOURS['compression'],
+    label='compression C = 1 - student/teacher (mean)',
+  )
   if any(not _valid_mask(r).all() for r in records):
     # A proxy so the legend explains the x markers.
     ax.scatter([], [], marker='x', color=COLOURS['reward'], label='degenerate student (reward)')
@@ -283,9 +336,12 @@ def stage_figure(stage: int, records: list[dict]) -> Figure:
 
   n_students = sum(len(r['rewards']) for r in records)
   action = {1: 'layer removal', 2: 'layer shrinkage'}.get(stage, f'stage {stage}')
-  ax.set_title(f'Stage {stage} ({action}): reward, accuracy and compression per iteration\n'
-               f'{len(records)} iterations, {n_students} students; faint points are single '
-               'students', fontsize=10)
+  ax.set_title(
+    f'Stage {stage} ({action}): reward, accuracy and compression per iteration\n'
+    f'{len(records)} iterations, {n_students} students; faint points are single '
+    'students',
+    fontsize=10,
+  )
   ax.set_xlabel('policy iteration')
   ax.set_ylabel('score')
   if len(its):
@@ -299,8 +355,10 @@ def stage_figure(stage: int, records: list[dict]) -> Figure:
 def plot_search(records: list[dict], path_prefix: str) -> list[str]:
   """Figure 3: per stage, reward, accuracy and compression against iteration.
   Writes {path_prefix}_stage1.png and, if stage 2 ran, _stage2.png; returns the paths."""
-  return [_save(stage_figure(stage, rs), f'{path_prefix}_stage{stage}.png')
-          for stage, rs in _by_stage(records).items()]
+  return [
+    _save(stage_figure(stage, rs), f'{path_prefix}_stage{stage}.png')
+    for stage, rs in _by_stage(records).items()
+  ]
 
 
 def _accuracy(d: dict):
@@ -317,14 +375,16 @@ def params_axis(ax) -> None:
   a run often spans less than a decade."""
   ax.set_xscale('log')
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: format_params(v)))
-  ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
-      lambda v, _: format_params(v) if f'{v:.0e}'[0] in '25' else ''))
+  ax.xaxis.set_minor_formatter(
+    ticker.FuncFormatter(lambda v, _: format_params(v) if f'{v:.0e}'[0] in '25' else '')
+  )
   ax.tick_params(axis='x', which='minor', labelsize=7)
   ax.set_xlabel('#params (log scale)')
 
 
-def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, path: str,
-                            pareto_students=()) -> str:
+def plot_accuracy_vs_params(
+  records: list[dict], teacher: dict, chosen: dict, path: str, pareto_students=()
+) -> str:
   """Every sampled non-degenerate student as a point (x = #params, log scale;
   y = validation accuracy), the teacher and the chosen student marked, and
   the trained Pareto students (summary['pareto']['students']) at their
@@ -332,8 +392,9 @@ def plot_accuracy_vs_params(records: list[dict], teacher: dict, chosen: dict, pa
   return _save(accuracy_vs_params_figure(records, teacher, chosen, pareto_students), path)
 
 
-def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict,
-                              pareto_students=()) -> Figure:
+def accuracy_vs_params_figure(
+  records: list[dict], teacher: dict, chosen: dict, pareto_students=()
+) -> Figure:
   """plot_accuracy_vs_params's figure, not yet saved."""
   fig = Figure(figsize=(8, 5))
   ax = fig.add_subplot()
@@ -344,8 +405,15 @@ def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict,
       valid = _valid_mask(r)
       params += list(np.asarray(r['params'], dtype=float)[valid])
       acc += list(np.asarray(r['accuracies'], dtype=float)[valid] * 100)
-    ax.scatter(params, acc, s=16, alpha=0.5, lw=0, color='tab:blue' if stage == 1 else 'tab:purple',
-               label=f'stage {stage} students ({len(params)})')
+    ax.scatter(
+      params,
+      acc,
+      s=16,
+      alpha=0.5,
+      lw=0,
+      color='tab:blue' if stage == 1 else 'tab:purple',
+      label=f'stage {stage} students ({len(params)})',
+    )
     all_params += params
     all_acc += acc
 
@@ -353,39 +421,58 @@ def accuracy_vs_params_figure(records: list[dict], teacher: dict, chosen: dict,
     # The best accuracy reachable at each size or smaller: the trade-off the search explores.
     order = np.argsort(all_params)
     front = np.maximum.accumulate(np.asarray(all_acc)[order])
-    ax.step(np.asarray(all_params)[order], front, where='post', color='0.4', lw=1,
-            label='best accuracy at this size or less')
+    ax.step(
+      np.asarray(all_params)[order],
+      front,
+      where='post',
+      color='0.4',
+      lw=1,
+      label='best accuracy at this size or less',
+    )
 
   def mark(d, marker, colour, label, side):
     acc = _accuracy(d)
     if d.get('params') is None or acc is None:
       return
     x, y = float(d['params']), acc * 100
-    ax.scatter([x], [y], s=140, marker=marker, color=colour, edgecolor='black', zorder=5,
-               label=label)
+    ax.scatter(
+      [x], [y], s=140, marker=marker, color=colour, edgecolor='black', zorder=5, label=label
+    )
     # Text inwards: the teacher is the largest model, the chosen student among the smallest.
-    ax.annotate(f'{label}\n{format_params(d["params"])}, {y:.2f}%', (x, y),
-                textcoords='offset points', xytext=(-12 if side == 'left' else 12, 0),
-                ha='right' if side == 'left' else 'left', va='center',
-                fontsize=8,
-                bbox={'boxstyle': 'round', 'fc': 'white', 'alpha': 0.8, 'lw': 0})
+    ax.annotate(
+      f'{label}\n{format_params(d["params"])}, {y:.2f}%',
+      (x, y),
+      textcoords='offset points',
+      xytext=(-12 if side == 'left' else 12, 0),
+      ha='right' if side == 'left' else 'left',
+      va='center',
+      fontsize=8,
+      bbox={'boxstyle': 'round', 'fc': 'white', 'alpha': 0.8, 'lw': 0},
+    )
 
   mark(teacher, '*', 'gold', f'teacher {teacher.get("name", "")}'.strip(), 'left')
   mark(chosen, 'D', 'tab:red', 'chosen student', 'right')
   for n, member in enumerate(pareto_students, 1):
-    mark(member, 's', 'tab:green',
-         f'Pareto student {n} (test {format_accuracy(member.get("test_accuracy"))})', 'right')
+    mark(
+      member,
+      's',
+      'tab:green',
+      f'Pareto student {n} (test {format_accuracy(member.get("test_accuracy"))})',
+      'right',
+    )
   params_axis(ax)
   ax.margins(x=0.08, y=0.12)
   ax.set_ylabel('validation accuracy (%)')
-  ax.set_title('Sampled students: accuracy against size (degenerate students left out)',
-               fontsize=10)
+  ax.set_title(
+    'Sampled students: accuracy against size (degenerate students left out)', fontsize=10
+  )
   ax.grid(alpha=0.3, which='both')
   _legend_below(ax)
   return fig
 
 
 # --- summary.json and report.md ------------------------------------------------------------------
+
 
 def write_json(path: str, obj) -> str:
   """Writes `obj` as indented JSON atomically: readers see the old or the new
@@ -483,41 +570,51 @@ def _run_lines(summary: dict, records: list[dict]) -> list[str]:
         reasons[reason] = reasons.get(reason, 0) + 1
   n_degenerate = sum(reasons.values())
   share = f' ({100 * n_degenerate / total:.1f}%)' if total else ''
-  why = '; '.join(f'{n} x {reason}' for reason, n in
-                  sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-  lines.append(f'- Degenerate students (reward -1): {n_degenerate}{share}'
-               + (f': {why}.' if why else '.'))
+  why = '; '.join(
+    f'{n} x {reason}' for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+  )
+  lines.append(
+    f'- Degenerate students (reward -1): {n_degenerate}{share}' + (f': {why}.' if why else '.')
+  )
   shared = [s for s, rs in stages.items() if any(r.get('shared_program') for r in rs)]
   if 1 in shared:
-    lines.append("- Stage 1 trained its students inside the teacher's compiled programs where "
-                 'they fit, removed layers switched off (runtime.share_stage1_programs): the '
-                 'same results as on their own programs up to floating-point rounding, except '
-                 'for dropout masks.')
+    lines.append(
+      "- Stage 1 trained its students inside the teacher's compiled programs where "
+      'they fit, removed layers switched off (runtime.share_stage1_programs): the '
+      'same results as on their own programs up to floating-point rounding, except '
+      'for dropout masks.'
+    )
   if 2 in shared:
-    lines.append("- Stage 2 trained its students inside their source's compiled program "
-                 '(runtime.share_stage2_program): the same results as on their own programs '
-                 'up to floating-point rounding, except for dropout masks.')
-  best = ', '.join(f'stage {s} {max(r["best_reward"] for r in rs):.4f}'
-                   for s, rs in stages.items())
+    lines.append(
+      "- Stage 2 trained its students inside their source's compiled program "
+      '(runtime.share_stage2_program): the same results as on their own programs '
+      'up to floating-point rounding, except for dropout masks.'
+    )
+  best = ', '.join(f'stage {s} {max(r["best_reward"] for r in rs):.4f}' for s, rs in stages.items())
   if best:
     lines.append(f'- Best reward: {best}.')
   student = summary.get('student') or {}
   if student.get('latency_ms') is not None:
-    lines.append(f'- Student inference time: {student["latency_ms"]:.3g} ms per batch of '
-                 f'{student["latency_batch_size"]} (median of timed forward passes; see '
-                 'n2n_jax/latency.py).')
+    lines.append(
+      f'- Student inference time: {student["latency_ms"]:.3g} ms per batch of '
+      f'{student["latency_batch_size"]} (median of timed forward passes; see '
+      'n2n_jax/latency.py).'
+    )
   wall = summary.get('wall_seconds')
   parts = summary.get('time') or {}
   if wall is not None or parts:
     split = ', '.join(
-        f'{name} {format_duration(t)}' + (f' ({100 * t / wall:.0f}%)' if wall else '')
-        for name, t in parts.items() if t is not None)
+      f'{name} {format_duration(t)}' + (f' ({100 * t / wall:.0f}%)' if wall else '')
+      for name, t in parts.items()
+      if t is not None
+    )
     lines.append(f'- Wall time: {format_duration(wall)}' + (f' ({split}).' if split else '.'))
   return lines
 
 
-def write_report(summary: dict, records: list[dict], path: str,
-                 plots: list[str] | None = None) -> str:
+def write_report(
+  summary: dict, records: list[dict], path: str, plots: list[str] | None = None
+) -> str:
   """Writes report.md: a table in the form of the paper's Table 1, the final
   student's test accuracy, lines on the run and links to the plots. With
   plots=None the plots are drawn next to the report first. Returns path."""
@@ -527,56 +624,112 @@ def write_report(summary: dict, records: list[dict], path: str,
   pareto_students = summary.get('pareto', {}).get('students', ())
   if plots is None:
     plots = plot_search(records, os.path.join(directory, 'search'))
-    plots.append(plot_accuracy_vs_params(records, teacher, student,
-                                         os.path.join(directory, 'accuracy_vs_params.png'),
-                                         pareto_students))
+    plots.append(
+      plot_accuracy_vs_params(
+        records,
+        teacher,
+        student,
+        os.path.join(directory, 'accuracy_vs_params.png'),
+        pareto_students,
+      )
+    )
 
   t_params, t_val = teacher.get('params'), teacher.get('val_accuracy')
   name = teacher.get('name') or 'teacher'
-  out = [f'# N2N compression of {name}', '',
-         _table_row(['Architecture', 'Model', 'Acc.', '#Params', 'Δ Acc.', 'Compr.']),
-         '|---|---|--:|--:|--:|--:|',
-         _table_row([name, 'Teacher', format_accuracy(t_val), format_params(t_params), NA, NA])]
-  for label, key in (('Student (Stage1)', 'stage1_best'),
-                     ('Student (Stage1+Stage2)', 'stage2_best')):
+  out = [
+    f'# N2N compression of {name}',
+    '',
+    _table_row(['Architecture', 'Model', 'Acc.', '#Params', 'Δ Acc.', 'Compr.']),
+    '|---|---|--:|--:|--:|--:|',
+    _table_row([name, 'Teacher', format_accuracy(t_val), format_params(t_params), NA, NA]),
+  ]
+  for label, key in (
+    ('Student (Stage1)', 'stage1_best'),
+    ('Student (Stage1+Stage2)', 'stage2_best'),
+  ):
     best = summary.get(key)
     if not best:  # stage 2 did not run: Table 1 leaves such rows out too
       continue
     acc = best.get('val_accuracy')
-    out.append(_table_row(['', label, format_accuracy(acc), format_params(best.get('params')),
-                           format_delta(acc, t_val),
-                           format_compression(_ratio(t_params, best.get('params')))]))
-  out += ['', 'Acc. is validation accuracy: for students, as trained during the search '
-          '(what the reward saw); Δ Acc. is in percentage points against the teacher; '
-          'Compr. is teacher / student parameters.', '']
+    out.append(
+      _table_row(
+        [
+          '',
+          label,
+          format_accuracy(acc),
+          format_params(best.get('params')),
+          format_delta(acc, t_val),
+          format_compression(_ratio(t_params, best.get('params'))),
+        ]
+      )
+    )
+  out += [
+    '',
+    'Acc. is validation accuracy: for students, as trained during the search '
+    '(what the reward saw); Δ Acc. is in percentage points against the teacher; '
+    'Compr. is teacher / student parameters.',
+    '',
+  ]
 
-  out += ['## Final student', '',
-          _table_row(['Model', 'Val. acc.', 'Test acc.', '#Params', 'FLOPs', 'Δ Test acc.',
-                      'Compr.']),
-          '|---|--:|--:|--:|--:|--:|--:|']
+  out += [
+    '## Final student',
+    '',
+    _table_row(['Model', 'Val. acc.', 'Test acc.', '#Params', 'FLOPs', 'Δ Test acc.', 'Compr.']),
+    '|---|--:|--:|--:|--:|--:|--:|',
+  ]
   t_test = teacher.get('test_accuracy')
   for label, d in (('Teacher', teacher), ('Student', student)):
     is_student = d is student
     ratio = summary.get('compression') or _ratio(t_params, d.get('params'))
-    out.append(_table_row([
-        label, format_accuracy(d.get('val_accuracy')), format_accuracy(d.get('test_accuracy')),
-        f'{d["params"]:,}' if d.get('params') is not None else NA,
-        format_params(d['flops']) if d.get('flops') is not None else NA,
-        format_delta(d.get('test_accuracy'), t_test) if is_student else NA,
-        format_compression(ratio) if is_student else NA]))
+    out.append(
+      _table_row(
+        [
+          label,
+          format_accuracy(d.get('val_accuracy')),
+          format_accuracy(d.get('test_accuracy')),
+          f'{d["params"]:,}' if d.get('params') is not None else NA,
+          format_params(d['flops']) if d.get('flops') is not None else NA,
+          format_delta(d.get('test_accuracy'), t_test) if is_student else NA,
+          format_compression(ratio) if is_student else NA,
+        ]
+      )
+    )
   if pareto_students:
     size = summary['pareto']['front_size']
-    out += ['', f'## Pareto set ({len(pareto_students)} of the {size} students no other beat '
-            'on both size and accuracy)', '',
-            _table_row(['Student', 'Search val. acc.', 'Val. acc.', 'Test acc.', '#Params',
-                        'Δ Test acc.', 'Compr.', 'Folder']),
-            '|---|--:|--:|--:|--:|--:|--:|---|']
+    out += [
+      '',
+      f'## Pareto set ({len(pareto_students)} of the {size} students no other beat '
+      'on both size and accuracy)',
+      '',
+      _table_row(
+        [
+          'Student',
+          'Search val. acc.',
+          'Val. acc.',
+          'Test acc.',
+          '#Params',
+          'Δ Test acc.',
+          'Compr.',
+          'Folder',
+        ]
+      ),
+      '|---|--:|--:|--:|--:|--:|--:|---|',
+    ]
     for n, m in enumerate(pareto_students, 1):
-      out.append(_table_row([
-          f'Pareto {n}', format_accuracy(m.get('search_val_accuracy')),
-          format_accuracy(m.get('val_accuracy')), format_accuracy(m.get('test_accuracy')),
-          f'{m["params"]:,}', format_delta(m.get('test_accuracy'), t_test),
-          format_compression(m.get('compression')), f'`{m["directory"]}/`']))
+      out.append(
+        _table_row(
+          [
+            f'Pareto {n}',
+            format_accuracy(m.get('search_val_accuracy')),
+            format_accuracy(m.get('val_accuracy')),
+            format_accuracy(m.get('test_accuracy')),
+            f'{m["params"]:,}',
+            format_delta(m.get('test_accuracy'), t_test),
+            format_compression(m.get('compression')),
+            f'`{m["directory"]}/`',
+          ]
+        )
+      )
   out += ['', '## Run', ''] + _run_lines(summary, records) + ['', '## Plots', '']
   for plot in plots:
     rel = os.path.relpath(os.path.abspath(plot), directory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 DEGENERATE_REWARD = -1.0
 
@@ -42,6 +42,7 @@ class Constraints:
   """A x <= b over named measured quantities (e.g. 'params', 'flops'; a
   measured 'latency_ms' can be added the same way). Each row of `matrix` has
   one coefficient per name in `quantities`."""
+
   quantities: tuple = ()
   matrix: tuple = ()  # rows of coefficients
   bounds: tuple = ()
@@ -51,11 +52,13 @@ class Constraints:
       raise ValueError(f'constraints: {len(self.matrix)} rows but {len(self.bounds)} bounds')
     for row in self.matrix:
       if len(row) != len(self.quantities):
-        raise ValueError(f'constraints: a row has {len(row)} coefficients for '
-                         f'{len(self.quantities)} quantities {self.quantities}')
+        raise ValueError(
+          f'constraints: a row has {len(row)} coefficients for '
+          f'{len(self.quantities)} quantities {self.quantities}'
+        )
 
   @classmethod
-  def upper_bounds(cls, **limits: float) -> 'Constraints':
+  def upper_bounds(cls, **limits: float) -> Constraints:
     """The common case: quantity <= limit for each given quantity (0 = none)."""
     names = tuple(k for k, v in limits.items() if v)
     rows = tuple(tuple(1.0 if n == m else 0.0 for m in names) for n in names)
@@ -77,21 +80,24 @@ class Constraints:
 
 # epsilon_t by schedule, from frac = clip(1 - t/horizon, 0, 1) and the power.
 _EPSILON_SCHEDULES = {
-    'poly': lambda frac, power: frac ** power,  # the authors' code
-    'linear': lambda frac, power: frac,
-    'hard': lambda frac, power: 0.0,  # constraint violations always get -1
+  'poly': lambda frac, power: frac**power,  # the authors' code
+  'linear': lambda frac, power: frac,
+  'hard': lambda frac, power: 0.0,  # constraint violations always get -1
 }
 EPSILON_SCHEDULES = tuple(_EPSILON_SCHEDULES)
 
 
-def epsilon(iteration: int, schedule: str = 'poly', horizon: float = 15.0,
-            power: float = 4.0) -> float:
+def epsilon(
+  iteration: int, schedule: str = 'poly', horizon: float = 15.0, power: float = 4.0
+) -> float:
   """epsilon_t of section 3.3.1: starts at 1 and decreases monotonically so
   constraints are enforced gradually. 'poly' is the authors' code,
   clip((1 - t/horizon)^power, 0, 1); 'linear' is 1 - t/horizon; 'hard' is 0
   (constraint violations always get -1). t counts from 0."""
   if schedule not in _EPSILON_SCHEDULES:
-    raise ValueError(f'unknown epsilon schedule {schedule!r}; valid: {", ".join(EPSILON_SCHEDULES)}')
+    raise ValueError(
+      f'unknown epsilon schedule {schedule!r}; valid: {", ".join(EPSILON_SCHEDULES)}'
+    )
   frac = min(max(1.0 - iteration / horizon, 0.0), 1.0)
   return _EPSILON_SCHEDULES[schedule](frac, power)
 
@@ -109,10 +115,17 @@ class Score:
   violations: tuple = ()
 
 
-def score(accuracy: float, student_params: int, teacher_params: int,
-          teacher_accuracy: float, *, kind: str = 'n2n',
-          constraints: Constraints | None = None, measured: Mapping[str, float] | None = None,
-          eps: float = 0.0) -> Score:
+def score(
+  accuracy: float,
+  student_params: int,
+  teacher_params: int,
+  teacher_accuracy: float,
+  *,
+  kind: str = 'n2n',
+  constraints: Constraints | None = None,
+  measured: Mapping[str, float] | None = None,
+  eps: float = 0.0,
+) -> Score:
   """The reward for a built and trained student. Degenerate students never
   get here: the caller gives them DEGENERATE_REWARD."""
   if not math.isfinite(accuracy):
@@ -123,4 +136,3 @@ def score(accuracy: float, student_params: int, teacher_params: int,
   if broken:
     r = relax(r, eps)
   return Score(r, c, broken)
-

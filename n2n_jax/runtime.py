@@ -82,8 +82,14 @@ def sharing_pays(source_flops: float, images: int, backend: str | None = None) -
   return 0.5 * 3 * source_flops * images / rate < compile_s
 
 
-def share_programs(switch: str, source_flops: float | None = None, images: int = 0, *,
-                   stage: int = 2, together: str | None = None) -> bool:
+def share_programs(
+  switch: str,
+  source_flops: float | None = None,
+  images: int = 0,
+  *,
+  stage: int = 2,
+  together: str | None = None,
+) -> bool:
   """runtime.share_stage2_program or share_stage1_programs: 'on', 'off', or
   'auto': `sharing_pays` for a source of `source_flops` and students
   training on `images` images (without them: on unless JAX runs on the
@@ -140,24 +146,34 @@ def enable_compilation_cache(cache_dir: str, *, trust_shared: bool = False) -> b
   if not cache_dir:
     return False
   from n2n_jax import program_store  # pylint: disable=g-import-not-at-top
+
   why = None if trust_shared else program_store.writable_by_others(cache_dir)
   if why:
-    warnings.warn(f'JAX\'s compilation cache {cache_dir} is not used: {why}, so another user '
-                  'could plant code there that would run as you. Programs compile as usual; '
-                  'runtime.trust_shared_cache=True uses it anyway.', stacklevel=2)
+    warnings.warn(
+      f"JAX's compilation cache {cache_dir} is not used: {why}, so another user "
+      'could plant code there that would run as you. Programs compile as usual; '
+      'runtime.trust_shared_cache=True uses it anyway.',
+      stacklevel=2,
+    )
     return False
   try:
     os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), mode=0o700, exist_ok=True)
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
   except OSError as e:  # read-only, full or not ours: a cache fault costs compiles, not the run
-    warnings.warn(f'JAX\'s compilation cache {cache_dir} cannot be made ({e.strerror}); '
-                  'programs compile as usual and are not stored.', stacklevel=2)
+    warnings.warn(
+      f"JAX's compilation cache {cache_dir} cannot be made ({e.strerror}); "
+      'programs compile as usual and are not stored.',
+      stacklevel=2,
+    )
     return False
   why = _cannot_write(cache_dir)
   if why:
-    warnings.warn(f'JAX\'s compilation cache {cache_dir} cannot be written ({why}); '
-                  'the programs it holds are used, new ones compile as usual and are not '
-                  'stored.', stacklevel=2)
+    warnings.warn(
+      f"JAX's compilation cache {cache_dir} cannot be written ({why}); "
+      'the programs it holds are used, new ones compile as usual and are not '
+      'stored.',
+      stacklevel=2,
+    )
   # JAX warns about every entry it fails to write or read back, and compiles
   # the program instead. A full disk or a read-only folder is reported once
   # instead (above, or by the program store that shares the folder); a
@@ -168,6 +184,7 @@ def enable_compilation_cache(cache_dir: str, *, trust_shared: bool = False) -> b
   # JAX decides whether to use the cache at its first compile; a library or
   # notebook user may already have compiled something, so let it decide again.
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
   compilation_cache.reset_cache()
   # Students are small and compile fast; cache them all, not only slow ones.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)

@@ -39,7 +39,8 @@ the stage's shared program there, so that compile overlaps the policy's first.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 
 @dataclasses.dataclass
@@ -52,10 +53,9 @@ class StudentResult:
 
 
 class Scorer(Protocol):
-
-  def __call__(self, students: Sequence, keys: Sequence, seed: int, *,
-               inside=None) -> list[StudentResult]:
-    ...
+  def __call__(
+    self, students: Sequence, keys: Sequence, seed: int, *, inside=None
+  ) -> list[StudentResult]: ...
 
 
 def check_results(results, students) -> list[StudentResult]:
@@ -63,10 +63,14 @@ def check_results(results, students) -> list[StudentResult]:
   above (a wrong count would pair rewards with the wrong rollouts)."""
   results = list(results)
   if len(results) != len(students):
-    raise TypeError(f'the scorer returned {len(results)} results for {len(students)} '
-                    'students; it must return one StudentResult per student, in order')
+    raise TypeError(
+      f'the scorer returned {len(results)} results for {len(students)} '
+      'students; it must return one StudentResult per student, in order'
+    )
   for i, r in enumerate(results):
     if not (hasattr(r, 'accuracy') and hasattr(r, 'error')):
-      raise TypeError(f'the scorer returned {type(r).__name__} for student {i}; it must '
-                      'return scoring.StudentResult(accuracy, error)')
+      raise TypeError(
+        f'the scorer returned {type(r).__name__} for student {i}; it must '
+        'return scoring.StudentResult(accuracy, error)'
+      )
   return results

@@ -22,7 +22,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,8 +64,7 @@ class ResumeMismatch(ValueError):
 
 
 # Config sections that decide a search's result; runtime settings do not.
-RESULT_SECTIONS = ('seed', 'data', 'teacher', 'search', 'policy', 'distill', 'constraints',
-                   'final')
+RESULT_SECTIONS = ('seed', 'data', 'teacher', 'search', 'policy', 'distill', 'constraints', 'final')
 
 
 # Fields added after searches were first stored: left out of a search's
@@ -93,6 +92,7 @@ def _search_origin(config) -> dict:
 class Stage:
   """One stage of the search; the loop calls what it carries and never asks
   which stage it is."""
+
   number: int  # 1 or 2: a label (records, checkpoints) and part of its random keys
   name: str  # its policy state's key in the checkpoint and its update's kind
   source: spec_lib.NetSpec  # the spec this stage transforms
@@ -120,13 +120,19 @@ class Stage:
 
   def to_student(self, actions, config, teacher_params: int):
     """The student (or Degenerate verdict) for one rollout's actions."""
-    return self.transform(self, actions, config, max_params=teacher_params,
-                          max_dense_inputs=config.search.max_dense_inputs)
+    return self.transform(
+      self,
+      actions,
+      config,
+      max_params=teacher_params,
+      max_dense_inputs=config.search.max_dense_inputs,
+    )
 
 
 def _sample_removal(stage: Stage, params, key, m: int):
-  return reinforce.sample_removal(stage.policy, params, jnp.asarray(stage.features),
-                                  jnp.asarray(stage.mask), key, m)
+  return reinforce.sample_removal(
+    stage.policy, params, jnp.asarray(stage.features), jnp.asarray(stage.mask), key, m
+  )
 
 
 def _sample_shrink(stage: Stage, params, key, m: int):
@@ -141,36 +147,61 @@ def _remove_layers(stage: Stage, actions, config, **limit):
 
 def _shrink_layers(stage: Stage, actions, config, **limit):
   factors = [config.policy.shrink_actions[int(a)] for a in actions]
-  return spec_lib.shrink(stage.source, factors, kernels=config.policy.shrink_kernels,
-                         round_to=config.policy.round_to, **limit)
+  return spec_lib.shrink(
+    stage.source,
+    factors,
+    kernels=config.policy.shrink_kernels,
+    round_to=config.policy.round_to,
+    **limit,
+  )
 
 
 def _policy_update(config, policy, learning_rate: float, kind: str):
-  return reinforce.make_update(policy, reinforce.make_optimizer(learning_rate), kind,
-                               config.policy.method, config.policy.baseline,
-                               config.policy.baseline_decay)
+  return reinforce.make_update(
+    policy,
+    reinforce.make_optimizer(learning_rate),
+    kind,
+    config.policy.method,
+    config.policy.baseline,
+    config.policy.baseline_decay,
+  )
 
 
 def removal_stage(config, teacher_spec) -> Stage:
   sites = spec_lib.sites(teacher_spec)
   features = np.asarray([spec_lib.site_features(s) for s in sites], np.float32)
   mask = np.asarray([s.removable for s in sites])
-  policy = policies.RemovalPolicy(hidden=config.policy.removal_hidden,
-                                  num_layers=config.policy.num_layers,
-                                  critic=config.policy.method == 'actor_critic')
+  policy = policies.RemovalPolicy(
+    hidden=config.policy.removal_hidden,
+    num_layers=config.policy.num_layers,
+    critic=config.policy.method == 'actor_critic',
+  )
   learning_rate = config.policy.removal_learning_rate
-  return Stage(1, 'removal', teacher_spec, features, mask, policy,
-               config.search.stage1_iterations, learning_rate, sampler=_sample_removal,
-               transform=_remove_layers,
-               update=_policy_update(config, policy, learning_rate, 'removal'),
-               share_setting='share_stage1_programs', removals=True, unit='removable layer')
+  return Stage(
+    1,
+    'removal',
+    teacher_spec,
+    features,
+    mask,
+    policy,
+    config.search.stage1_iterations,
+    learning_rate,
+    sampler=_sample_removal,
+    transform=_remove_layers,
+    update=_policy_update(config, policy, learning_rate, 'removal'),
+    share_setting='share_stage1_programs',
+    removals=True,
+    unit='removable layer',
+  )
 
 
 def shrink_policy(config) -> policies.ShrinkPolicy:
-  return policies.ShrinkPolicy(num_actions=len(config.policy.shrink_actions),
-                               hidden=config.policy.shrink_hidden,
-                               num_layers=config.policy.num_layers,
-                               critic=config.policy.method == 'actor_critic')
+  return policies.ShrinkPolicy(
+    num_actions=len(config.policy.shrink_actions),
+    hidden=config.policy.shrink_hidden,
+    num_layers=config.policy.num_layers,
+    critic=config.policy.method == 'actor_critic',
+  )
 
 
 def shrink_stage(config, source) -> Stage:
@@ -178,16 +209,32 @@ def shrink_stage(config, source) -> Stage:
   layer plus a flag saying whether the variable is a kernel size."""
   sites = spec_lib.sites(source)
   variables = spec_lib.shrink_vars(source, config.policy.shrink_kernels)
-  features = np.asarray([spec_lib.site_features(sites[v.site_index])
-                         + (float(v.variable == 'kernel'),) for v in variables], np.float32)
+  features = np.asarray(
+    [
+      spec_lib.site_features(sites[v.site_index]) + (float(v.variable == 'kernel'),)
+      for v in variables
+    ],
+    np.float32,
+  )
   features = features.reshape(len(variables), len(spec_lib.FEATURE_NAMES) + 1)
   policy = shrink_policy(config)
   learning_rate = config.policy.shrink_learning_rate
-  return Stage(2, 'shrink', source, features, np.ones(len(variables), bool), policy,
-               config.search.stage2_iterations, learning_rate, sampler=_sample_shrink,
-               transform=_shrink_layers,
-               update=_policy_update(config, policy, learning_rate, 'shrink'),
-               share_setting='share_stage2_program', removals=False, unit='shrinkable layer')
+  return Stage(
+    2,
+    'shrink',
+    source,
+    features,
+    np.ones(len(variables), bool),
+    policy,
+    config.search.stage2_iterations,
+    learning_rate,
+    sampler=_sample_shrink,
+    transform=_shrink_layers,
+    update=_policy_update(config, policy, learning_rate, 'shrink'),
+    share_setting='share_stage2_program',
+    removals=False,
+    unit='shrinkable layer',
+  )
 
 
 def _stages(config, state: search_state.SearchState, stage1: Stage, teacher_spec):
@@ -213,6 +260,7 @@ def _describe_student(student) -> str:
 @dataclasses.dataclass
 class SearchContext:
   """What every iteration needs and nothing checkpointed."""
+
   config: object
   workdir: str
   teacher: object  # teacher.Teacher
@@ -254,9 +302,16 @@ def _score(ctx: SearchContext, student, result, iteration: int) -> tuple:
     measured['latency_ms'] = ms
   k = ctx.config.constraints
   eps = reward_lib.epsilon(iteration, k.epsilon_schedule, k.epsilon_horizon, k.epsilon_power)
-  s = reward_lib.score(result.accuracy, params, ctx.teacher_params, ctx.teacher_accuracy,
-                       kind=ctx.config.search.reward, constraints=ctx.constraints,
-                       measured=measured, eps=eps)
+  s = reward_lib.score(
+    result.accuracy,
+    params,
+    ctx.teacher_params,
+    ctx.teacher_accuracy,
+    kind=ctx.config.search.reward,
+    constraints=ctx.constraints,
+    measured=measured,
+    eps=eps,
+  )
   return s.reward, None, s.violations, ms
 
 
@@ -290,13 +345,13 @@ def _iteration(ctx: SearchContext, stage: Stage, state, iteration: int):
   """One policy iteration: sample m students, train and score them, update."""
   config = ctx.config
   start = time.perf_counter()
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stage.number),
-                           iteration)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stage.number), iteration)
   sample_key, train_key = jax.random.split(key)
   # Process 0's actions and (below) scores on every process: hosts that compute
   # the last bits differently (GPU reductions) would otherwise drift apart.
   actions = distributed.from_primary(
-      np.asarray(stage.sample(state.params, sample_key, config.search.rollouts)))
+    np.asarray(stage.sample(state.params, sample_key, config.search.rollouts))
+  )
   students = [stage.to_student(a, config, ctx.teacher_params) for a in actions]
   trainable = [i for i, s in enumerate(students) if not spec_lib.is_degenerate(s)]
   results, reused, to_train = _known_results(ctx, students, trainable)
@@ -304,8 +359,12 @@ def _iteration(ctx: SearchContext, stage: Stage, state, iteration: int):
   # never changes what the students that do train see.
   shared = _shares_programs(config, stage, ctx.dataset)
   chosen = [students[i] for i in to_train]
-  trained = ctx.scorer(chosen, [jax.random.fold_in(train_key, i) for i in to_train],
-                       config.seed, inside=stage.source if shared else None)
+  trained = ctx.scorer(
+    chosen,
+    [jax.random.fold_in(train_key, i) for i in to_train],
+    config.seed,
+    inside=stage.source if shared else None,
+  )
   results.update(zip(to_train, scoring.check_results(trained, chosen)))
   for i, twin in reused.items():
     if twin is not None:  # sampled twice in this iteration: trained once
@@ -321,8 +380,9 @@ def _iteration(ctx: SearchContext, stage: Stage, state, iteration: int):
     degenerate.append(why)
     violations.append(list(broken))
   if distributed.process_count() > 1:
-    scores = distributed.from_primary(np.asarray(
-        [rewards, [math.nan if a is None else a for a in accuracies]], np.float64))
+    scores = distributed.from_primary(
+      np.asarray([rewards, [math.nan if a is None else a for a in accuracies]], np.float64)
+    )
     rewards = scores[0].tolist()
     accuracies = [None if math.isnan(a) else a for a in scores[1].tolist()]
   if ctx.known_accuracies is not None:
@@ -330,26 +390,39 @@ def _iteration(ctx: SearchContext, stage: Stage, state, iteration: int):
       if accuracies[i] is not None:
         ctx.known_accuracies[architecture_key(students[i])] = accuracies[i]
   baseline_before = float(state.baseline)
-  state, metrics = stage.update(state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
-                                jnp.asarray(actions), jnp.asarray(rewards, jnp.float32))
+  state, metrics = stage.update(
+    state,
+    jnp.asarray(stage.features),
+    jnp.asarray(stage.mask),
+    jnp.asarray(actions),
+    jnp.asarray(rewards, jnp.float32),
+  )
   loss = float(metrics['loss'])
   if not bool(metrics['finite']):
-    raise SearchError(f'stage {stage.number} iteration {iteration}: the policy loss is {loss} '
-                      f'(gradient norm {float(metrics["grad_norm"])}); the run stops here and '
-                      'keeps the checkpoint of the previous iteration. Try a lower policy '
-                      'learning rate, with --config.search.restart=True.')
+    raise SearchError(
+      f'stage {stage.number} iteration {iteration}: the policy loss is {loss} '
+      f'(gradient norm {float(metrics["grad_norm"])}); the run stops here and '
+      'keeps the checkpoint of the previous iteration. Try a lower policy '
+      'learning rate, with --config.search.restart=True.'
+    )
   record = {
-      'stage': stage.number, 'iteration': iteration, 'rewards': rewards,
-      'accuracies': accuracies, 'params': params,
-      'compressions': [ctx.teacher_params / p if p else 0.0 for p in params],
-      'degenerate': degenerate, 'violations': violations,
-      'mean_reward': float(np.mean(rewards)), 'baseline': baseline_before,
-      'policy_loss': loss, 'seconds': round(time.perf_counter() - start, 3),
-      'specs': [_describe_student(s) for s in students],
-      'reused': [i in reused for i in range(len(students))],
-      # Trained inside the stage's source (runtime.share_stage1_programs or
-      # share_stage2_program).
-      'shared_program': shared,
+    'stage': stage.number,
+    'iteration': iteration,
+    'rewards': rewards,
+    'accuracies': accuracies,
+    'params': params,
+    'compressions': [ctx.teacher_params / p if p else 0.0 for p in params],
+    'degenerate': degenerate,
+    'violations': violations,
+    'mean_reward': float(np.mean(rewards)),
+    'baseline': baseline_before,
+    'policy_loss': loss,
+    'seconds': round(time.perf_counter() - start, 3),
+    'specs': [_describe_student(s) for s in students],
+    'reused': [i in reused for i in range(len(students))],
+    # Trained inside the stage's source (runtime.share_stage1_programs or
+    # share_stage2_program).
+    'shared_program': shared,
   }
   if ctx.latency is not None:
     record['latencies_ms'] = latencies  # None where a student was not timed
@@ -360,8 +433,9 @@ def _better(candidate: dict | None, best: dict | None) -> bool:
   return candidate is not None and (best is None or candidate['reward'] > best['reward'])
 
 
-def _starts_another(config, state: search_state.SearchState, number: int,
-                    stage1_iterations: int, elapsed: float) -> bool:
+def _starts_another(
+  config, state: search_state.SearchState, number: int, stage1_iterations: int, elapsed: float
+) -> bool:
   """Whether stage `number` runs another iteration: it has some left, no later
   stage has begun, and runtime.time_budget_minutes leaves room for one
   (time_budget.py; process 0 decides for all)."""
@@ -369,11 +443,13 @@ def _starts_another(config, state: search_state.SearchState, number: int,
   planned = {1: stage1_iterations, 2: config.search.stage2_iterations}
   if done[number] >= planned[number] or any(done[n] for n in done if n > number):
     return False
-  deadline = time_budget.stage_deadline(config.runtime.time_budget_minutes, number,
-                                        stage1_iterations, config.search.stage2_iterations)
+  deadline = time_budget.stage_deadline(
+    config.runtime.time_budget_minutes, number, stage1_iterations, config.search.stage2_iterations
+  )
   finished = [r['seconds'] for r in records if r['stage'] == number]
-  return bool(distributed.from_primary(np.asarray(
-      time_budget.room_for_another(elapsed, deadline, finished))))
+  return bool(
+    distributed.from_primary(np.asarray(time_budget.room_for_another(elapsed, deadline, finished)))
+  )
 
 
 def _valid_students(students, record) -> list[dict]:
@@ -382,14 +458,23 @@ def _valid_students(students, record) -> list[dict]:
   constraint may still score well while epsilon relaxes the penalty, but it
   must never be the answer."""
   entries = []
-  for student, r, acc, broken in zip(students, record['rewards'], record['accuracies'],
-                                     record['violations']):
-    if (spec_lib.is_degenerate(student) or acc is None or broken
-        or r <= reward_lib.DEGENERATE_REWARD):
+  for student, r, acc, broken in zip(
+    students, record['rewards'], record['accuracies'], record['violations']
+  ):
+    if (
+      spec_lib.is_degenerate(student) or acc is None or broken or r <= reward_lib.DEGENERATE_REWARD
+    ):
       continue
-    entries.append({'reward': r, 'val_accuracy': acc, 'params': spec_lib.param_count(student),
-                    'spec': spec_lib.to_dict(student), 'stage': record['stage'],
-                    'iteration': record['iteration']})
+    entries.append(
+      {
+        'reward': r,
+        'val_accuracy': acc,
+        'params': spec_lib.param_count(student),
+        'spec': spec_lib.to_dict(student),
+        'stage': record['stage'],
+        'iteration': record['iteration'],
+      }
+    )
   return entries
 
 
@@ -409,20 +494,25 @@ def _policy_states(config, stage1, key, init_from: str) -> dict:
   shrink = shrink_policy(config)
   states = {}
   for name, policy, features, lr in (
-      ('removal', stage1.policy, stage1.features.shape[1], stage1.learning_rate),
-      ('shrink', shrink, len(spec_lib.FEATURE_NAMES) + 1, config.policy.shrink_learning_rate)):
+    ('removal', stage1.policy, stage1.features.shape[1], stage1.learning_rate),
+    ('shrink', shrink, len(spec_lib.FEATURE_NAMES) + 1, config.policy.shrink_learning_rate),
+  ):
     params = policies.init_policy(policy, jax.random.fold_in(key, len(states)), features)
     states[name] = reinforce.PolicyState.create(params, reinforce.make_optimizer(lr))
   if init_from:
     other = None if not os.path.isdir(init_from) else checkpoint_lib.Checkpoints(init_from)
     if other is None or other.latest_step() is None:
-      raise ResumeMismatch(f'policy.init_from={init_from!r} holds no trained policies (no '
-                           f'{checkpoint_lib.SEARCH_DIR}/ with a checkpoint in it)')
+      raise ResumeMismatch(
+        f'policy.init_from={init_from!r} holds no trained policies (no '
+        f'{checkpoint_lib.SEARCH_DIR}/ with a checkpoint in it)'
+      )
     try:
       trained, _ = other.restore(states)
     except Exception as e:  # pylint: disable=broad-except
-      raise ResumeMismatch(f'policy.init_from={init_from!r}: its policies do not fit this '
-                           f'config (policy sizes differ?): {str(e).splitlines()[0][:200]}') from None
+      raise ResumeMismatch(
+        f'policy.init_from={init_from!r}: its policies do not fit this '
+        f'config (policy sizes differ?): {str(e).splitlines()[0][:200]}'
+      ) from None
     # Parameters only: optimiser state and baseline start afresh for the new teacher.
     states = {k: v.replace(params=trained[k].params) for k, v in states.items()}
   return states
@@ -434,9 +524,13 @@ def _compile_in_background(update, state, stage: Stage, rollouts: int) -> thread
   arguments shaped like the real ones and dropping the result. The real call
   then finds the program in the jit cache. Any failure is left for the real
   call to report."""
-  args = (state, jnp.asarray(stage.features), jnp.asarray(stage.mask),
-          jnp.zeros((rollouts, len(stage.features)), jnp.int32),
-          jnp.zeros((rollouts,), jnp.float32))
+  args = (
+    state,
+    jnp.asarray(stage.features),
+    jnp.asarray(stage.mask),
+    jnp.zeros((rollouts, len(stage.features)), jnp.int32),
+    jnp.zeros((rollouts,), jnp.float32),
+  )
 
   def work():
     try:
@@ -458,25 +552,32 @@ def _shares_programs(config, stage: Stage, dataset) -> bool:
   examples = len(dataset.train_images)
   if config.distill.max_train_examples:
     examples = min(examples, config.distill.max_train_examples)
-  return runtime.share_programs(switch, spec_lib.flops(stage.source),
-                                config.distill.epochs * examples, stage=stage.number,
-                                together=runtime.train_together(config.runtime.train_together))
+  return runtime.share_programs(
+    switch,
+    spec_lib.flops(stage.source),
+    config.distill.epochs * examples,
+    stage=stage.number,
+    together=runtime.train_together(config.runtime.train_together),
+  )
 
 
 def _evaluator(config, dataset, teacher, teacher_logits) -> evaluator_lib.Evaluator:
   """The default scorer: students distilled from the teacher's logits as
   config.distill says, on the devices and with the caches config.runtime says."""
   return evaluator_lib.Evaluator(
-      dataset, teacher_logits,
-      evaluator_lib.DistillSettings.from_config(config.distill),
-      config.runtime.epoch_mode, teacher.variables,
-      memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
-      devices=student_devices(config.runtime.student_devices),
-      compile_ahead=config.runtime.compile_ahead,
-      compile_threads=runtime.compile_threads(config.runtime.compile_threads),
-      program_store=program_store.for_runtime(config.runtime),
-      together=runtime.train_together(config.runtime.train_together),
-      students_per_call=config.runtime.students_per_call or config.search.rollouts)
+    dataset,
+    teacher_logits,
+    evaluator_lib.DistillSettings.from_config(config.distill),
+    config.runtime.epoch_mode,
+    teacher.variables,
+    memory_limit_bytes=int(config.runtime.student_memory_limit_mb * 2**20),
+    devices=student_devices(config.runtime.student_devices),
+    compile_ahead=config.runtime.compile_ahead,
+    compile_threads=runtime.compile_threads(config.runtime.compile_threads),
+    program_store=program_store.for_runtime(config.runtime),
+    together=runtime.train_together(config.runtime.train_together),
+    students_per_call=config.runtime.students_per_call or config.search.rollouts,
+  )
 
 
 def student_devices(count: int) -> list:
@@ -487,13 +588,30 @@ def student_devices(count: int) -> list:
 
 
 # What a search writes besides its checkpoints; a restart removes it all.
-OUTPUTS = (report.METRICS_FILE, report.SUMMARY_FILE, report.TENSORBOARD_DIR, 'report.md',
-           'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png', STUDENT_DIR,
-           pareto.FILE, pareto.STUDENTS_DIR)
+OUTPUTS = (
+  report.METRICS_FILE,
+  report.SUMMARY_FILE,
+  report.TENSORBOARD_DIR,
+  'report.md',
+  'search_stage1.png',
+  'search_stage2.png',
+  'accuracy_vs_params.png',
+  STUDENT_DIR,
+  pareto.FILE,
+  pareto.STUDENTS_DIR,
+)
 
 
-def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
-        scorer: scoring.Scorer | None = None, latency=None) -> dict:
+def run(
+  config,
+  workdir: str,
+  teacher,
+  dataset,
+  *,
+  progress: bool = True,
+  scorer: scoring.Scorer | None = None,
+  latency=None,
+) -> dict:
   """The whole compression pipeline after the teacher; returns summary.json's content.
 
   `scorer` turns each iteration's students into validation accuracies (see
@@ -523,10 +641,15 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
   resuming = ckpts.latest_step() is not None
   # A resumed run takes its policies from its own checkpoint, so init_from
   # is only read (and must exist) when a search starts.
-  states = _policy_states(config, stage1, jax.random.fold_in(jax.random.key(config.seed), 0),
-                          '' if resuming else config.policy.init_from)
+  states = _policy_states(
+    config,
+    stage1,
+    jax.random.fold_in(jax.random.key(config.seed), 0),
+    '' if resuming else config.policy.init_from,
+  )
   state = search_state.SearchState.fresh(origin)
   if resuming:
+
     def same_config(stored):
       # A record without an origin is refused below, once its checksum shows
       # it was stored that way and not damaged since.
@@ -535,40 +658,65 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
       diff = config_lib.differences(stored['origin'], origin)
       if diff:
         raise ResumeMismatch(
-            f'{workdir} holds a search made with a different config:\n  ' + '\n  '.join(diff)
-            + '\nRun with --config.search.restart=True to discard it, or use another '
-            '--workdir.')
+          f'{workdir} holds a search made with a different config:\n  '
+          + '\n  '.join(diff)
+          + '\nRun with --config.search.restart=True to discard it, or use another '
+          '--workdir.'
+        )
+
     states, stored = ckpts.restore_latest_good(
-        states, same_config,
-        remedy='Rerun with --config.search.restart=True to start the search over.')
+      states,
+      same_config,
+      remedy='Rerun with --config.search.restart=True to start the search over.',
+    )
     states = dict(states)
     state = _stored_state(stored, ckpts)
 
   teacher_logits = train_lib.predict(teacher.model, teacher.variables, dataset.train_images)
   scorer = scorer or _evaluator(config, dataset, teacher, teacher_logits)
   k = config.constraints
-  constraints = (reward_lib.Constraints.upper_bounds(params=k.max_params, flops=k.max_flops,
-                                                     latency_ms=k.max_latency_ms)
-                 if (k.max_params or k.max_flops or k.max_latency_ms) else None)
+  constraints = (
+    reward_lib.Constraints.upper_bounds(
+      params=k.max_params, flops=k.max_flops, latency_ms=k.max_latency_ms
+    )
+    if (k.max_params or k.max_flops or k.max_latency_ms)
+    else None
+  )
   if k.max_latency_ms and latency is None:
     latency = functools.partial(
-        latency_lib.measure, batch_size=k.latency_batch_size,
-        device=student_devices(config.runtime.student_devices)[0],
-        store=program_store.for_runtime(config.runtime))
-  ctx = SearchContext(config, workdir, teacher, dataset, scorer,
-                      spec_lib.param_count(teacher.spec), teacher.record['val_accuracy'],
-                      constraints, teacher_logits,
-                      state.known_accuracies if config.search.reuse_results else None,
-                      latency if k.max_latency_ms else None, state.latencies)
-
+      latency_lib.measure,
+      batch_size=k.latency_batch_size,
+      device=student_devices(config.runtime.student_devices)[0],
+      store=program_store.for_runtime(config.runtime),
+    )
+  ctx = SearchContext(
+    config,
+    workdir,
+    teacher,
+    dataset,
+    scorer,
+    spec_lib.param_count(teacher.spec),
+    teacher.record['val_accuracy'],
+    constraints,
+    teacher_logits,
+    state.known_accuracies if config.search.reuse_results else None,
+    latency if k.max_latency_ms else None,
+    state.latencies,
+  )
 
   # Process 0 writes the logs; the others compute the same records.
   primary = distributed.is_primary()
   writer = report.MetricsWriter(workdir, state.records) if primary else None
   board = report.TensorBoardWriter(workdir, first_step=len(state.records)) if primary else None
   total = stage1.iterations + config.search.stage2_iterations
-  bar = tqdm.tqdm(total=total, initial=sum(state.done.values()), unit='iter',
-                  desc='search', disable=not progress, dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=total,
+    initial=sum(state.done.values()),
+    unit='iter',
+    desc='search',
+    disable=not progress,
+    dynamic_ncols=True,
+  )
   search_start = time.perf_counter() - state.search_seconds
   compile_before = state.compile_seconds
   try:
@@ -576,19 +724,21 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
       if stage.iterations and not len(stage.features):
         # Nothing to act on (stage 2: only the class layer has a width): no actions.
         if primary:
-          tqdm.tqdm.write(f'stage {stage.number} skipped: {stage.source.name} has no '
-                          f'{stage.unit}', file=sys.stderr)
+          tqdm.tqdm.write(
+            f'stage {stage.number} skipped: {stage.source.name} has no {stage.unit}',
+            file=sys.stderr,
+          )
         continue
       if state.done[stage.number] < stage.iterations:
         if hasattr(scorer, 'prepare') and _shares_programs(config, stage, dataset):
           # The stage's shared program compiles while the policy's sampler does.
           scorer.prepare(stage.source, removals=stage.removals)
         _compile_in_background(stage.update, states[stage.name], stage, config.search.rollouts)
-      while _starts_another(config, state, stage.number, stage1.iterations,
-                            time.perf_counter() - search_start):
+      while _starts_another(
+        config, state, stage.number, stage1.iterations, time.perf_counter() - search_start
+      ):
         iteration = state.done[stage.number] + 1
-        states[stage.name], record, students = _iteration(ctx, stage, states[stage.name],
-                                                          iteration)
+        states[stage.name], record, students = _iteration(ctx, stage, states[stage.name], iteration)
         valid = _valid_students(students, record)
         best_here = _best_of(valid)
         state.pareto = pareto.update(state.pareto, valid)
@@ -597,8 +747,7 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
         if _better(best_here, state.best):
           state.best = best_here
         stage_best = state.stage_best[stage.number]
-        record['best_reward'] = (stage_best['reward'] if stage_best
-                                 else reward_lib.DEGENERATE_REWARD)
+        record['best_reward'] = stage_best['reward'] if stage_best else reward_lib.DEGENERATE_REWARD
         state.records.append(record)
         state.done[stage.number] = iteration
         state.compile_seconds = compile_before + getattr(scorer, 'compile_seconds', 0.0)
@@ -608,9 +757,12 @@ def run(config, workdir: str, teacher, dataset, *, progress: bool = True,
           writer.append(record)
           board.append(record)
         best = state.best
-        bar.set_postfix(stage=stage.number, it=iteration,
-                        reward=f'{record["mean_reward"]:.3f}',
-                        best=f'{ctx.teacher_params / best["params"]:.1f}x' if best else '-')
+        bar.set_postfix(
+          stage=stage.number,
+          it=iteration,
+          reward=f'{record["mean_reward"]:.3f}',
+          best=f'{ctx.teacher_params / best["params"]:.1f}x' if best else '-',
+        )
         bar.update(1)
   finally:
     bar.close()
@@ -628,9 +780,10 @@ def _stored_state(stored: dict, ckpts: checkpoint_lib.Checkpoints) -> search_sta
     return search_state.SearchState.from_dict(stored)
   except search_state.LayoutError as e:
     raise ResumeMismatch(
-        f'{ckpts.workdir} holds a search checkpoint ({ckpts.directory}) this version cannot '
-        f'resume: {e}. Rerun with --config.search.restart=True to start the search over, or '
-        'use another --workdir.') from None
+      f'{ckpts.workdir} holds a search checkpoint ({ckpts.directory}) this version cannot '
+      f'resume: {e}. Rerun with --config.search.restart=True to start the search over, or '
+      'use another --workdir.'
+    ) from None
 
 
 def _finish(ctx: SearchContext, state: search_state.SearchState, progress) -> dict:
@@ -638,58 +791,87 @@ def _finish(ctx: SearchContext, state: search_state.SearchState, progress) -> di
   config, workdir = ctx.config, ctx.workdir
   best = state.best
   if best is None:
-    raise SearchError('the search found no usable student: every sampled student was '
-                      'degenerate or failed (see metrics.jsonl "degenerate"). Try more '
-                      'iterations or another seed.')
+    raise SearchError(
+      'the search found no usable student: every sampled student was '
+      'degenerate or failed (see metrics.jsonl "degenerate"). Try more '
+      'iterations or another seed.'
+    )
   spec = spec_lib.from_dict(best['spec'])
   try:
-    final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec,
-                                  progress=progress)
+    final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec, progress=progress)
   except baselines.BaselineError as e:
     raise SearchError(str(e)) from None
   teacher_record = ctx.teacher.record
   teacher_seconds = teacher_record['seconds']  # its training, whenever that ran
   student_params = spec_lib.param_count(spec)
   summary = {
-      'teacher': {'name': ctx.teacher.spec.name, 'params': ctx.teacher_params,
-                  'val_accuracy': teacher_record['val_accuracy'],
-                  'test_accuracy': teacher_record['test_accuracy']},
-      'student': {'params': student_params, 'flops': spec_lib.flops(spec),
-                  'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
-                  'search_val_accuracy': best['val_accuracy'], 'stage': best['stage'],
-                  'spec': spec_lib.to_dict(spec),
-                  **({'latency_ms': ctx.latencies[architecture_key(spec)],
-                      'latency_batch_size': config.constraints.latency_batch_size}
-                     if ctx.latency is not None else {})},
-      'stage1_best': _brief(state.stage_best[1]),
-      'stage2_best': _brief(state.stage_best[2]),
-      'compression': ctx.teacher_params / student_params,
-      # The iterations run: fewer than planned where runtime.time_budget_minutes ended a stage.
-      'iterations': {'stage1': state.done[1], 'stage2': state.done[2],
-                     'planned': [config.search.stage1_iterations,
-                                 config.search.stage2_iterations],
-                     'time_budget_minutes': config.runtime.time_budget_minutes},
-      # Summed over every process a resumed run took. 'compile' is the part of
-      # search and final spent compiling student programs, not a fourth share.
-      'wall_seconds': round(teacher_seconds + state.search_seconds + final.seconds, 2),
-      'time': {'teacher': round(teacher_seconds, 2), 'search': round(state.search_seconds, 2),
-               'compile': round(state.compile_seconds + final.compile_seconds, 2),
-               'final': round(final.seconds, 2)},
+    'teacher': {
+      'name': ctx.teacher.spec.name,
+      'params': ctx.teacher_params,
+      'val_accuracy': teacher_record['val_accuracy'],
+      'test_accuracy': teacher_record['test_accuracy'],
+    },
+    'student': {
+      'params': student_params,
+      'flops': spec_lib.flops(spec),
+      'val_accuracy': final.val_accuracy,
+      'test_accuracy': final.test_accuracy,
+      'search_val_accuracy': best['val_accuracy'],
+      'stage': best['stage'],
+      'spec': spec_lib.to_dict(spec),
+      **(
+        {
+          'latency_ms': ctx.latencies[architecture_key(spec)],
+          'latency_batch_size': config.constraints.latency_batch_size,
+        }
+        if ctx.latency is not None
+        else {}
+      ),
+    },
+    'stage1_best': _brief(state.stage_best[1]),
+    'stage2_best': _brief(state.stage_best[2]),
+    'compression': ctx.teacher_params / student_params,
+    # The iterations run: fewer than planned where runtime.time_budget_minutes ended a stage.
+    'iterations': {
+      'stage1': state.done[1],
+      'stage2': state.done[2],
+      'planned': [config.search.stage1_iterations, config.search.stage2_iterations],
+      'time_budget_minutes': config.runtime.time_budget_minutes,
+    },
+    # Summed over every process a resumed run took. 'compile' is the part of
+    # search and final spent compiling student programs, not a fourth share.
+    'wall_seconds': round(teacher_seconds + state.search_seconds + final.seconds, 2),
+    'time': {
+      'teacher': round(teacher_seconds, 2),
+      'search': round(state.search_seconds, 2),
+      'compile': round(state.compile_seconds + final.compile_seconds, 2),
+      'final': round(final.seconds, 2),
+    },
   }
-  export_lib.save_student(os.path.join(workdir, STUDENT_DIR), spec, final.variables, {
-      'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
-      'normalisation': teacher_record.get('normalisation')})
+  export_lib.save_student(
+    os.path.join(workdir, STUDENT_DIR),
+    spec,
+    final.variables,
+    {
+      'val_accuracy': final.val_accuracy,
+      'test_accuracy': final.test_accuracy,
+      'normalisation': teacher_record.get('normalisation'),
+    },
+  )
   if config.final.pareto_max:
     front = state.pareto
-    trained = _train_pareto(ctx, pareto.spread(front, config.final.pareto_max, best['spec']),
-                            progress)
-    summary['pareto'] = {'front_size': len(front),
-                         'students': [{k: v for k, v in t.items() if k != 'spec'}
-                                      for t in trained]}
+    trained = _train_pareto(
+      ctx, pareto.spread(front, config.final.pareto_max, best['spec']), progress
+    )
+    summary['pareto'] = {
+      'front_size': len(front),
+      'students': [{k: v for k, v in t.items() if k != 'spec'} for t in trained],
+    }
   if distributed.is_primary():  # the others' results are the same run's; process 0 reports
     if 'pareto' in summary:
-      report.write_json(os.path.join(workdir, pareto.FILE), dict(
-          summary['pareto'], students=trained))
+      report.write_json(
+        os.path.join(workdir, pareto.FILE), dict(summary['pareto'], students=trained)
+      )
     report.write_summary(summary, workdir)
     # write_report draws the plots beside report.md (search_stage*.png,
     # accuracy_vs_params.png, with the Pareto students) and links them.
@@ -707,28 +889,51 @@ def _train_pareto(ctx: SearchContext, chosen: list[dict], progress: bool) -> lis
     for n, entry in enumerate(chosen, 1):
       spec = spec_lib.from_dict(entry['spec'])
       try:
-        final = baselines.train_final(config, ctx.dataset, ctx.teacher_logits, spec,
-                                      progress=progress,
-                                      desc=f'Pareto student {n}/{len(chosen)}')
+        final = baselines.train_final(
+          config,
+          ctx.dataset,
+          ctx.teacher_logits,
+          spec,
+          progress=progress,
+          desc=f'Pareto student {n}/{len(chosen)}',
+        )
       except baselines.BaselineError as e:
         raise SearchError(str(e)) from None
       name = f'{n}_{entry["params"]}params'
-      export_lib.save_student(os.path.join(folder, name), spec, final.variables, {
-          'val_accuracy': final.val_accuracy, 'test_accuracy': final.test_accuracy,
-          'normalisation': ctx.teacher.record.get('normalisation')})
-      trained.append({'directory': os.path.join(pareto.STUDENTS_DIR, name),
-                      'params': entry['params'], 'flops': spec_lib.flops(spec),
-                      'compression': ctx.teacher_params / entry['params'],
-                      'val_accuracy': final.val_accuracy,
-                      'test_accuracy': final.test_accuracy,
-                      'search_val_accuracy': entry['val_accuracy'], 'reward': entry['reward'],
-                      'stage': entry['stage'], 'iteration': entry['iteration'],
-                      'spec': entry['spec']})
+      export_lib.save_student(
+        os.path.join(folder, name),
+        spec,
+        final.variables,
+        {
+          'val_accuracy': final.val_accuracy,
+          'test_accuracy': final.test_accuracy,
+          'normalisation': ctx.teacher.record.get('normalisation'),
+        },
+      )
+      trained.append(
+        {
+          'directory': os.path.join(pareto.STUDENTS_DIR, name),
+          'params': entry['params'],
+          'flops': spec_lib.flops(spec),
+          'compression': ctx.teacher_params / entry['params'],
+          'val_accuracy': final.val_accuracy,
+          'test_accuracy': final.test_accuracy,
+          'search_val_accuracy': entry['val_accuracy'],
+          'reward': entry['reward'],
+          'stage': entry['stage'],
+          'iteration': entry['iteration'],
+          'spec': entry['spec'],
+        }
+      )
   return trained
 
 
 def _brief(best):
   if best is None:
     return None
-  return {'params': best['params'], 'val_accuracy': best['val_accuracy'],
-          'reward': best['reward'], 'iteration': best['iteration']}
+  return {
+    'params': best['params'],
+    'val_accuracy': best['val_accuracy'],
+    'reward': best['reward'],
+    'iteration': best['iteration'],
+  }

@@ -28,6 +28,7 @@ class LayoutError(ValueError):
 @dataclasses.dataclass
 class SearchState:
   """The search's state after its last finished iteration."""
+
   # The config's result sections (search._search_origin): a resumed run must match them.
   origin: dict
   # Stage number -> iterations of that stage finished.
@@ -55,19 +56,35 @@ class SearchState:
   @classmethod
   def fresh(cls, origin: dict) -> SearchState:
     """The state of a search that has not run an iteration."""
-    return cls(origin=origin, done={n: 0 for n in STAGES}, records=[],
-               stage_best={n: None for n in STAGES}, best=None, stage2_source=None,
-               compile_seconds=0.0, search_seconds=0.0, known_accuracies={}, latencies={},
-               pareto=[])
+    return cls(
+      origin=origin,
+      done={n: 0 for n in STAGES},
+      records=[],
+      stage_best={n: None for n in STAGES},
+      best=None,
+      stage2_source=None,
+      compile_seconds=0.0,
+      search_seconds=0.0,
+      known_accuracies={},
+      latencies={},
+      pareto=[],
+    )
 
   def to_dict(self) -> dict:
     """The checkpoint's JSON record (its keys in the order they were always written)."""
-    return {'origin': self.origin, 'done': {str(n): self.done[n] for n in STAGES},
-            **{f'best_stage{n}': self.stage_best[n] for n in STAGES},
-            'best': self.best, 'records': self.records, 'stage2_source': self.stage2_source,
-            'compile_seconds': self.compile_seconds, 'search_seconds': self.search_seconds,
-            'known_accuracies': self.known_accuracies, 'pareto': self.pareto,
-            'latencies': self.latencies}
+    return {
+      'origin': self.origin,
+      'done': {str(n): self.done[n] for n in STAGES},
+      **{f'best_stage{n}': self.stage_best[n] for n in STAGES},
+      'best': self.best,
+      'records': self.records,
+      'stage2_source': self.stage2_source,
+      'compile_seconds': self.compile_seconds,
+      'search_seconds': self.search_seconds,
+      'known_accuracies': self.known_accuracies,
+      'pareto': self.pareto,
+      'latencies': self.latencies,
+    }
 
   @classmethod
   def from_dict(cls, stored: dict) -> SearchState:
@@ -75,8 +92,17 @@ class SearchState:
     one. Keys added after searches were first stored may be missing."""
     if not isinstance(stored, dict):
       raise LayoutError(f'the record is a {type(stored).__name__}, not a JSON object')
-    known = {'origin', 'done', 'best', 'records', 'stage2_source', 'compile_seconds',
-             'search_seconds', *OPTIONAL, *(f'best_stage{n}' for n in STAGES)}
+    known = {
+      'origin',
+      'done',
+      'best',
+      'records',
+      'stage2_source',
+      'compile_seconds',
+      'search_seconds',
+      *OPTIONAL,
+      *(f'best_stage{n}' for n in STAGES),
+    }
     unknown = sorted(set(stored) - known)
     if unknown:
       raise LayoutError(f'it has keys this version does not know: {", ".join(unknown)}')
@@ -98,21 +124,26 @@ class SearchState:
     front = get('pareto', list)
     for i, entry in enumerate(front):
       _check_entry(entry, ENTRY_KEYS, f'"pareto"[{i}]')
-    return cls(origin=get('origin', dict), done={n: done[str(n)] for n in STAGES},
-               records=records, stage_best=stage_best, best=best,
-               stage2_source=get('stage2_source', (dict, type(None))),
-               compile_seconds=get('compile_seconds', numbers.Real),
-               search_seconds=get('search_seconds', numbers.Real),
-               known_accuracies=get('known_accuracies', dict),
-               latencies=get('latencies', dict), pareto=front)
+    return cls(
+      origin=get('origin', dict),
+      done={n: done[str(n)] for n in STAGES},
+      records=records,
+      stage_best=stage_best,
+      best=best,
+      stage2_source=get('stage2_source', (dict, type(None))),
+      compile_seconds=get('compile_seconds', numbers.Real),
+      search_seconds=get('search_seconds', numbers.Real),
+      known_accuracies=get('known_accuracies', dict),
+      latencies=get('latencies', dict),
+      pareto=front,
+    )
 
 
 # Keys added after searches were first stored, with the value a search stored
 # before them starts from.
 OPTIONAL = {'known_accuracies': dict, 'latencies': dict, 'pareto': list}
 
-_KINDS = {dict: 'a JSON object', list: 'a list', numbers.Real: 'a number',
-          type(None): 'null'}
+_KINDS = {dict: 'a JSON object', list: 'a list', numbers.Real: 'a number', type(None): 'null'}
 
 
 def _field(stored: dict, key: str, kind):
@@ -123,8 +154,7 @@ def _field(stored: dict, key: str, kind):
   value = stored[key]
   kinds = kind if isinstance(kind, tuple) else (kind,)
   if isinstance(value, bool) or not isinstance(value, kinds):
-    raise LayoutError(f'"{key}" is {_short(value)}, not '
-                      + ' or '.join(_KINDS[k] for k in kinds))
+    raise LayoutError(f'"{key}" is {_short(value)}, not ' + ' or '.join(_KINDS[k] for k in kinds))
   return value
 
 

@@ -31,7 +31,10 @@ import math
 import numbers
 import reprlib
 import sys
-from typing import Any, Iterator, Sequence, Union
+from collections.abc import Iterator
+from collections.abc import Sequence
+from typing import Any
+from typing import Union
 
 # --------------------------------------------------------------------------
 # Layers: one entry per layer type
@@ -68,6 +71,7 @@ CHANNEL_ROLES = (SETS, TRANSFORMS, KEEPS, FLATTENS, BLOCK)
 
 class LayerType:
   """The base of every layer type (see the section comment above)."""
+
   feature_slot = None  # its column in the policies' type one-hot (LAYER_TYPES), or None
   channels = None  # one of CHANNEL_ROLES; no default, as a wrong one would go unnoticed
   width_field = None  # 'filters', 'features': the field setting its output width
@@ -75,7 +79,7 @@ class LayerType:
   omit_when_removed = False  # see padding.with_switches
   combine = None  # for blocks: 'add' or 'concat'
 
-  def stats(self, shape: tuple, where: str) -> 'LayerStats':
+  def stats(self, shape: tuple, where: str) -> LayerStats:
     raise NotImplementedError
 
   def flax(self, net, x, train: bool, path: tuple):
@@ -105,14 +109,18 @@ class LayerType:
     if self.width_field is None:
       return channels
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     return np.arange(getattr(self, self.width_field))
 
   def variable_channels(self, inputs, outputs) -> dict:
     """{(collection, variable name): one index array per axis}: the part of
     each of its variables that reads input channels `inputs` and writes
     output channels `outputs` (padding.embedding)."""
-    return {(collection, name): (outputs,)
-            for collection, names in self.per_channel_variables.items() for name in names}
+    return {
+      (collection, name): (outputs,)
+      for collection, names in self.per_channel_variables.items()
+      for name in names
+    }
 
   def children(self) -> tuple:
     """For a block: ((path suffix, layers), ...), e.g. (('main',), main)."""
@@ -136,19 +144,25 @@ def register(cls):
   name = cls.__name__
   if name in REGISTRY:
     raise ValueError(f'layer type {name} is registered twice')
-  if not (isinstance(cls, type) and issubclass(cls, LayerType)
-          and dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+  if not (
+    isinstance(cls, type)
+    and issubclass(cls, LayerType)
+    and dataclasses.is_dataclass(cls)
+    and cls.__dataclass_params__.frozen
+  ):
     raise TypeError(f'layer type {name} must be a frozen dataclass deriving from LayerType')
   if cls.channels not in CHANNEL_ROLES:
-    raise TypeError(f'layer type {name}: channels must be one of {CHANNEL_ROLES}, '
-                    f'got {cls.channels!r}')
+    raise TypeError(
+      f'layer type {name}: channels must be one of {CHANNEL_ROLES}, got {cls.channels!r}'
+    )
   if (cls.channels == SETS) != (cls.width_field is not None):
     raise TypeError(f'layer type {name}: a width_field goes with channels = SETS, and only it')
   if (cls.channels == BLOCK) != (cls.combine in ('add', 'concat')):
-    raise TypeError(f"layer type {name}: a block combines its children by 'add' or "
-                    "'concat', and only a block does")
-  missing = [m for m in ('stats', 'flax', 'short')
-             if getattr(cls, m) is getattr(LayerType, m)]
+    raise TypeError(
+      f"layer type {name}: a block combines its children by 'add' or "
+      "'concat', and only a block does"
+    )
+  missing = [m for m in ('stats', 'flax', 'short') if getattr(cls, m) is getattr(LayerType, m)]
   if missing:
     raise TypeError(f'layer type {name} does not define {", ".join(missing)}')
   REGISTRY[name] = cls
@@ -167,17 +181,20 @@ def scope_name(path: tuple, layer=None) -> str:
 
 def _needs_map(layer, shape, where):
   if len(shape) != 3:
-    raise SpecError(f'{where} ({type(layer).__name__}): needs an (H, W, C) input, '
-                    f'got flat shape {shape}')
+    raise SpecError(
+      f'{where} ({type(layer).__name__}): needs an (H, W, C) input, got flat shape {shape}'
+    )
 
 
 def _window_out(layer, shape, where, window, stride, pad, ceil=False) -> tuple:
   h, w, _ = shape
   ho, wo = _out_size(h, window, stride, pad, ceil), _out_size(w, window, stride, pad, ceil)
   if ho < 1 or wo < 1:
-    raise SpecError(f'{where} ({type(layer).__name__}): spatial size collapsed: '
-                    f'{h}x{w} input with window {window}, stride {stride}, padding {pad} '
-                    f'gives {ho}x{wo}')
+    raise SpecError(
+      f'{where} ({type(layer).__name__}): spatial size collapsed: '
+      f'{h}x{w} input with window {window}, stride {stride}, padding {pad} '
+      f'gives {ho}x{wo}'
+    )
   return ho, wo
 
 
@@ -187,7 +204,7 @@ def _pool_by_reshape(x, window: int, reduce):
   window are dropped, as floor-mode pooling does."""
   n, h, w, c = x.shape
   ho, wo = h // window, w // window
-  x = x[:, :ho * window, :wo * window, :]
+  x = x[:, : ho * window, : wo * window, :]
   return reduce(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
 
 
@@ -216,15 +233,20 @@ class Conv(LayerType):
     ho, wo = _window_out(self, shape, where, self.kernel, self.stride, self.padding)
     k2, c = self.kernel * self.kernel, shape[-1]
     params = k2 * c * self.filters + (self.filters if self.use_bias else 0)
-    return LayerStats(shape, (ho, wo, self.filters), params,
-                      2 * k2 * c * self.filters * ho * wo)
+    return LayerStats(shape, (ho, wo, self.filters), params, 2 * k2 * c * self.filters * ho * wo)
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
     p = self.padding
-    return nn.Conv(self.filters, (self.kernel, self.kernel), (self.stride, self.stride),
-                   padding=((p, p), (p, p)), use_bias=self.use_bias,
-                   name=scope_name(path, self))(x)
+    return nn.Conv(
+      self.filters,
+      (self.kernel, self.kernel),
+      (self.stride, self.stride),
+      padding=((p, p), (p, p)),
+      use_bias=self.use_bias,
+      name=scope_name(path, self),
+    )(x)
 
   def removable(self):
     return self.stride == 1
@@ -233,15 +255,23 @@ class Conv(LayerType):
     return (self.kernel, self.stride, self.padding)
 
   def short(self):
-    return (f'C{self.filters}' + (f'k{self.kernel}' if self.kernel != 3 else '')
-            + (f'/{self.stride}' if self.stride != 1 else ''))
+    return (
+      f'C{self.filters}'
+      + (f'k{self.kernel}' if self.kernel != 3 else '')
+      + (f'/{self.stride}' if self.stride != 1 else '')
+    )
 
   def switchable(self, shape):
-    return (len(shape) == 3 and self.stride == 1 and 2 * self.padding == self.kernel - 1
-            and shape[-1] <= self.filters)
+    return (
+      len(shape) == 3
+      and self.stride == 1
+      and 2 * self.padding == self.kernel - 1
+      and shape[-1] <= self.filters
+    )
 
   def variable_channels(self, inputs, outputs):
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     k = np.arange(self.kernel)
     out = {('params', 'kernel'): (k, k, inputs, outputs)}
     if self.use_bias:
@@ -263,8 +293,13 @@ class BatchNorm(LayerType):
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                        epsilon=BN_EPSILON, name=scope_name(path, self))(x)
+
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      name=scope_name(path, self),
+    )(x)
 
   def removable(self):
     return True
@@ -287,6 +322,7 @@ class ReLU(LayerType):
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
     return nn.relu(x)
 
   def removable(self):
@@ -319,17 +355,19 @@ class MaxPool(LayerType):
     if not 0 <= self.padding < self.window:
       raise SpecError(f'{where} (MaxPool): padding must be in [0, window), got {self.padding}')
     ho, wo = _window_out(self, shape, where, self.window, self.stride, self.padding, self.ceil)
-    return LayerStats(shape, (ho, wo, shape[-1]), 0, self.window ** 2 * ho * wo * shape[-1])
+    return LayerStats(shape, (ho, wo, shape[-1]), 0, self.window**2 * ho * wo * shape[-1])
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     if self.window == self.stride and self.padding == 0 and not self.ceil:
       return _pool_by_reshape(x, self.window, jnp.max)
     p = self.padding
     extra = [pool_extra_padding(n, self) for n in x.shape[1:3]]
-    return nn.max_pool(x, (self.window,) * 2, (self.stride,) * 2,
-                       ((p, p + extra[0]), (p, p + extra[1])))
+    return nn.max_pool(
+      x, (self.window,) * 2, (self.stride,) * 2, ((p, p + extra[0]), (p, p + extra[1]))
+    )
 
   def removable(self):
     return True
@@ -363,11 +401,12 @@ class AvgPool(LayerType):
     _needs_map(self, shape, where)
     _check_positive(self, where, 'window', 'stride')
     ho, wo = _window_out(self, shape, where, self.window, self.stride, 0)
-    return LayerStats(shape, (ho, wo, shape[-1]), 0, self.window ** 2 * ho * wo * shape[-1])
+    return LayerStats(shape, (ho, wo, shape[-1]), 0, self.window**2 * ho * wo * shape[-1])
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     if self.window == self.stride:
       return _pool_by_reshape(x, self.window, jnp.mean)
     return nn.avg_pool(x, (self.window,) * 2, (self.stride,) * 2)
@@ -392,6 +431,7 @@ class GlobalAvgPool(LayerType):
 
   def flax(self, net, x, train, path):
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     return jnp.mean(x, axis=(1, 2), keepdims=True)
 
   def short(self):
@@ -413,6 +453,7 @@ class Dropout(LayerType):
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
     # Unnamed: Flax numbers it (Dropout_0, ...), and its random stream follows that name.
     return nn.Dropout(self.rate, deterministic=not train)(x) if self.rate > 0 else x
 
@@ -445,6 +486,7 @@ class Flatten(LayerType):
     if len(shape) != 3:
       return channels
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     h, w, _ = shape
     return np.add.outer(np.arange(h * w) * wide_shape[-1], channels).ravel()
 
@@ -462,14 +504,17 @@ class Dense(LayerType):
   def stats(self, shape, where):
     _check_positive(self, where, 'features')
     if len(shape) != 1:
-      raise SpecError(f'{where} (Dense): needs a flat input, got shape {shape}; '
-                      'put Flatten or GlobalAvgPool + Flatten before it')
+      raise SpecError(
+        f'{where} (Dense): needs a flat input, got shape {shape}; '
+        'put Flatten or GlobalAvgPool + Flatten before it'
+      )
     n_in = shape[0]
     params = n_in * self.features + (self.features if self.use_bias else 0)
     return LayerStats(shape, (self.features,), params, 2 * n_in * self.features)
 
   def flax(self, net, x, train, path):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
     return nn.Dense(self.features, use_bias=self.use_bias, name=scope_name(path, self))(x)
 
   def short(self):
@@ -489,6 +534,7 @@ class Dense(LayerType):
 @dataclasses.dataclass(frozen=True)
 class Residual(LayerType):
   """out = main(x) + shortcut(x); an empty shortcut is the identity."""
+
   main: tuple  # tuple of layers
   shortcut: tuple = ()  # () is the identity
 
@@ -501,8 +547,10 @@ class Residual(LayerType):
     m_out = main[-1].out_shape if main else shape
     s_out = short[-1].out_shape if short else shape
     if m_out != s_out:
-      raise SpecError(f'{where} (Residual): main path gives {m_out} but shortcut '
-                      f'gives {s_out}; they must match to be added')
+      raise SpecError(
+        f'{where} (Residual): main path gives {m_out} but shortcut '
+        f'gives {s_out}; they must match to be added'
+      )
     params = sum(s.params for s in main + short)
     flops = sum(s.flops for s in main + short) + math.prod(m_out)
     return LayerStats(shape, m_out, params, flops)
@@ -526,21 +574,30 @@ class Residual(LayerType):
     return Residual(*layers)
 
   def to_dict(self):
-    return {'type': 'Residual', 'main': [layer_to_dict(l) for l in self.main],
-            'shortcut': [layer_to_dict(l) for l in self.shortcut]}
+    return {
+      'type': 'Residual',
+      'main': [layer_to_dict(l) for l in self.main],
+      'shortcut': [layer_to_dict(l) for l in self.shortcut],
+    }
 
   @classmethod
   def from_fields(cls, fields, where, parse):
-    return Residual(*(
-        tuple(parse(l, f'{where}.{part}[{i}]')
-              for i, l in enumerate(_json_list(fields.get(part, []), f'{where}: Residual.{part}')))
-        for part in ('main', 'shortcut')))
+    return Residual(
+      *(
+        tuple(
+          parse(l, f'{where}.{part}[{i}]')
+          for i, l in enumerate(_json_list(fields.get(part, []), f'{where}: Residual.{part}'))
+        )
+        for part in ('main', 'shortcut')
+      )
+    )
 
 
 @register
 @dataclasses.dataclass(frozen=True)
 class Concat(LayerType):
   """Channel-wise concatenation of parallel branches."""
+
   branches: tuple  # tuple of tuples of layers
 
   channels = BLOCK
@@ -561,8 +618,11 @@ class Concat(LayerType):
 
   def flax(self, net, x, train, path):
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    return jnp.concatenate([net.sequence(b, x, train, path + ('branches', j))
-                            for j, b in enumerate(self.branches)], axis=-1)
+
+    return jnp.concatenate(
+      [net.sequence(b, x, train, path + ('branches', j)) for j, b in enumerate(self.branches)],
+      axis=-1,
+    )
 
   def short(self):
     return 'Cat[' + '|'.join(short_text(b) for b in self.branches) + ']'
@@ -580,11 +640,15 @@ class Concat(LayerType):
   def from_fields(cls, fields, where, parse):
     branches = _json_list(fields.get('branches', []), f'{where}: Concat.branches')
     if not all(isinstance(b, list) for b in branches):
-      raise SpecError(f'{where}: Concat.branches must be a list of lists of layers, '
-                      f'got {_short(branches)}')
-    return Concat(tuple(
+      raise SpecError(
+        f'{where}: Concat.branches must be a list of lists of layers, got {_short(branches)}'
+      )
+    return Concat(
+      tuple(
         tuple(parse(l, f'{where}.branches[{b}][{i}]') for i, l in enumerate(branch))
-        for b, branch in enumerate(branches)))
+        for b, branch in enumerate(branches)
+      )
+    )
 
 
 Layer = Union[tuple(REGISTRY.values())]  # noqa: UP007 (a union built from the registry)
@@ -593,8 +657,9 @@ Layer = Union[tuple(REGISTRY.values())]  # noqa: UP007 (a union built from the r
 # in slot order. Trained policies read exactly these columns, so slots are
 # never renumbered; a new type normally takes no slot (its one-hot is all
 # zeros), as a new slot adds a policy input that trained policies lack.
-LAYER_TYPES = tuple(sorted((c for c in REGISTRY.values() if c.feature_slot is not None),
-                           key=lambda c: c.feature_slot))
+LAYER_TYPES = tuple(
+  sorted((c for c in REGISTRY.values() if c.feature_slot is not None), key=lambda c: c.feature_slot)
+)
 assert [c.feature_slot for c in LAYER_TYPES] == list(range(len(LAYER_TYPES)))
 
 
@@ -606,6 +671,7 @@ class NetSpec:
   into an identity (a network that runs many stage-1 students in one
   program, see padding.py); () for a plain network, which is all that users
   write and JSON holds."""
+
   name: str
   input_shape: tuple  # (H, W, C)
   layers: tuple
@@ -648,10 +714,10 @@ MAX_SIZE = 2**31 - 1  # any width, kernel, stride, padding or input dimension
 MAX_DEPTH = 32  # Residual/Concat blocks nested in one another
 MAX_LAYERS = 100_000  # layers in the whole spec, container contents included
 
+
 # Error messages quote user values through this, so a huge or deeply nested value
 # gives a short message instead of a megabyte of text (or a RecursionError).
 class _ShortRepr(reprlib.Repr):
-
   def repr_int(self, x, level):
     # repr() itself refuses integers over 4,300 digits (ValueError).
     if x.bit_length() > 128:
@@ -677,8 +743,9 @@ class _Budget:
   def take(self, where):
     self.layers += 1
     if self.layers > MAX_LAYERS:
-      raise SpecError(f'{where}: the spec has more than {MAX_LAYERS:,} layers; '
-                      'that is no real network')
+      raise SpecError(
+        f'{where}: the spec has more than {MAX_LAYERS:,} layers; that is no real network'
+      )
 
 
 def layer_from_dict(d: dict, where: str = 'layer', *, _depth: int = 0, _budget=None):
@@ -688,8 +755,9 @@ def layer_from_dict(d: dict, where: str = 'layer', *, _depth: int = 0, _budget=N
     raise SpecError(f'{where}: expected an object with a "type" field, got {_short(d)}')
   kind = d['type']
   if not isinstance(kind, str) or kind not in REGISTRY:
-    raise SpecError(f'{where}: unknown layer type {_short(kind)}; valid types: '
-                    f'{", ".join(sorted(REGISTRY))}')
+    raise SpecError(
+      f'{where}: unknown layer type {_short(kind)}; valid types: {", ".join(sorted(REGISTRY))}'
+    )
   cls = REGISTRY[kind]
   fields = {k: v for k, v in d.items() if k != 'type'}
   known = {f.name: f for f in dataclasses.fields(cls)}
@@ -697,13 +765,13 @@ def layer_from_dict(d: dict, where: str = 'layer', *, _depth: int = 0, _budget=N
   if unknown:
     # key=repr: keys of a Python dict need not be strings, nor comparable.
     names = ', '.join(_short(k) for k in sorted(unknown, key=repr)[:10])
-    raise SpecError(f'{where}: {kind} has no field(s) [{names}]; '
-                    f'valid fields: {sorted(known)}')
+    raise SpecError(f'{where}: {kind} has no field(s) [{names}]; valid fields: {sorted(known)}')
   if cls.channels == BLOCK:
     if _depth >= MAX_DEPTH:
       raise SpecError(f'{where}: {kind} blocks are nested more than {MAX_DEPTH} deep')
-    return cls.from_fields(fields, where, lambda l, here: layer_from_dict(
-        l, here, _depth=_depth + 1, _budget=budget))
+    return cls.from_fields(
+      fields, where, lambda l, here: layer_from_dict(l, here, _depth=_depth + 1, _budget=budget)
+    )
   try:
     layer = cls(**fields)
   except TypeError as e:
@@ -724,8 +792,10 @@ def _check_field_types(layer, where):
     if f.type in ('int', int):
       ok = isinstance(value, int) and not isinstance(value, bool)
       if ok and abs(value) > MAX_SIZE:
-        raise SpecError(f'{where}: {type(layer).__name__}.{f.name} is {_short(value)}, '
-                        f'beyond the limit of {MAX_SIZE:,}')
+        raise SpecError(
+          f'{where}: {type(layer).__name__}.{f.name} is {_short(value)}, '
+          f'beyond the limit of {MAX_SIZE:,}'
+        )
     elif f.type in ('bool', bool):
       ok = isinstance(value, bool)
     elif f.type in ('float', float):
@@ -733,21 +803,32 @@ def _check_field_types(layer, where):
     else:
       ok = True
     if not ok:
-      raise SpecError(f'{where}: {type(layer).__name__}.{f.name} must be '
-                      f'{f.type}, got {_short(value)}')
+      raise SpecError(
+        f'{where}: {type(layer).__name__}.{f.name} must be {f.type}, got {_short(value)}'
+      )
 
 
 def _check_input_shape(shape, what):
-  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-      or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                 and 0 < s <= MAX_SIZE for s in shape)):
-    raise SpecError(f'{what} must be three positive integers (H, W, C) of at most '
-                    f'{MAX_SIZE:,}, got {_short(shape)}')
+  if (
+    not isinstance(shape, (list, tuple))
+    or len(shape) != 3
+    or not all(
+      isinstance(s, numbers.Integral) and not isinstance(s, bool) and 0 < s <= MAX_SIZE
+      for s in shape
+    )
+  ):
+    raise SpecError(
+      f'{what} must be three positive integers (H, W, C) of at most '
+      f'{MAX_SIZE:,}, got {_short(shape)}'
+    )
 
 
 def to_dict(spec: NetSpec) -> dict:
-  return {'name': spec.name, 'input_shape': list(spec.input_shape),
-          'layers': [layer_to_dict(l) for l in spec.layers]}
+  return {
+    'name': spec.name,
+    'input_shape': list(spec.input_shape),
+    'layers': [layer_to_dict(l) for l in spec.layers],
+  }
 
 
 def from_dict(d: dict) -> NetSpec:
@@ -760,8 +841,9 @@ def from_dict(d: dict) -> NetSpec:
   if unknown:
     # A misspelt "layers" or "name" would otherwise be dropped without a word.
     names = ', '.join(_short(k) for k in sorted(unknown, key=repr)[:10])
-    raise SpecError(f'spec has unknown field(s) [{names}]; valid fields: '
-                    "['input_shape', 'layers', 'name']")
+    raise SpecError(
+      f"spec has unknown field(s) [{names}]; valid fields: ['input_shape', 'layers', 'name']"
+    )
   name = d.get('name', 'custom')
   if not isinstance(name, str):
     raise SpecError(f'name must be a string, got {type(name).__name__}')
@@ -769,8 +851,9 @@ def from_dict(d: dict) -> NetSpec:
   if not isinstance(d['layers'], list):
     raise SpecError(f'layers must be a list, got {type(d["layers"]).__name__}')
   budget = _Budget()
-  layers = tuple(layer_from_dict(l, f'layers[{i}]', _budget=budget)
-                 for i, l in enumerate(d['layers']))
+  layers = tuple(
+    layer_from_dict(l, f'layers[{i}]', _budget=budget) for i, l in enumerate(d['layers'])
+  )
   return NetSpec(name, tuple(d['input_shape']), layers)
 
 
@@ -789,11 +872,15 @@ def from_json(text: str) -> NetSpec:
     raise SpecError(f'spec is not UTF-8 text: {_short_text(e)}') from None
   except ValueError:
     # The one other ValueError json.loads raises: an integer too long to convert.
-    raise SpecError('spec is not usable JSON: it holds an integer of more than '
-                    f'{sys.get_int_max_str_digits():,} digits') from None
+    raise SpecError(
+      'spec is not usable JSON: it holds an integer of more than '
+      f'{sys.get_int_max_str_digits():,} digits'
+    ) from None
   except RecursionError:
-    raise SpecError('spec is not usable JSON: its arrays and objects are nested too deeply '
-                    f'to parse (a spec nests at most {MAX_DEPTH} blocks)') from None
+    raise SpecError(
+      'spec is not usable JSON: its arrays and objects are nested too deeply '
+      f'to parse (a spec nests at most {MAX_DEPTH} blocks)'
+    ) from None
   return from_dict(d)
 
 
@@ -815,7 +902,7 @@ def _out_size(size: int, window: int, stride: int, padding: int, ceil: bool = Fa
   return out - 1 if (out - 1) * stride >= size + padding else out
 
 
-def pool_extra_padding(size: int, layer: 'MaxPool') -> int:
+def pool_extra_padding(size: int, layer: MaxPool) -> int:
   """Padding a ceil-mode MaxPool adds at the bottom/right of a `size` input,
   beyond layer.padding, so that a floor-mode window covers its output."""
   out = _out_size(size, layer.window, layer.stride, layer.padding, layer.ceil)
@@ -836,8 +923,9 @@ def _check_positive(layer, where, *names):
     if v < 1:
       raise SpecError(f'{where} ({type(layer).__name__}): {n} must be >= 1, got {_short(v)}')
     if v > MAX_SIZE:  # specs built in Python skip from_dict's check
-      raise SpecError(f'{where} ({type(layer).__name__}): {n} is {_short(v)}, beyond the '
-                      f'limit of {MAX_SIZE:,}')
+      raise SpecError(
+        f'{where} ({type(layer).__name__}): {n} is {_short(v)}, beyond the limit of {MAX_SIZE:,}'
+      )
 
 
 def _layer_stats(layer, shape: tuple, where: str) -> LayerStats:
@@ -897,12 +985,16 @@ def validate(spec: NetSpec, input_shape: Sequence[int] | None = None) -> None:
   if not spec.layers:
     raise SpecError(f'spec {spec.name!r} has no layers')
   if spec.switched and not 0 <= spec.switched[0] <= spec.switched[-1] < len(spec.layers):
-    raise SpecError(f'spec {spec.name!r} switches layers {list(spec.switched)}, but it has '
-                    f'{len(spec.layers)} layers')
+    raise SpecError(
+      f'spec {spec.name!r} switches layers {list(spec.switched)}, but it has '
+      f'{len(spec.layers)} layers'
+    )
   out = output_shape(spec, input_shape)
   if len(out) != 1:
-    raise SpecError(f'spec {spec.name!r} ends with shape {out}, not class logits; '
-                    'end it with Flatten + Dense(num_classes)')
+    raise SpecError(
+      f'spec {spec.name!r} ends with shape {out}, not class logits; '
+      'end it with Flatten + Dense(num_classes)'
+    )
 
 
 # --------------------------------------------------------------------------
@@ -921,6 +1013,7 @@ class Site:
   skip_end 1; branches of a Concat are counted one after another; paper
   section 3.2.1); 0 outside blocks, so inside and outside never look alike.
   """
+
   path: tuple
   layer: Any
   in_shape: tuple
@@ -983,7 +1076,13 @@ def removable_count(spec: NetSpec) -> int:
 _KERNEL_NORM, _STRIDE_NORM, _PADDING_NORM, _SKIP_NORM = 8.0, 8.0, 3.0, 8.0
 _WIDTH_LOG_NORM = math.log2(4097.0)
 FEATURE_NAMES = tuple(f'type_{c.__name__}' for c in LAYER_TYPES) + (
-    'kernel', 'stride', 'padding', 'outputs', 'skip_start', 'skip_end')
+  'kernel',
+  'stride',
+  'padding',
+  'outputs',
+  'skip_start',
+  'skip_end',
+)
 
 
 def site_features(site: Site) -> tuple:
@@ -992,9 +1091,14 @@ def site_features(site: Site) -> tuple:
   one_hot = tuple(1.0 if layer.feature_slot == slot else 0.0 for slot in range(len(LAYER_TYPES)))
   k, s, p = layer.policy_features()
   n = site.out_shape[-1]
-  scaled = (k / _KERNEL_NORM, s / _STRIDE_NORM, p / _PADDING_NORM,
-            math.log2(1 + n) / _WIDTH_LOG_NORM,
-            site.skip_start / _SKIP_NORM, site.skip_end / _SKIP_NORM)
+  scaled = (
+    k / _KERNEL_NORM,
+    s / _STRIDE_NORM,
+    p / _PADDING_NORM,
+    math.log2(1 + n) / _WIDTH_LOG_NORM,
+    site.skip_start / _SKIP_NORM,
+    site.skip_end / _SKIP_NORM,
+  )
   return one_hot + tuple(min(1.0, v) for v in scaled)
 
 
@@ -1011,6 +1115,7 @@ def layer_features(spec: NetSpec) -> list:
 class Degenerate:
   """Why a sampled student cannot be used (reward -1). `kind` is one of
   DEGENERATE_KINDS; `reason` is a readable sentence."""
+
   kind: str
   reason: str
 
@@ -1034,18 +1139,25 @@ def _rebuild(layers, replace: dict, prefix=()) -> tuple:
         out.append(replace[path])
       continue
     if isinstance(layer, LayerType) and layer.children():
-      layer = layer.with_children([_rebuild(seq, replace, path + key)
-                                   for key, seq in layer.children()])
+      layer = layer.with_children(
+        [_rebuild(seq, replace, path + key) for key, seq in layer.children()]
+      )
     out.append(layer)
   return tuple(out)
 
 
-def check_student(student: NetSpec, reference: NetSpec, max_params: int | None = None,
-                  max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS):
+def check_student(
+  student: NetSpec,
+  reference: NetSpec,
+  max_params: int | None = None,
+  max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS,
+):
   """The student itself, or a Degenerate verdict saying why it is unusable
   in place of `reference` (same input, same classes, fewer parameters)."""
-  if not any(isinstance(l, LayerType) and (l.width_field is not None or l.channels == BLOCK)
-             for l in student.layers):
+  if not any(
+    isinstance(l, LayerType) and (l.width_field is not None or l.channels == BLOCK)
+    for l in student.layers
+  ):
     return Degenerate('empty', 'the student has no conv or dense layer left')
   try:
     validate(student)
@@ -1053,16 +1165,22 @@ def check_student(student: NetSpec, reference: NetSpec, max_params: int | None =
   except SpecError as e:
     return Degenerate('invalid_shape', str(e))
   if output_shape(student) != output_shape(reference):
-    return Degenerate('invalid_shape', f'the student outputs {output_shape(student)}, '
-                      f'not {output_shape(reference)} like its reference')
+    return Degenerate(
+      'invalid_shape',
+      f'the student outputs {output_shape(student)}, '
+      f'not {output_shape(reference)} like its reference',
+    )
   for s in _dense_inputs(student):
     if s[1] > max_dense_inputs:
-      return Degenerate('dense_input_too_large',
-                        f'{s[0]} (Dense) gets {s[1]:,} inputs, over the limit of '
-                        f'{max_dense_inputs:,}')
+      return Degenerate(
+        'dense_input_too_large',
+        f'{s[0]} (Dense) gets {s[1]:,} inputs, over the limit of {max_dense_inputs:,}',
+      )
   if max_params is not None and params >= max_params:
-    return Degenerate('not_smaller', f'the student has {params:,} parameters, '
-                      f'not fewer than the reference {max_params:,}')
+    return Degenerate(
+      'not_smaller',
+      f'the student has {params:,} parameters, not fewer than the reference {max_params:,}',
+    )
   return student
 
 
@@ -1072,8 +1190,13 @@ def _dense_inputs(spec):
       yield f'layers[{i}]', st.in_shape[0]
 
 
-def remove(spec: NetSpec, keep: Sequence[bool], *, max_params: int | None = None,
-           max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS):
+def remove(
+  spec: NetSpec,
+  keep: Sequence[bool],
+  *,
+  max_params: int | None = None,
+  max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS,
+):
   """Stage-1 transform: drop the removable layers whose `keep` entry is False.
 
   `keep` has one entry per removable site, in `sites(spec)` order. Returns the
@@ -1083,8 +1206,9 @@ def remove(spec: NetSpec, keep: Sequence[bool], *, max_params: int | None = None
   all_sites = sites(spec)
   removable = [s for s in all_sites if s.removable]
   if len(keep) != len(removable):
-    raise ValueError(f'keep has {len(keep)} entries but {spec.name!r} has '
-                     f'{len(removable)} removable layers')
+    raise ValueError(
+      f'keep has {len(keep)} entries but {spec.name!r} has {len(removable)} removable layers'
+    )
   if max_params is None:
     max_params = param_count(spec)
   dropped = {s.path: None for s, k in zip(removable, keep) if not bool(k)}
@@ -1099,6 +1223,7 @@ def remove(spec: NetSpec, keep: Sequence[bool], *, max_params: int | None = None
 class ShrinkVar:
   """One configurable variable the stage-2 policy sets: a layer's output
   width ('width') or its kernel size ('kernel')."""
+
   site_index: int  # index into sites(spec)
   path: tuple
   variable: str
@@ -1108,8 +1233,11 @@ def _width_layers(spec: NetSpec) -> list:
   """Sites whose output width can shrink: every conv and dense layer but the
   class layer. Shortcut convs are not sites; they follow their group."""
   class_layer = class_layer_index(spec)
-  return [(i, s) for i, s in enumerate(sites(spec))
-          if s.layer.width_field is not None and s.path != (class_layer,)]
+  return [
+    (i, s)
+    for i, s in enumerate(sites(spec))
+    if s.layer.width_field is not None and s.path != (class_layer,)
+  ]
 
 
 def shrink_vars(spec: NetSpec, kernels: bool = False) -> list:
@@ -1179,8 +1307,11 @@ def width_groups(spec: NetSpec) -> dict:
     return src
 
   walk(spec.layers, (), 'input')
-  return {p: groups.find(p) for p in list(groups.parent)
-          if isinstance(p, tuple) and p and isinstance(p[0], int)}
+  return {
+    p: groups.find(p)
+    for p in list(groups.parent)
+    if isinstance(p, tuple) and p and isinstance(p[0], int)
+  }
 
 
 def _round_half_up(x: float) -> int:
@@ -1203,9 +1334,15 @@ def _shrunk_kernel(kernel: int, factor: float) -> int:
   return new if new % 2 == 1 else new - 1  # odd kernels keep 'same' padding exact
 
 
-def shrink(spec: NetSpec, factors: Sequence[float], *, kernels: bool = False,
-           round_to: int = 1, max_params: int | None = None,
-           max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS):
+def shrink(
+  spec: NetSpec,
+  factors: Sequence[float],
+  *,
+  kernels: bool = False,
+  round_to: int = 1,
+  max_params: int | None = None,
+  max_dense_inputs: int = DEFAULT_MAX_DENSE_INPUTS,
+):
   """Stage-2 transform: scale each shrinkable layer's output width (and, with
   kernels=True, its kernel) by a factor in (0, 1].
 
@@ -1218,8 +1355,10 @@ def shrink(spec: NetSpec, factors: Sequence[float], *, kernels: bool = False,
   """
   variables = shrink_vars(spec, kernels)
   if len(factors) != len(variables):
-    raise ValueError(f'factors has {len(factors)} entries but {spec.name!r} has '
-                     f'{len(variables)} shrinkable variables (kernels={kernels})')
+    raise ValueError(
+      f'factors has {len(factors)} entries but {spec.name!r} has '
+      f'{len(variables)} shrinkable variables (kernels={kernels})'
+    )
   bad = [f for f in factors if not (isinstance(f, numbers.Real) and 0.0 < float(f) <= 1.0)]
   if bad:
     raise ValueError(f'shrink factors must be in (0, 1], got {bad[:5]}')
@@ -1245,7 +1384,8 @@ def shrink(spec: NetSpec, factors: Sequence[float], *, kernels: bool = False,
     factor = sum(fs) / len(fs)
     width = layer.width_field
     layer = dataclasses.replace(
-        layer, **{width: _shrunk_width(getattr(layer, width), factor, round_to)})
+      layer, **{width: _shrunk_width(getattr(layer, width), factor, round_to)}
+    )
     if path in kernel_factor:
       layer = _with_kernel(layer, kernel_factor[path])
     replace[path] = layer
@@ -1265,8 +1405,8 @@ def _get_any(layers, path):
   node = layers[path[0]]
   rest = path[1:]
   while rest:
-    key, seq = next((k, s) for k, s in node.children() if rest[:len(k)] == k)
-    node, rest = seq[rest[len(key)]], rest[len(key) + 1:]
+    key, seq = next((k, s) for k, s in node.children() if rest[: len(k)] == k)
+    node, rest = seq[rest[len(key)]], rest[len(key) + 1 :]
   return node
 
 

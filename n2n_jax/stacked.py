@@ -27,7 +27,7 @@ compiles a new program.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,11 +52,12 @@ def over_students(fn: Callable, lowering: str, shared: tuple = ()) -> Callable:
   n_shared = len(shared)
 
   def batched(*args):
-    mine, common = args[:len(args) - n_shared], args[len(args) - n_shared:]
+    mine, common = args[: len(args) - n_shared], args[len(args) - n_shared :]
     if lowering == 'vmap':
       axes = (0,) * len(mine) + (None,) * n_shared
       return jax.vmap(fn, in_axes=axes)(*args)
     return jax.lax.map(lambda xs: fn(*xs, *common), tuple(mine))
+
   return batched
 
 
@@ -90,6 +91,7 @@ class StackedRunner:
     # indices (steps, K, batch), keys (steps, K)
     def body(states, xs):
       return self._step(states, data, *xs)
+
     states, metrics = jax.lax.scan(body, states, (indices, keys))
     return states, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
 
@@ -99,8 +101,9 @@ class StackedRunner:
     keys = jax.random.split(jax.random.key(0), self.students)
     indices, step_keys = self._plan(keys, data.images.shape[0], batch_size)
     if self.mode == 'scan':
-      return self._jit_scan.lower(states, data, jnp.swapaxes(indices, 0, 1),
-                                  jnp.swapaxes(step_keys, 0, 1))
+      return self._jit_scan.lower(
+        states, data, jnp.swapaxes(indices, 0, 1), jnp.swapaxes(step_keys, 0, 1)
+      )
     return self._jit_step.lower(states, data, indices[:, 0], step_keys[:, 0])
 
   def install(self, compiled) -> None:
@@ -116,24 +119,26 @@ class StackedRunner:
     indices, step_keys = self._plan(keys, data.images.shape[0], batch_size)
     steps, size = indices.shape[1:]
     if self.mode == 'scan':
-      states, sums = self._jit_scan(states, data, jnp.swapaxes(indices, 0, 1),
-                                    jnp.swapaxes(step_keys, 0, 1))
+      states, sums = self._jit_scan(
+        states, data, jnp.swapaxes(indices, 0, 1), jnp.swapaxes(step_keys, 0, 1)
+      )
     else:
       sums = None
       for i in range(steps):
         states, m = self._jit_step(states, data, indices[:, i], step_keys[:, i])
         sums = m if sums is None else jax.tree_util.tree_map(jnp.add, sums, m)
     sums = jax.device_get(sums)
-    return states, {'loss': np.asarray(sums['loss'], np.float64) / steps,
-                    'accuracy': np.asarray(sums['correct'], np.float64) / (steps * size)}
+    return states, {
+      'loss': np.asarray(sums['loss'], np.float64) / steps,
+      'accuracy': np.asarray(sums['correct'], np.float64) / (steps * size),
+    }
 
 
 def lower_predict(model, lowering: str, stacked_variables, images, batch_size: int = 1000):
   """The per-chunk validation program of K stacked students (variables with
   a leading student axis, one chunk of images shared), lowered: what
   train.predict's `compiled` takes; its logits carry the student axis."""
-  chunk = jax.ShapeDtypeStruct((min(batch_size, images.shape[0]),) + images.shape[1:],
-                               images.dtype)
+  chunk = jax.ShapeDtypeStruct((min(batch_size, images.shape[0]),) + images.shape[1:], images.dtype)
   apply = over_students(lambda v, x: model.apply(v, x, train=False), lowering, shared=(None,))
   return jax.jit(apply).lower(stacked_variables, chunk)
 

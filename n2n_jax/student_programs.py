@@ -48,9 +48,18 @@ class StudentPrograms:
   examples. `mesh`: data-parallel programs (compiled on first use, not
   stored). `cache` defaults to the process-wide program_cache.SHARED."""
 
-  def __init__(self, settings, epoch_mode: str, resident, num_train: int, *, mesh=None,
-               store: program_store_lib.ProgramStore | None = None,
-               cache: program_cache_lib.ProgramCache | None = None, compile_threads: int = 1):
+  def __init__(
+    self,
+    settings,
+    epoch_mode: str,
+    resident,
+    num_train: int,
+    *,
+    mesh=None,
+    store: program_store_lib.ProgramStore | None = None,
+    cache: program_cache_lib.ProgramCache | None = None,
+    compile_threads: int = 1,
+  ):
     if not isinstance(compile_threads, int) or compile_threads < 1:
       raise ValueError(f'compile_threads must be an integer >= 1, got {compile_threads!r}')
     self.settings, self.epoch_mode, self.mesh = settings, epoch_mode, mesh
@@ -133,10 +142,12 @@ class StudentPrograms:
     s, stacking, started = self.settings, key[-1], time.perf_counter()
     model = models.build(spec)
     steps = max(1, self.num_train // s.batch_size)
-    tx = train_lib.make_optimizer('adam', s.learning_rate, steps_per_epoch=steps,
-                                  weight_decay=s.weight_decay)
-    step = train_lib.make_step(model, tx, train_lib.make_loss(s.loss, s.soft_weight),
-                               mesh=self.mesh)
+    tx = train_lib.make_optimizer(
+      'adam', s.learning_rate, steps_per_epoch=steps, weight_decay=s.weight_decay
+    )
+    step = train_lib.make_step(
+      model, tx, train_lib.make_loss(s.loss, s.soft_weight), mesh=self.mesh
+    )
     if stacking is not None:
       runner = stacked_lib.StackedRunner(step, self.epoch_mode, *stacking)
     else:
@@ -147,9 +158,18 @@ class StudentPrograms:
       # Data-parallel programs compile on first use (shardings come with
       # the real arrays).
       program = Program(model, tx, runner, None, models.variable_shapes(model, spec.input_shape))
-    self.cache.add(key, program, program_cache_lib.Built(
-        spec, stacking, program.store_key is not None, threading.current_thread().name,
-        started, time.perf_counter()))
+    self.cache.add(
+      key,
+      program,
+      program_cache_lib.Built(
+        spec,
+        stacking,
+        program.store_key is not None,
+        threading.current_thread().name,
+        started,
+        time.perf_counter(),
+      ),
+    )
     return program
 
   def _compile(self, spec, model, tx, runner, device, stacking) -> Program:
@@ -160,19 +180,28 @@ class StudentPrograms:
     data, val_images, _ = self.resident(device)
     store, store_key, spec_json = self.store, None, spec_lib.to_json(spec)
     if store is not None:
-      data_shapes = tuple((x.shape, str(x.dtype)) for x in
-                          jax.tree_util.tree_leaves((data, val_images)))
+      data_shapes = tuple(
+        (x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves((data, val_images))
+      )
       # Switches (padding.with_switches) are not part of a spec's JSON.
       switched = (('switched', spec.switched),) if spec.switched else ()
       together = (('stacked',) + tuple(stacking),) if stacking else ()
-      store_key = store.key(device, spec_json, self.settings, self.epoch_mode, data_shapes,
-                            *switched, *together)
+      store_key = store.key(
+        device, spec_json, self.settings, self.epoch_mode, data_shapes, *switched, *together
+      )
       loaded = store.load(store_key, spec=spec_json)
       if loaded is not None:
         programs, extras = loaded
         runner.install(programs['train'])
-        return Program(model, tx, runner, programs['predict'], extras['shapes'],
-                       programs['init_state'], store_key)
+        return Program(
+          model,
+          tx,
+          runner,
+          programs['predict'],
+          extras['shapes'],
+          programs['init_state'],
+          store_key,
+        )
     shapes = models.variable_shapes(model, spec.input_shape)
     create = lambda v: train_lib.TrainState.create(v, tx)  # pylint: disable=unnecessary-lambda-assignment
     with jax.default_device(device):
@@ -182,12 +211,15 @@ class StudentPrograms:
       else:
         lowering, count = stacking
         inputs = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct((count,) + x.shape, x.dtype), shapes)
+          lambda x: jax.ShapeDtypeStruct((count,) + x.shape, x.dtype), shapes
+        )
         create = jax.vmap(create)
         predict = stacked_lib.lower_predict(model, lowering, inputs, val_images)
-      lowered = {'init_state': jax.jit(create).lower(inputs), 'predict': predict,
-                 'train': runner.lower(jax.eval_shape(create, inputs), data,
-                                       self.settings.batch_size)}
+      lowered = {
+        'init_state': jax.jit(create).lower(inputs),
+        'predict': predict,
+        'train': runner.lower(jax.eval_shape(create, inputs), data, self.settings.batch_size),
+      }
       with program_store_lib.persistent_cache_hits() as hits:
         programs = {name: program.compile() for name, program in lowered.items()}
     runner.install(programs['train'])

@@ -17,8 +17,9 @@ finished an iteration yet (stage 2 shrinks stage 1's best, so once it has, stage
 from __future__ import annotations
 
 
-def stage_deadline(budget_minutes: float, number: int, stage1_iterations: int,
-                   stage2_iterations: int) -> float | None:
+def stage_deadline(
+  budget_minutes: float, number: int, stage1_iterations: int, stage2_iterations: int
+) -> float | None:
   """Seconds of search time by which stage `number` ends, or None without a budget."""
   if not budget_minutes:
     return None

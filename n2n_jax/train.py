@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import flax
 import jax
@@ -25,6 +27,7 @@ EPOCH_MODES = ('auto', 'scan', 'loop')
 
 
 # ---- losses: (logits, labels, teacher_logits) -> scalar
+
 
 def cross_entropy(logits, labels, teacher_logits=None):
   del teacher_logits
@@ -40,10 +43,11 @@ def l2_logits(logits, labels, teacher_logits):
 
 # Each loss by name, built from the weight of the soft (L2) term.
 _LOSSES = {
-    'ce': lambda soft_weight: cross_entropy,  # hard labels
-    'l2': lambda soft_weight: l2_logits,  # distillation
-    'hard_soft': lambda soft_weight: (
-        lambda z, y, t: cross_entropy(z, y) + soft_weight * l2_logits(z, y, t)),
+  'ce': lambda soft_weight: cross_entropy,  # hard labels
+  'l2': lambda soft_weight: l2_logits,  # distillation
+  'hard_soft': lambda soft_weight: (
+    lambda z, y, t: cross_entropy(z, y) + soft_weight * l2_logits(z, y, t)
+  ),
 }
 LOSSES = tuple(_LOSSES)
 
@@ -57,6 +61,7 @@ def make_loss(kind: str, soft_weight: float = 1.0) -> Callable:
 
 # ---- optimiser
 
+
 # Each optimiser by name, from its schedule, momentum and weight decay. 'sgd'
 # and 'adam' add weight decay to the gradient (PyTorch's coupled L2); 'adamw'
 # decouples it.
@@ -65,29 +70,39 @@ def _coupled(opt, weight_decay):
 
 
 _OPTIMIZERS = {
-    'sgd': lambda schedule, momentum, weight_decay: _coupled(
-        optax.sgd(schedule, momentum=momentum or None), weight_decay),
-    'adam': lambda schedule, momentum, weight_decay: _coupled(
-        optax.adam(schedule), weight_decay),
-    'adamw': lambda schedule, momentum, weight_decay: optax.adamw(
-        schedule, weight_decay=weight_decay),
+  'sgd': lambda schedule, momentum, weight_decay: _coupled(
+    optax.sgd(schedule, momentum=momentum or None), weight_decay
+  ),
+  'adam': lambda schedule, momentum, weight_decay: _coupled(optax.adam(schedule), weight_decay),
+  'adamw': lambda schedule, momentum, weight_decay: optax.adamw(
+    schedule, weight_decay=weight_decay
+  ),
 }
 OPTIMIZERS = tuple(_OPTIMIZERS)
 
 
-def make_optimizer(name: str, learning_rate: float, *, steps_per_epoch: int,
-                   decay_epochs=(), decay_factor: float = 0.1, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str,
+  learning_rate: float,
+  *,
+  steps_per_epoch: int,
+  decay_epochs=(),
+  decay_factor: float = 0.1,
+  momentum: float = 0.9,
+  weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
   """An optimiser of OPTIMIZERS with a step schedule: the rate is multiplied by
   decay_factor at each epoch in decay_epochs (the paper's teacher schedules)."""
   if name not in _OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
   schedule = optax.piecewise_constant_schedule(
-      learning_rate, {int(e) * steps_per_epoch: decay_factor for e in decay_epochs})
+    learning_rate, {int(e) * steps_per_epoch: decay_factor for e in decay_epochs}
+  )
   return _OPTIMIZERS[name](schedule, momentum, weight_decay)
 
 
 # ---- state
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
@@ -96,10 +111,9 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
   @classmethod
-  def create(cls, variables: dict, tx: optax.GradientTransformation) -> 'TrainState':
+  def create(cls, variables: dict, tx: optax.GradientTransformation) -> TrainState:
     params = variables['params']
-    return cls(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
-               tx.init(params))
+    return cls(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}), tx.init(params))
 
   @property
   def variables(self) -> dict:
@@ -108,6 +122,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 class Data(NamedTuple):
   """Arrays a step gathers its batches from; teacher_logits may be None."""
+
   images: jax.Array
   labels: jax.Array
   teacher_logits: Any = None
@@ -118,8 +133,13 @@ def _batch(data: Data, idx):
   return data.images[idx], data.labels[idx], t
 
 
-def make_step(model, tx: optax.GradientTransformation, loss_fn: Callable,
-              augment: Callable | None = None, mesh=None) -> Callable:
+def make_step(
+  model,
+  tx: optax.GradientTransformation,
+  loss_fn: Callable,
+  augment: Callable | None = None,
+  mesh=None,
+) -> Callable:
   """The un-jitted train step (state, data, idx, key) -> (state, metrics).
   With `mesh` (see data_parallel_mesh) the batch is split over its devices
   and XLA sums the gradients across them: state and data are replicated."""
@@ -134,15 +154,22 @@ def make_step(model, tx: optax.GradientTransformation, loss_fn: Callable,
 
     def loss_of(params):
       logits, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-          mutable=['batch_stats'], rngs={'dropout': dropout_key})
+        {'params': params, 'batch_stats': state.batch_stats},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': dropout_key},
+      )
       return loss_fn(logits, labels, teacher), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     changes, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, changes),
-                          batch_stats=updates.get('batch_stats', state.batch_stats),
-                          opt_state=opt_state)
+    state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, changes),
+      batch_stats=updates.get('batch_stats', state.batch_stats),
+      opt_state=opt_state,
+    )
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return state, {'loss': loss, 'correct': correct}
 
@@ -163,10 +190,11 @@ def epoch_indices(key, num_examples: int, batch_size: int) -> jax.Array:
   batch_size = min(batch_size, num_examples)
   steps = num_examples // batch_size
   perm = jax.random.permutation(key, num_examples)
-  return perm[:steps * batch_size].reshape(steps, batch_size)
+  return perm[: steps * batch_size].reshape(steps, batch_size)
 
 
 # ---- data parallelism: one model, its batch split over several devices
+
 
 def data_parallel_mesh(devices, batch_size: int):
   """A 1-D mesh named 'batch' over as many of `devices` as divide
@@ -193,6 +221,7 @@ def replicate(tree, mesh):
 class EpochRunner:
   """Runs whole epochs of `step` in the chosen mode; compiled once per
   (model, shapes) and reused for every epoch."""
+
   step: Callable
   mode: str = 'auto'
   mesh: Any = None  # the step's data-parallel mesh: batch indices are split over it
@@ -237,8 +266,9 @@ class EpochRunner:
     perm_key, step_key = jax.random.split(key)
     indices = epoch_indices(perm_key, data.images.shape[0], batch_size)
     if self.mesh is not None:
-      indices = jax.device_put(indices, jax.sharding.NamedSharding(
-          self.mesh, jax.sharding.PartitionSpec(None, 'batch')))
+      indices = jax.device_put(
+        indices, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, 'batch'))
+      )
     if self.mode == 'scan':
       state, sums = self._jit_scan(state, data, indices, step_key)
     else:
@@ -248,11 +278,11 @@ class EpochRunner:
         state, m = self._jit_step(state, data, indices[i], keys[i])
         sums = jax.tree_util.tree_map(jnp.add, sums, m)
     steps, seen = indices.shape[0], indices.size
-    return state, {'loss': float(sums['loss']) / steps,
-                   'accuracy': float(sums['correct']) / seen}
+    return state, {'loss': float(sums['loss']) / steps, 'accuracy': float(sums['correct']) / seen}
 
 
 # ---- evaluation
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_chunk(model, variables, images):
@@ -266,13 +296,13 @@ def _chunk_size(images, batch_size: int) -> int:
 def lower_predict(model, variables, images, batch_size: int = 1000):
   """`predict`'s per-chunk program for `model` and arrays shaped like
   `variables` and `images` (arrays or ShapeDtypeStructs), lowered."""
-  chunk = jax.ShapeDtypeStruct((_chunk_size(images, batch_size),) + images.shape[1:],
-                               images.dtype)
+  chunk = jax.ShapeDtypeStruct((_chunk_size(images, batch_size),) + images.shape[1:], images.dtype)
   return _predict_chunk.lower(model, variables, chunk)
 
 
-def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000,
-            compiled=None) -> jax.Array:
+def predict(
+  model, variables: dict, images: jax.Array, batch_size: int = 1000, compiled=None
+) -> jax.Array:
   """Logits for all images, in fixed-size chunks (the last one padded) so one
   compiled program serves any dataset size; `compiled` is that program from
   lower_predict, compiled (else it is compiled on first use)."""
@@ -281,12 +311,12 @@ def predict(model, variables: dict, images: jax.Array, batch_size: int = 1000,
   apply = compiled or functools.partial(_predict_chunk, model)
   out = []
   for start in range(0, n, size):
-    chunk = images[start:start + size]
+    chunk = images[start : start + size]
     short = size - chunk.shape[0]
     if short:
       chunk = jnp.concatenate([chunk, jnp.zeros((short,) + chunk.shape[1:], chunk.dtype)])
     # Logits are (..., examples, classes): stacked students (stacked.py) lead.
-    out.append(apply(variables, chunk)[..., :size - short, :])
+    out.append(apply(variables, chunk)[..., : size - short, :])
   return jnp.concatenate(out, axis=-2)
 
 

@@ -26,7 +26,7 @@ class WorkdirLock:
     self.path = os.path.join(workdir, LOCK_FILE)
     self._file = None
 
-  def __enter__(self) -> 'WorkdirLock':
+  def __enter__(self) -> WorkdirLock:
     os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
     f = open(self.path, 'a+', encoding='utf-8')
     try:
@@ -35,8 +35,10 @@ class WorkdirLock:
       f.seek(0)
       holder = f.read().strip() or 'another process'
       f.close()
-      raise WorkdirBusy(f'{os.path.dirname(self.path)} is in use by {holder}; wait for it '
-                        'to finish or use another --workdir') from None
+      raise WorkdirBusy(
+        f'{os.path.dirname(self.path)} is in use by {holder}; wait for it '
+        'to finish or use another --workdir'
+      ) from None
     f.seek(0)
     f.truncate()
     f.write(f'pid {os.getpid()} since {time.strftime("%Y-%m-%d %H:%M:%S")}')
@@ -68,6 +70,5 @@ def job_lock(workdir: str):
       except WorkdirBusy as e:
         busy = e
     if distributed.from_primary(busy is not None):
-      raise busy or WorkdirBusy(f'{workdir} is in use by another run (process 0 could not '
-                                'lock it)')
+      raise busy or WorkdirBusy(f'{workdir} is in use by another run (process 0 could not lock it)')
     yield

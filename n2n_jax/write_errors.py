@@ -27,25 +27,26 @@ _PERMISSION = {errno.EACCES, errno.EPERM}
 # tensorstore (orbax's array files) raises ValueError whose text carries the
 # OS's message and the file it failed on.
 _TENSORSTORE_TEXT = re.compile(
-    r'(No space left on device|Disk quota exceeded|Read-only file system|Permission denied)')
+  r'(No space left on device|Disk quota exceeded|Read-only file system|Permission denied)'
+)
 # The file itself where it says, else the database folder it was writing.
 _TENSORSTORE_PATHS = (re.compile(r'Failed writing: "([^"]+)"'), re.compile(r'local file "([^"]+)"'))
 
 # What each part of a run's folder is, for the message (README: "what DIR receives").
 _WHAT = (
-    ('search_checkpoints', 'the search checkpoint'),
-    ('teacher_progress', "the teacher's training progress"),
-    ('teacher_checkpoint', "the teacher's weights"),
-    ('teacher.json', "the teacher's record"),
-    ('metrics.jsonl', 'the metrics'),
-    ('tensorboard', "TensorBoard's event file"),
-    ('.png', 'a plot'),
-    ('report.md', 'the report'),
-    ('summary.json', 'the summary'),
-    ('student', 'the exported student'),
-    ('baselines', "a baseline's results"),
-    ('damaged_checkpoints', 'a damaged checkpoint being moved aside'),
-    ('.n2n_jax.lock', "the run folder's lock"),
+  ('search_checkpoints', 'the search checkpoint'),
+  ('teacher_progress', "the teacher's training progress"),
+  ('teacher_checkpoint', "the teacher's weights"),
+  ('teacher.json', "the teacher's record"),
+  ('metrics.jsonl', 'the metrics'),
+  ('tensorboard', "TensorBoard's event file"),
+  ('.png', 'a plot'),
+  ('report.md', 'the report'),
+  ('summary.json', 'the summary'),
+  ('student', 'the exported student'),
+  ('baselines', "a baseline's results"),
+  ('damaged_checkpoints', 'a damaged checkpoint being moved aside'),
+  ('.n2n_jax.lock', "the run folder's lock"),
 )
 
 
@@ -67,7 +68,8 @@ def find(error: BaseException, workdir: str | None) -> tuple[str | None, str] | 
     if isinstance(e, OSError):
       path = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else None
       if e.errno in _FULL_OR_READ_ONLY or (
-          e.errno in _PERMISSION and path and inside and (path + os.sep).startswith(inside)):
+        e.errno in _PERMISSION and path and inside and (path + os.sep).startswith(inside)
+      ):
         return path, e.strerror or os.strerror(e.errno)
     reason = _TENSORSTORE_TEXT.search(str(e))
     if reason and not isinstance(e, OSError):
@@ -97,8 +99,10 @@ def message(error: BaseException, workdir: str | None) -> str | None:
     return None
   path, reason = found
   where = f'{what_is(path, workdir)} ({path})' if path else f'in {workdir or "the run folder"}'
-  return (f'error: could not write {where}: {reason}. What was saved before is intact; '
-          'free space or make the folder writable, then run the same command again to resume.')
+  return (
+    f'error: could not write {where}: {reason}. What was saved before is intact; '
+    'free space or make the folder writable, then run the same command again to resume.'
+  )
 
 
 class QuietStorageErrors(logging.Filter):

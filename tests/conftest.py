@@ -23,8 +23,14 @@ def load_config(name: str, variant: str = ''):
 # 64->64, 64->128 with biases, a batch norm (scale, bias) after each, three
 # 2x2 pools to 1x1, and Dense(128 -> 10).
 DIGITS_CNN_PARAMS = (
-    (9 * 1 * 32 + 32) + (9 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 64 + 64)
-    + (9 * 64 * 128 + 128) + 2 * (32 + 32 + 64 + 64 + 128) + (128 * 10 + 10))
+  (9 * 1 * 32 + 32)
+  + (9 * 32 * 32 + 32)
+  + (9 * 32 * 64 + 64)
+  + (9 * 64 * 64 + 64)
+  + (9 * 64 * 128 + 128)
+  + 2 * (32 + 32 + 64 + 64 + 128)
+  + (128 * 10 + 10)
+)
 assert DIGITS_CNN_PARAMS == 140_778
 
 
@@ -57,6 +63,7 @@ def as_a_user(tmp_path, monkeypatch):
   had never run."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
   before = jax.config.jax_compilation_cache_dir
@@ -88,6 +95,7 @@ def teacher_dir(tmp_path_factory):
   """A tiny digits teacher trained once; copy it into a workdir with
   `workdir_with_teacher`."""
   from n2n_jax import experiment  # pylint: disable=g-import-not-at-top
+
   config = tiny_search(quiet_config('digits'))
   config.mode = 'teacher'
   path = tmp_path_factory.mktemp('teacher')
@@ -103,20 +111,33 @@ def workdir_with_teacher(teacher_dir, path):
 # A whole compress job from the command line in seconds (with
 # --config=configs/digits.py): a 2-conv teacher and small policies keep
 # compiling short (it dominates such a run).
-TINY_RUN = ['--config.mode=compress', '--config.data.max_train_examples=256',
-            '--config.teacher.epochs=1', '--config.search.stage1_iterations=1',
-            '--config.search.stage2_iterations=1', '--config.search.rollouts=2',
-            '--config.distill.epochs=1', '--config.final.epochs=1',
-            '--config.policy.num_layers=1', '--config.policy.removal_hidden=8',
-            '--config.policy.shrink_hidden=8', '--config.runtime.progress=False']
-TINY_TEACHER = {'name': 'tiny', 'input_shape': [8, 8, 1], 'layers': [
+TINY_RUN = [
+  '--config.mode=compress',
+  '--config.data.max_train_examples=256',
+  '--config.teacher.epochs=1',
+  '--config.search.stage1_iterations=1',
+  '--config.search.stage2_iterations=1',
+  '--config.search.rollouts=2',
+  '--config.distill.epochs=1',
+  '--config.final.epochs=1',
+  '--config.policy.num_layers=1',
+  '--config.policy.removal_hidden=8',
+  '--config.policy.shrink_hidden=8',
+  '--config.runtime.progress=False',
+]
+TINY_TEACHER = {
+  'name': 'tiny',
+  'input_shape': [8, 8, 1],
+  'layers': [
     {'type': 'Conv', 'filters': 8, 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True},
     {'type': 'ReLU'},
     {'type': 'Conv', 'filters': 8, 'kernel': 3, 'stride': 1, 'padding': 1, 'use_bias': True},
     {'type': 'ReLU'},
     {'type': 'MaxPool', 'window': 2, 'stride': 2, 'padding': 0},
     {'type': 'Flatten'},
-    {'type': 'Dense', 'features': 10, 'use_bias': True}]}
+    {'type': 'Dense', 'features': 10, 'use_bias': True},
+  ],
+}
 
 
 def tiny_run_flags(folder) -> list:
@@ -137,6 +158,7 @@ def compiled_specs():
   """The specs Evaluator compiles programs for, in order, from an empty
   in-memory program cache."""
   from n2n_jax import program_cache  # pylint: disable=g-import-not-at-top
+
   program_cache.SHARED.clear()
   return SpecLog(program_cache.SHARED.built)
 
@@ -179,9 +201,14 @@ def best_recorded(records) -> dict:
     for j, reward in enumerate(r['rewards']):
       if r['degenerate'][j] is None and not r['violations'][j] and r['params'][j]:
         if best is None or reward > best['reward']:
-          best = {'reward': reward, 'stage': r['stage'], 'iteration': r['iteration'],
-                  'spec_text': r['specs'][j], 'params': r['params'][j],
-                  'val_accuracy': r['accuracies'][j]}
+          best = {
+            'reward': reward,
+            'stage': r['stage'],
+            'iteration': r['iteration'],
+            'spec_text': r['specs'][j],
+            'params': r['params'][j],
+            'val_accuracy': r['accuracies'][j],
+          }
   return best
 
 

@@ -13,15 +13,17 @@ import jax
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import ROOT
+from conftest import tiny_run_flags
 from matplotlib.figure import Figure
+from test_report import make_records
+from test_report import make_summary
 
-from conftest import ROOT, tiny_run_flags
 from n2n_jax import atomic
 from n2n_jax import export
 from n2n_jax import models
 from n2n_jax import report
 from n2n_jax import spec as S
-from test_report import make_records, make_summary
 
 
 def disk_full(*_, **__):
@@ -86,8 +88,7 @@ def test_an_export_that_fails_leaves_the_previous_student(tmp_path, monkeypatch)
 
   def same(a, b):
     leaves = [jax.tree_util.tree_leaves(t) for t in (a, b)]
-    return len(leaves[0]) == len(leaves[1]) and all(
-        np.array_equal(x, y) for x, y in zip(*leaves))
+    return len(leaves[0]) == len(leaves[1]) and all(np.array_equal(x, y) for x, y in zip(*leaves))
 
   assert same(export.load_student(folder)[1], first)
   monkeypatch.setattr(export.ocp.Checkpointer, 'save', disk_full)
@@ -110,10 +111,20 @@ def test_a_reader_polling_a_running_search_never_sees_half_a_file(tmp_path):
   # finds as often as it can, as a dashboard would.
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-       f'--workdir={workdir}', *tiny_run_flags(tmp_path),
-       '--config.runtime.compilation_cache_dir='],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      '-m',
+      'n2n_jax.main',
+      '--config=configs/digits.py',
+      f'--workdir={workdir}',
+      *tiny_run_flags(tmp_path),
+      '--config.runtime.compilation_cache_dir=',
+    ],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   reads = {'summary.json': 0, 'metrics.jsonl': 0, 'report.md': 0, 'png': 0, 'student': 0}
   try:
     while True:

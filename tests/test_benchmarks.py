@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # whole runs in subprocesses: the full suite only
@@ -26,9 +25,15 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
   # --torch without PyTorch must skip it (null figures), with it time it.
-  proc = subprocess.run([sys.executable, str(SCRIPT), '--quick', '--json-only', '--torch'],
-                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-                        check=False)
+  proc = subprocess.run(
+    [sys.executable, str(SCRIPT), '--quick', '--json-only', '--torch'],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   lines = proc.stdout.strip().splitlines()
   assert len(lines) == 1, proc.stdout  # --json-only: nothing but the JSON line
@@ -51,20 +56,27 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
   # The fractions are the parts of the search's time spent waiting for compiles
   # (the JSON line rounds every figure, hence the tolerance).
   assert r['compile_fraction'] == pytest.approx(
-      r['search_compile_seconds'] / (r['search_seconds'] + r['final_seconds']), abs=2e-3)
+    r['search_compile_seconds'] / (r['search_seconds'] + r['final_seconds']), abs=2e-3
+  )
   assert r['compile_fraction_rerun'] == pytest.approx(
-      r['rerun_compile_seconds'] / (r['rerun_search_seconds'] + r['rerun_final_seconds']),
-      abs=2e-3)
+    r['rerun_compile_seconds'] / (r['rerun_search_seconds'] + r['rerun_final_seconds']), abs=2e-3
+  )
   # A re-run finds its programs in the caches the first run filled.
   assert r['rerun_compile_seconds'] < r['search_compile_seconds']
   assert r['compile_fraction_xla'] >= 0
   assert _positive(r['train_gflops']) and _positive(r['matmul_peak_gflops'])
-  assert r['train_vs_matmul_peak'] == pytest.approx(r['train_gflops'] / r['matmul_peak_gflops'],
-                                                    rel=1e-2)
+  assert r['train_vs_matmul_peak'] == pytest.approx(
+    r['train_gflops'] / r['matmul_peak_gflops'], rel=1e-2
+  )
   # The stated convention: 3 x forward FLOPs per image x batch x steps/s.
   assert r['train_gflops'] == pytest.approx(
-      3 * r['student_flops_per_image']['teacher'] * r['batch_size']
-      * r['student_steps_per_second']['teacher'] / 1e9, rel=1e-2)
+    3
+    * r['student_flops_per_image']['teacher']
+    * r['batch_size']
+    * r['student_steps_per_second']['teacher']
+    / 1e9,
+    rel=1e-2,
+  )
 
   if importlib.util.find_spec('torch') is None:
     assert r['torch_steps_per_second'] is None and r['torch_train_gflops'] is None
@@ -82,9 +94,14 @@ def test_quick_throughput_ends_with_one_json_line_of_sane_figures(tmp_path):
 
 
 def test_quick_cpu_options_compares_variants_in_fresh_processes(tmp_path):
-  proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'cpu_options.py'), '--quick',
-                         '--json-only'], cwd=tmp_path, capture_output=True, text=True,
-                        timeout=900, check=False)
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / 'benchmarks' / 'cpu_options.py'), '--quick', '--json-only'],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   lines = proc.stdout.strip().splitlines()
   assert len(lines) == 1, proc.stdout
@@ -103,9 +120,13 @@ def test_quick_cpu_options_compares_variants_in_fresh_processes(tmp_path):
 
 
 def test_cpu_options_refuses_unknown_variants():
-  proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'cpu_options.py'),
-                         '--variants=cli,warp_speed'], capture_output=True, text=True,
-                        timeout=120, check=False)
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / 'benchmarks' / 'cpu_options.py'), '--variants=cli,warp_speed'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert proc.returncode == 2
   assert 'warp_speed' in proc.stderr and 'hugetlb' in proc.stderr  # lists the valid ones
 
@@ -114,11 +135,25 @@ def test_quick_search_figures_count_a_handful_of_programs(tmp_path):
   # Issue 17's CPU check: with both stages shared and students stacked, the
   # search compiles at most one program per set of pools kept, plus two.
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
-  proc = subprocess.run([sys.executable, str(SCRIPT), '--search', '--quick', '--json-only',
-                         '--search-teacher=digits_cnn', '--share-stage1=on', '--share-stage2=on',
-                         '--together=vmap'],
-                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-                        check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(SCRIPT),
+      '--search',
+      '--quick',
+      '--json-only',
+      '--search-teacher=digits_cnn',
+      '--share-stage1=on',
+      '--share-stage2=on',
+      '--together=vmap',
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r['search_iterations'] == [2, 1] and r['search_teacher'] == 'digits_cnn'
@@ -139,6 +174,7 @@ def test_kept_pool_sets_tell_apart_which_pools_a_student_kept():
   module_spec.loader.exec_module(throughput)
   from n2n_jax import spec as S  # pylint: disable=import-outside-toplevel
   from n2n_jax import zoo  # pylint: disable=import-outside-toplevel
+
   teacher = zoo.get('digits_cnn', (8, 8, 1), 10)
   pools = [i for i, l in enumerate(teacher.layers) if isinstance(l, (S.MaxPool, S.AvgPool))]
   assert len(pools) >= 2

@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DIGITS_CNN_PARAMS
+from conftest import ROOT
+from conftest import run_records
+from conftest import tiny_run_flags
 
-from conftest import DIGITS_CNN_PARAMS, ROOT, run_records, tiny_run_flags
 from n2n_jax import config as config_lib
 from n2n_jax import experiment
 from n2n_jax import spec as S
@@ -16,17 +19,17 @@ from n2n_jax import zoo
 
 # Paper's Table 1 teachers: exact parameter counts `describe` must print.
 TABLE1_PARAMS = {
-    'mnist_vgg13': 9_414_858,
-    'cifar10_vgg19': 20_040_522,
-    'cifar10_resnet18': 11_173_962,
-    'cifar10_resnet34': 21_282_122,
-    'cifar100_resnet18': 11_220_132,
-    'cifar100_resnet34': 21_328_292,
-    'caltech256_resnet18': 11_307_840,
-    'svhn_resnet18': 11_173_962,
-    'mnist_conv4': 131_978,
-    'fashion_mnist_vgg13': 9_414_858,
-    'digits': 140_778,
+  'mnist_vgg13': 9_414_858,
+  'cifar10_vgg19': 20_040_522,
+  'cifar10_resnet18': 11_173_962,
+  'cifar10_resnet34': 21_282_122,
+  'cifar100_resnet18': 11_220_132,
+  'cifar100_resnet34': 21_328_292,
+  'caltech256_resnet18': 11_307_840,
+  'svhn_resnet18': 11_173_962,
+  'mnist_conv4': 131_978,
+  'fashion_mnist_vgg13': 9_414_858,
+  'digits': 140_778,
 }
 
 
@@ -50,25 +53,45 @@ def test_describe_prints_exact_counts_without_data(config_factory, name):
 
 def test_cli_describe_subprocess_exits_zero():
   proc = subprocess.run(
-      [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-       '--config.mode=describe'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py', '--config.mode=describe'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout)['params'] == DIGITS_CNN_PARAMS
 
 
 def test_cli_bad_value_exits_2_with_field_name(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-       '--config.search.rollouts=0', f'--workdir={tmp_path}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'n2n_jax.main',
+      '--config=configs/digits.py',
+      '--config.search.rollouts=0',
+      f'--workdir={tmp_path}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert 'search.rollouts must be a positive integer' in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not os.listdir(tmp_path)  # failed before any work
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('mode', 'compress_all', "mode='compress_all' is not valid; choose one of compress, describe, teacher"),
+@pytest.mark.parametrize(
+  'field,value,message',
+  [
+    (
+      'mode',
+      'compress_all',
+      "mode='compress_all' is not valid; choose one of compress, describe, teacher",
+    ),
     ('teacher.name', 'vgg99', 'choose one of conv4, digits_cnn, vgg11'),
     ('teacher.epochs', -1, 'teacher.epochs must be a positive integer'),
     ('teacher.batch_size', 0, 'teacher.batch_size must be a positive integer'),
@@ -90,7 +113,8 @@ def test_cli_bad_value_exits_2_with_field_name(tmp_path):
     ('final.batch_size', -4, 'final.batch_size must be a positive integer'),
     ('constraints.max_params', -1, 'constraints.max_params'),
     ('constraints.epsilon_schedule', 'cosine', 'choose one of poly, linear, hard'),
-])
+  ],
+)
 def test_invalid_values_name_the_field(config_factory, field, value, message):
   config = config_factory('digits')
   section, _, key = field.rpartition('.')
@@ -117,9 +141,11 @@ def test_workdir_required_from_python(config_factory, mode):
 
 def test_default_workdir_is_runs_and_the_config_name():
   from n2n_jax import main  # pylint: disable=g-import-not-at-top
+
   assert main.default_workdir('configs/mnist_vgg13.py') == os.path.join('runs', 'mnist_vgg13')
   assert main.default_workdir('/abs/configs/fashion_mnist_vgg13.py:reduced') == os.path.join(
-      'runs', 'fashion_mnist_vgg13_reduced')
+    'runs', 'fashion_mnist_vgg13_reduced'
+  )
 
 
 @pytest.mark.slow
@@ -127,8 +153,14 @@ def test_the_command_as_written_runs_in_runs_config_name_and_resumes_there(tmp_p
   """python -m n2n_jax.main --config=configs/NAME.py, no --workdir: the brief's
   command (here on the bundled digits, with a tiny budget)."""
   (tmp_path / 'configs').symlink_to(ROOT / 'configs')
-  command = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-             *tiny_run_flags(tmp_path), '--config.runtime.compilation_cache_dir=']
+  command = [
+    sys.executable,
+    '-m',
+    'n2n_jax.main',
+    '--config=configs/digits.py',
+    *tiny_run_flags(tmp_path),
+    '--config.runtime.compilation_cache_dir=',
+  ]
   workdir = tmp_path / 'runs' / 'digits'
   first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
@@ -154,7 +186,9 @@ def test_user_spec_file(config_factory, tmp_path):
   config.mode = 'describe'
   config.teacher.spec_file = str(path)
   result = run(config)
-  assert result['name'] == 'mine' and result['params'] == S.param_count(spec) == 2_610  # 3*3*4+4 + 8*8*4*10+10
+  assert (
+    result['name'] == 'mine' and result['params'] == S.param_count(spec) == 2_610
+  )  # 3*3*4+4 + 8*8*4*10+10
 
   bad = S.NetSpec('bad', (8, 8, 1), (S.Conv(4, 9), S.Flatten(), S.Dense(10)))
   path.write_text(S.to_json(bad))
@@ -177,8 +211,18 @@ def test_missing_idx_folder_names_path_and_remedy(config_factory, tmp_path):
   config.mode = 'describe'  # the declared input shape stands in for the data
   # VGG-13 on 28x28x1, by hand: 3x3 convs 1-64-64, 64-128-128, 128-256-256,
   # 256-512-512, 512-512-512 with biases and batch norms, then Dense(512 -> 10).
-  widths = [(1, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512),
-            (512, 512), (512, 512), (512, 512)]
+  widths = [
+    (1, 64),
+    (64, 64),
+    (64, 128),
+    (128, 128),
+    (128, 256),
+    (256, 256),
+    (256, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+  ]
   vgg13 = sum(9 * i * o + o + 2 * o for i, o in widths) + 512 * 10 + 10
   assert run(config)['params'] == vgg13 == 9_414_858
 
@@ -192,6 +236,7 @@ def test_every_zoo_name_is_listed_in_errors():
 
 def test_a_busy_workdir_is_refused(config_factory, tmp_path):
   from n2n_jax import workdir_lock
+
   config = config_factory('digits')
   config.mode = 'teacher'
   with workdir_lock.WorkdirLock(str(tmp_path)):
@@ -201,15 +246,25 @@ def test_a_busy_workdir_is_refused(config_factory, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize(
+  'args,message',
+  [
     (['--config=configs/digits.py', '--config.teacher.nme=x'], 'Did you mean "name"'),
     (['--config=configs/nope.py'], "No such file or directory: 'configs/nope.py'"),
     (['--config.mode=describe'], '--config=configs/NAME.py is required'),
-    (['--config=configs/mnist_vgg13.py:tiny', '--config.mode=describe'],
-     "unknown config variant 'tiny'; valid variants: reduced"),
-])
+    (
+      ['--config=configs/mnist_vgg13.py:tiny', '--config.mode=describe'],
+      "unknown config variant 'tiny'; valid variants: reduced",
+    ),
+  ],
+)
 def test_bad_flags_end_with_one_clear_line(args, message):
-  proc = subprocess.run([sys.executable, '-m', 'n2n_jax.main'] + args, cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'n2n_jax.main'] + args,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert message in proc.stderr and 'Traceback' not in proc.stderr

@@ -12,11 +12,14 @@ import sys
 
 import matplotlib.image
 import pytest
+from conftest import ROOT
+from conftest import quiet_config
+from conftest import tiny_search
+from conftest import workdir_with_teacher
 
 from n2n_jax import compare
 from n2n_jax import experiment
 from n2n_jax import report
-from conftest import ROOT, quiet_config, tiny_search, workdir_with_teacher
 
 TEACHER_FILE = 'teacher.json'
 
@@ -56,6 +59,7 @@ def _cli(argv, capsys):
 
 # --- rows ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_rows_equal_the_summary(run_dir):
   summary = _read(run_dir, 'summary.json')
@@ -68,26 +72,38 @@ def test_rows_equal_the_summary(run_dir):
 
   t = got['teacher']
   assert (t['name'], t['params'], t['val_accuracy'], t['test_accuracy']) == (
-      teacher['name'], teacher['params'], teacher['val_accuracy'], teacher['test_accuracy'])
+    teacher['name'],
+    teacher['params'],
+    teacher['val_accuracy'],
+    teacher['test_accuracy'],
+  )
   assert t['wall_seconds'] == summary['time']['teacher']
 
   n = got['n2n']
   assert (n['params'], n['val_accuracy'], n['test_accuracy'], n['flops'], n['stage']) == (
-      student['params'], student['val_accuracy'], student['test_accuracy'], student['flops'],
-      student['stage'])
+    student['params'],
+    student['val_accuracy'],
+    student['test_accuracy'],
+    student['flops'],
+    student['stage'],
+  )
   assert n['compression'] == summary['compression']
   assert n['wall_seconds'] == summary['wall_seconds']
   assert n['delta_test_accuracy'] == pytest.approx(
-      student['test_accuracy'] - teacher['test_accuracy'])
+    student['test_accuracy'] - teacher['test_accuracy']
+  )
 
   s = got['stage1']
   assert (s['params'], s['val_accuracy'], s['reward'], s['iteration']) == (
-      stage1['params'], stage1['val_accuracy'], stage1['reward'], stage1['iteration'])
+    stage1['params'],
+    stage1['val_accuracy'],
+    stage1['reward'],
+    stage1['iteration'],
+  )
   assert s['compression'] == pytest.approx(teacher['params'] / stage1['params'])
   # Only briefly distilled in the search: no test accuracy, so no test delta.
   assert s['test_accuracy'] is None and s['delta_test_accuracy'] is None
-  assert s['delta_val_accuracy'] == pytest.approx(
-      stage1['val_accuracy'] - teacher['val_accuracy'])
+  assert s['delta_val_accuracy'] == pytest.approx(stage1['val_accuracy'] - teacher['val_accuracy'])
 
 
 def _expected_stats(records, teacher_params, stage, first=None):
@@ -103,11 +119,14 @@ def _expected_stats(records, teacher_params, stage, first=None):
     valid = [i for i, why in enumerate(r['degenerate']) if why is None]
     if valid:
       accuracies.append(sum(r['accuracies'][i] for i in valid) / len(valid))
-      compressions.append(sum(1 - r['params'][i] / teacher_params for i in valid)
-                          / len(valid))
+      compressions.append(sum(1 - r['params'][i] / teacher_params for i in valid) / len(valid))
   mean = lambda xs: sum(xs) / len(xs) if xs else None
-  return {'iterations': len(records), 'mean_reward': mean(rewards),
-          'mean_accuracy': mean(accuracies), 'mean_compression': mean(compressions)}
+  return {
+    'iterations': len(records),
+    'mean_reward': mean(rewards),
+    'mean_accuracy': mean(accuracies),
+    'mean_compression': mean(compressions),
+  }
 
 
 def _degenerate_record(stage, iteration, template, reasons):
@@ -131,8 +150,10 @@ def test_first_k_statistics_match_the_metrics_log(run_dir, tmp_path):
   # Two more stage-1 iterations: one half degenerate, one all degenerate (no
   # accuracy at all), so that the valid-only means and the first-k cut matter.
   stage1 = [r for r in records if r['stage'] == 1]
-  extra = [_degenerate_record(1, 2, stage1[0], ['no layer left', None]),
-           _degenerate_record(1, 3, stage1[0], ['no layer left', 'no layer left'])]
+  extra = [
+    _degenerate_record(1, 2, stage1[0], ['no layer left', None]),
+    _degenerate_record(1, 3, stage1[0], ['no layer left', 'no layer left']),
+  ]
   with open(os.path.join(workdir, report.METRICS_FILE), 'w') as f:
     for r in stage1 + extra + [r for r in records if r['stage'] == 2]:
       f.write(json.dumps(r) + '\n')
@@ -159,6 +180,7 @@ def test_first_k_statistics_match_the_metrics_log(run_dir, tmp_path):
 
 # --- output --------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_markdown_has_the_paper_table_rows(run_dir, capsys):
   summary = _read(run_dir, 'summary.json')
@@ -167,20 +189,26 @@ def test_markdown_has_the_paper_table_rows(run_dir, capsys):
   assert code == 0
   lines = out.splitlines()
   assert '| Model | Acc. | #Params | Compr. | Δ Acc. |' in lines
-  assert (f'| tiny run: Teacher ({teacher["name"]}) | '
-          f'{report.format_accuracy(teacher["test_accuracy"])} | '
-          f'{report.format_params(teacher["params"])} | – | – |') in lines
-  assert (f'| tiny run: N2N Student (Stage1+Stage2) | '
-          f'{report.format_accuracy(student["test_accuracy"])} | '
-          f'{report.format_params(student["params"])} | '
-          f'{report.format_compression(summary["compression"])} | '
-          f'{report.format_delta(student["test_accuracy"], teacher["test_accuracy"])} |') in lines
+  assert (
+    f'| tiny run: Teacher ({teacher["name"]}) | '
+    f'{report.format_accuracy(teacher["test_accuracy"])} | '
+    f'{report.format_params(teacher["params"])} | – | – |'
+  ) in lines
+  assert (
+    f'| tiny run: N2N Student (Stage1+Stage2) | '
+    f'{report.format_accuracy(student["test_accuracy"])} | '
+    f'{report.format_params(student["params"])} | '
+    f'{report.format_compression(summary["compression"])} | '
+    f'{report.format_delta(student["test_accuracy"], teacher["test_accuracy"])} |'
+  ) in lines
   # The stage-1 best shows its search validation accuracy, marked as such.
-  assert (f'| tiny run: N2N Student (Stage1) | '
-          f'{report.format_accuracy(stage1["val_accuracy"])}† | '
-          f'{report.format_params(stage1["params"])} | '
-          f'{report.format_compression(teacher["params"] / stage1["params"])} | '
-          f'{report.format_delta(stage1["val_accuracy"], teacher["val_accuracy"])}† |') in lines
+  assert (
+    f'| tiny run: N2N Student (Stage1) | '
+    f'{report.format_accuracy(stage1["val_accuracy"])}† | '
+    f'{report.format_params(stage1["params"])} | '
+    f'{report.format_compression(teacher["params"] / stage1["params"])} | '
+    f'{report.format_delta(stage1["val_accuracy"], teacher["val_accuracy"])}† |'
+  ) in lines
   search = [line for line in lines if line.startswith('| tiny run | ')]
   assert [line.split(' | ')[1:3] for line in search] == [['1', '1'], ['2', '1']]
 
@@ -190,8 +218,11 @@ def test_text_is_the_default_and_lists_every_result(run_dir, capsys):
   code, out, _ = _cli([run_dir, '--first=1'], capsys)
   assert code == 0
   assert out.startswith('Results\n')
-  for model in ('tiny: Teacher (digits_cnn)', 'tiny: N2N Student (Stage1)',
-                'tiny: N2N Student (Stage1+Stage2)'):
+  for model in (
+    'tiny: Teacher (digits_cnn)',
+    'tiny: N2N Student (Stage1)',
+    'tiny: N2N Student (Stage1+Stage2)',
+  ):
     assert model in out
   assert 'Reward (first 1)' in out
 
@@ -200,8 +231,7 @@ def test_text_is_the_default_and_lists_every_result(run_dir, capsys):
 def test_json_parses_and_plot_is_a_png(run_dir, tmp_path, capsys):
   other = _copy(run_dir, tmp_path, 'other')
   path = str(tmp_path / 'plots' / 'compare.png')
-  code, out, err = _cli([run_dir, other, '--format=json', f'--plot={path}', '--labels=a,b'],
-                        capsys)
+  code, out, err = _cli([run_dir, other, '--format=json', f'--plot={path}', '--labels=a,b'], capsys)
   assert code == 0
   rows = json.loads(out)
   assert rows == json.loads(json.dumps(compare.collect([run_dir, other], labels=['a', 'b'])))
@@ -215,14 +245,25 @@ def test_json_parses_and_plot_is_a_png(run_dir, tmp_path, capsys):
 
 # --- baselines and partial runs ------------------------------------------------------------------
 
+
 def _write_baseline(workdir, name, method, params, val, test, **extra):
   teacher = _read(workdir, TEACHER_FILE)
-  summary = {'method': method, 'name': name,
-             'teacher': {k: teacher[k] for k in ('name', 'params', 'val_accuracy',
-                                                 'test_accuracy')},
-             'student': {'name': name, 'params': params, 'flops': 10 * params,
-                         'val_accuracy': val, 'test_accuracy': test, 'spec': {}},
-             'compression': teacher['params'] / params, 'wall_seconds': 12.5, **extra}
+  summary = {
+    'method': method,
+    'name': name,
+    'teacher': {k: teacher[k] for k in ('name', 'params', 'val_accuracy', 'test_accuracy')},
+    'student': {
+      'name': name,
+      'params': params,
+      'flops': 10 * params,
+      'val_accuracy': val,
+      'test_accuracy': test,
+      'spec': {},
+    },
+    'compression': teacher['params'] / params,
+    'wall_seconds': 12.5,
+    **extra,
+  }
   report.write_summary(summary, os.path.join(workdir, 'baselines', name))
   return summary
 
@@ -236,20 +277,33 @@ def test_baselines_in_the_workdir_get_rows(run_dir, tmp_path, capsys):
   os.makedirs(os.path.join(workdir, 'baselines', 'unfinished'))  # no summary yet: no row
 
   rows = compare.collect([workdir])
-  assert [r['kind'] for r in rows] == ['teacher', 'stage1', 'n2n', 'handdesigned', 'pruning',
-                                       'search']
+  assert [r['kind'] for r in rows] == [
+    'teacher',
+    'stage1',
+    'n2n',
+    'handdesigned',
+    'pruning',
+    'search',
+  ]
   got = _by_kind(rows)
   pruning, hand = got['pruning'], got['handdesigned']
-  assert (pruning['name'], pruning['params'], pruning['test_accuracy'], pruning['repeats'],
-          pruning['wall_seconds']) == ('taylor_pruning', 20_000, 0.68, 2, 12.5)
+  assert (
+    pruning['name'],
+    pruning['params'],
+    pruning['test_accuracy'],
+    pruning['repeats'],
+    pruning['wall_seconds'],
+  ) == ('taylor_pruning', 20_000, 0.68, 2, 12.5)
   assert pruning['compression'] == pytest.approx(teacher['params'] / 20_000)
   assert hand['delta_test_accuracy'] == pytest.approx(0.61 - teacher['test_accuracy'])
 
   code, out, _ = _cli([workdir, '--format=markdown'], capsys)
   assert code == 0
-  assert (f'| with_baselines: Pruning (taylor_pruning) | 68.00% | 20K | '
-          f'{report.format_compression(teacher["params"] / 20_000)} | '
-          f'{report.format_delta(0.68, teacher["test_accuracy"])} |') in out.splitlines()
+  assert (
+    f'| with_baselines: Pruning (taylor_pruning) | 68.00% | 20K | '
+    f'{report.format_compression(teacher["params"] / 20_000)} | '
+    f'{report.format_delta(0.68, teacher["test_accuracy"])} |'
+  ) in out.splitlines()
   assert '| with_baselines: Hand-designed (mini_cnn) | 61.00% | 5K |' in out
 
 
@@ -262,11 +316,18 @@ def test_a_search_without_summary_shows_what_it_has(run_dir, teacher_dir, tmp_pa
 
   rows = compare.collect([workdir, str(teacher_dir)], labels=['running', 'teacher only'])
   assert [(r['label'], r['kind']) for r in rows] == [
-      ('running', 'teacher'), ('running', 'stage1'), ('running', 'search'),
-      ('teacher only', 'teacher'), ('teacher only', 'search')]
+    ('running', 'teacher'),
+    ('running', 'stage1'),
+    ('running', 'search'),
+    ('teacher only', 'teacher'),
+    ('teacher only', 'search'),
+  ]
   t = rows[0]
   assert (t['params'], t['test_accuracy'], t['wall_seconds']) == (
-      teacher['params'], teacher['test_accuracy'], teacher['seconds'])
+    teacher['params'],
+    teacher['test_accuracy'],
+    teacher['seconds'],
+  )
   # The stage-1 best so far: the valid student with the highest reward.
   best = None
   for r in (r for r in records if r['stage'] == 1):
@@ -280,8 +341,9 @@ def test_a_search_without_summary_shows_what_it_has(run_dir, teacher_dir, tmp_pa
   assert empty['iterations'] == 0 and empty['mean_reward'] is None
 
   path = str(tmp_path / 'partial.png')
-  code, out, _ = _cli([workdir, str(teacher_dir), '--labels=running,teacher only',
-                       f'--plot={path}'], capsys)
+  code, out, _ = _cli(
+    [workdir, str(teacher_dir), '--labels=running,teacher only', f'--plot={path}'], capsys
+  )
   assert code == 0
   assert 'running: N2N Student (Stage1) so far' in out
   assert 'Stage1+Stage2' not in out
@@ -290,14 +352,20 @@ def test_a_search_without_summary_shows_what_it_has(run_dir, teacher_dir, tmp_pa
 
 # --- errors --------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_not_a_workdir_exits_2_naming_it(run_dir, tmp_path):
   bogus = tmp_path / 'not_a_run'
   bogus.mkdir()
   (bogus / 'notes.txt').write_text('hello')
   # The real entry point, so that "no traceback" is checked as a user sees it.
-  proc = subprocess.run([sys.executable, '-m', 'n2n_jax.compare', run_dir, str(bogus)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'n2n_jax.compare', run_dir, str(bogus)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2
   assert str(bogus) in proc.stderr and 'not a run workdir' in proc.stderr
   assert 'Traceback' not in proc.stderr
@@ -334,8 +402,9 @@ def test_labels_must_match_the_dirs(run_dir, capsys):
 def test_stage_stats_of_no_records_are_empty():
   stats = compare.stage_stats([])
   assert stats['iterations'] == 0 and stats['students'] == 0
-  assert all(stats[k] is None for k in ('mean_reward', 'mean_accuracy', 'mean_compression',
-                                        'best_reward'))
+  assert all(
+    stats[k] is None for k in ('mean_reward', 'mean_accuracy', 'mean_compression', 'best_reward')
+  )
   assert not any(isinstance(v, float) and math.isnan(v) for v in stats.values())
 
 

@@ -20,7 +20,7 @@ HEAVY = ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'tensorflow', 'numpy')
 
 def test_every_config_file_loads_without_importing_jax():
   assert len(CONFIGS) >= 10
-  script = textwrap.dedent(f'''
+  script = textwrap.dedent(f"""
       import importlib.util, sys
       for path in {CONFIGS!r}:
         spec = importlib.util.spec_from_file_location('experiment_config', path)
@@ -31,9 +31,10 @@ def test_every_config_file_loads_without_importing_jax():
           assert config.teacher.name or config.teacher.spec_file, path
       loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))
       print('heavy:', ','.join(loaded))
-  ''')
-  done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                        cwd=REPO, check=False)
+  """)
+  done = subprocess.run(
+    [sys.executable, '-c', script], capture_output=True, text=True, cwd=REPO, check=False
+  )
   assert done.returncode == 0, done.stderr
   assert done.stdout.strip() == 'heavy:', done.stdout
 
@@ -41,12 +42,14 @@ def test_every_config_file_loads_without_importing_jax():
 def test_the_checks_still_know_every_name_list():
   # validate() imports the modules owning the name lists when it runs; an
   # unknown name is still refused with the valid ones listed.
-  for field, bad, listed in (('teacher.optimizer', 'lamb', 'adamw'),
-                             ('search.reward', 'greedy', 'naive'),
-                             ('policy.method', 'ppo', 'actor_critic'),
-                             ('distill.init', 'imagenet', 'teacher'),
-                             ('runtime.train_together', 'pmap', 'vmap'),
-                             ('runtime.distributed', 'maybe', 'auto')):
+  for field, bad, listed in (
+    ('teacher.optimizer', 'lamb', 'adamw'),
+    ('search.reward', 'greedy', 'naive'),
+    ('policy.method', 'ppo', 'actor_critic'),
+    ('distill.init', 'imagenet', 'teacher'),
+    ('runtime.train_together', 'pmap', 'vmap'),
+    ('runtime.distributed', 'maybe', 'auto'),
+  ):
     config = config_lib.apply_overrides(config_lib.base_config(), {field: bad})
     with pytest.raises(config_lib.ConfigError, match=f'{field}=.*{listed}'):
       config_lib.validate(config)
@@ -54,6 +57,7 @@ def test_the_checks_still_know_every_name_list():
 
 def test_the_data_section_is_checked_without_loading_data():
   from n2n_jax import data  # pylint: disable=g-import-not-at-top
+
   # One error class, whichever module a caller catches it from.
   assert data.DataError is data_config.DataError
   section = data_config.default_data_config()

@@ -1,6 +1,5 @@
 """Student evaluation: distillation, failures as results, teacher-weight inheritance."""
 
-
 import jax
 import numpy as np
 import pytest
@@ -17,8 +16,11 @@ from n2n_jax import zoo
 TEACHER = zoo.get('digits_cnn', (8, 8, 1), 10)
 # Padded layers draw their dropout masks over all their channels (padding.py),
 # so tests of students inside a source compare on a source without dropout.
-NO_DROPOUT = S.NetSpec('digits_cnn', TEACHER.input_shape,
-                       tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)))
+NO_DROPOUT = S.NetSpec(
+  'digits_cnn',
+  TEACHER.input_shape,
+  tuple(l for l in TEACHER.layers if not isinstance(l, S.Dropout)),
+)
 
 
 @pytest.fixture(scope='module')
@@ -76,16 +78,19 @@ def test_inherit_teacher_weights_where_shapes_match(setup):
   for s_name, t_name in zip(student_layers, teacher_layers):
     for leaf in params[s_name]:
       np.testing.assert_array_equal(params[s_name][leaf], teacher_vars['params'][t_name][leaf])
-  np.testing.assert_array_equal(inherited['batch_stats'][student_layers[1]]['var'],
-                                teacher_vars['batch_stats']['1_BatchNorm']['var'])
+  np.testing.assert_array_equal(
+    inherited['batch_stats'][student_layers[1]]['var'],
+    teacher_vars['batch_stats']['1_BatchNorm']['var'],
+  )
   # A shrunk student keeps fresh values where the shapes changed.
   factors = [0.5] * len(S.shrink_vars(TEACHER))
   shrunk = S.shrink(TEACHER, factors)
   fresh = models.init_variables(models.build(shrunk), 1, (8, 8, 1))
   inherited, copied = models.inherit_variables(fresh, teacher_vars)
   assert copied < len(fresh['params'])
-  np.testing.assert_array_equal(inherited['params']['0_Conv']['kernel'],
-                                fresh['params']['0_Conv']['kernel'])
+  np.testing.assert_array_equal(
+    inherited['params']['0_Conv']['kernel'], fresh['params']['0_Conv']['kernel']
+  )
 
 
 @pytest.mark.slow
@@ -98,8 +103,9 @@ def test_students_train_from_teacher_weights(setup):
   result = ev.train(small_student(), jax.random.key(0), 0, keep_variables=True)
   assert result.error is None
   # Learning rate 0: the first conv is still exactly the teacher's.
-  np.testing.assert_array_equal(result.variables['params']['0_Conv']['kernel'],
-                                teacher_vars['params']['0_Conv']['kernel'])
+  np.testing.assert_array_equal(
+    result.variables['params']['0_Conv']['kernel'], teacher_vars['params']['0_Conv']['kernel']
+  )
   shrunk = S.shrink(TEACHER, [0.5] * len(S.shrink_vars(TEACHER)))
   assert ev.train(shrunk, jax.random.key(0), 0).error is None
 
@@ -144,10 +150,10 @@ def test_compile_ahead_gives_the_same_results_and_compiles_each_program_once(set
   # Each student compiled once: the first where it trains, the others in the
   # background while the ones before them trained.
   built = program_cache.SHARED.built
-  assert sorted(b.thread for b in built) == ['MainThread', 'n2n-compile-ahead',
-                                             'n2n-compile-ahead']
-  (start1, end1), (start2, _) = sorted((b.started, b.ended) for b in built
-                                       if b.thread != 'MainThread')
+  assert sorted(b.thread for b in built) == ['MainThread', 'n2n-compile-ahead', 'n2n-compile-ahead']
+  (start1, end1), (start2, _) = sorted(
+    (b.started, b.ended) for b in built if b.thread != 'MainThread'
+  )
   # One thread compiles the two in turn; two compile them at the same time.
   assert (start2 < end1) == (threads == 2)
   assert ahead.programs.cache.pending() == 0  # every compile was collected
@@ -175,15 +181,20 @@ def test_a_failed_background_compile_is_that_students_error(setup, monkeypatch):
 
 
 @pytest.mark.parametrize('removals, together', [(True, None), (False, 'vmap')])
-def test_prepare_compiles_the_stage_program_ahead_for_its_first_students(
-    setup, removals, together):
+def test_prepare_compiles_the_stage_program_ahead_for_its_first_students(setup, removals, together):
   # The search calls prepare as a sharing stage starts: the program its
   # students share then compiles in the background (beside the policy's
   # sampler), and the first student trains on it without compiling again.
   ds, _, logits = setup
   cache = program_cache.ProgramCache()
-  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256),
-                   program_cache=cache, together=together, students_per_call=2)
+  ev = E.Evaluator(
+    ds,
+    logits,
+    E.DistillSettings(epochs=1, max_train_examples=256),
+    program_cache=cache,
+    together=together,
+    students_per_call=2,
+  )
   source = NO_DROPOUT
   ev.prepare(source, removals=removals)
   if removals:
@@ -195,10 +206,16 @@ def test_prepare_compiles_the_stage_program_ahead_for_its_first_students(
   results = ev.train_many([(student, jax.random.key(0))], seed=0, inside=source)
   assert results[0].error is None
   assert [(b.spec, b.stacking, b.thread) for b in cache.built] == [
-      (wide, stacking, 'n2n-compile-ahead')]
+    (wide, stacking, 'n2n-compile-ahead')
+  ]
   # Without compiling ahead, prepare starts nothing.
-  idle = E.Evaluator(ds, logits, E.DistillSettings(epochs=1, max_train_examples=256),
-                     program_cache=program_cache.ProgramCache(), compile_ahead=False)
+  idle = E.Evaluator(
+    ds,
+    logits,
+    E.DistillSettings(epochs=1, max_train_examples=256),
+    program_cache=program_cache.ProgramCache(),
+    compile_ahead=False,
+  )
   idle.prepare(source, removals=removals)
   assert idle.programs.cache.built == [] and idle.programs.cache.pending() == 0
 
@@ -231,10 +248,12 @@ def test_students_inside_their_source_share_one_program(setup, compiled_specs):
     assert abs(a.accuracy - b.accuracy) <= 1.5 / len(ds.val_labels)
   kept = ev.train(students[1], jobs[1][1], 0, keep_variables=True, inside=source)
   assert kept.compile_seconds == 0.0
-  assert (jax.tree_util.tree_map(np.shape, kept.variables)
-          == jax.tree_util.tree_map(np.shape, own[1].variables))
-  for x, y in zip(jax.tree_util.tree_leaves(kept.variables),
-                  jax.tree_util.tree_leaves(own[1].variables)):
+  assert jax.tree_util.tree_map(np.shape, kept.variables) == jax.tree_util.tree_map(
+    np.shape, own[1].variables
+  )
+  for x, y in zip(
+    jax.tree_util.tree_leaves(kept.variables), jax.tree_util.tree_leaves(own[1].variables)
+  ):
     np.testing.assert_allclose(x, y, atol=5e-3)
   # A student that is neither `inside` shrunk nor `inside` with layers
   # removed (here: both) runs as itself.
@@ -246,8 +265,7 @@ def test_students_inside_their_source_share_one_program(setup, compiled_specs):
 
 
 @pytest.mark.slow
-def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(
-    setup, compiled_specs):
+def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(setup, compiled_specs):
   # Three students of the teacher (without dropout, as above) with layers
   # removed: two keep the same pooling layers and share one program with
   # switches, the third keeps others and gets a second one. Each matches its
@@ -272,16 +290,18 @@ def test_stage1_students_inside_the_teacher_share_one_program_per_pool_set(
   assert compiled == [wides[0], wides[2]]
   for a, b in zip(inside, own):
     assert a.error is None and abs(a.accuracy - b.accuracy) <= 1.5 / len(ds.val_labels)
-    assert (jax.tree_util.tree_map(np.shape, a.variables)
-            == jax.tree_util.tree_map(np.shape, b.variables))
+    assert jax.tree_util.tree_map(np.shape, a.variables) == jax.tree_util.tree_map(
+      np.shape, b.variables
+    )
     for x, y in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
       np.testing.assert_allclose(x, y, atol=5e-3)
   # Where the wide network would not fit the device's memory but the student
   # does, the student runs on its own program.
   limit = E.training_memory_bytes(students[0], 64)
   assert E.training_memory_bytes(wides[0], 64) > limit
-  small = E.Evaluator(ds, logits, E.DistillSettings(epochs=2, max_train_examples=256),
-                      memory_limit_bytes=limit)
+  small = E.Evaluator(
+    ds, logits, E.DistillSettings(epochs=2, max_train_examples=256), memory_limit_bytes=limit
+  )
   compiled.clear()
   program_cache.SHARED.clear()
   alone = small.train(students[0], jobs[0][1], 0, inside=source)
@@ -298,8 +318,10 @@ def test_datasets_that_differ_only_in_validation_size_do_not_share_programs():
   y = np.arange(400) % 10
   student = S.NetSpec('s', (8, 8, 1), (S.Conv(4, 3, 1, 1), S.ReLU(), S.Flatten(), S.Dense(10)))
   for val_size in (100, 120):
-    ds = data_lib.from_arrays(train=(x[:256], y[:256]), val=(x[256:256 + val_size],
-                                                             y[256:256 + val_size]),
-                              test=(x[:10], y[:10]))
+    ds = data_lib.from_arrays(
+      train=(x[:256], y[:256]),
+      val=(x[256 : 256 + val_size], y[256 : 256 + val_size]),
+      test=(x[:10], y[:10]),
+    )
     evaluator = E.Evaluator(ds, np.zeros((256, 10), np.float32), E.DistillSettings(epochs=1))
     assert evaluator.train(student, jax.random.key(0), 0).error is None

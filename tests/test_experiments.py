@@ -6,9 +6,20 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import ROOT
+from conftest import quiet_config
+from conftest import tiny_search
+from conftest import workdir_with_teacher
 
-from conftest import ROOT, quiet_config, tiny_search, workdir_with_teacher
-from n2n_jax import baselines, config as config_lib, data, experiment, export, models, report, spec, zoo
+from n2n_jax import baselines
+from n2n_jax import config as config_lib
+from n2n_jax import data
+from n2n_jax import experiment
+from n2n_jax import export
+from n2n_jax import models
+from n2n_jax import report
+from n2n_jax import spec
+from n2n_jax import zoo
 
 CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, 'configs').glob('*.py'))
 
@@ -18,8 +29,15 @@ def test_reduced_variant_keeps_the_experiment_and_shrinks_its_budget(name):
   full, reduced = quiet_config(name), quiet_config(name, 'reduced')
   config_lib.validate(reduced)
   # Same model, data source and search method ...
-  for field in ('teacher.name', 'data.source', 'data.name', 'search.reward', 'policy.method',
-                'search.rollouts', 'teacher.optimizer'):
+  for field in (
+    'teacher.name',
+    'data.source',
+    'data.name',
+    'search.reward',
+    'policy.method',
+    'search.rollouts',
+    'teacher.optimizer',
+  ):
     section, key = field.split('.')
     assert reduced[section][key] == full[section][key], field
   # ... on a budget a 2-core CPU finishes.
@@ -29,8 +47,9 @@ def test_reduced_variant_keeps_the_experiment_and_shrinks_its_budget(name):
   assert reduced.distill.epochs == 1 and reduced.final.epochs == 10
   assert all(e < reduced.teacher.epochs for e in reduced.teacher.decay_epochs)
   if reduced.teacher.input_shape:  # the declared shape follows a resized folder source
-    assert reduced.teacher.input_shape[0] == (reduced.data.image_size or
-                                              full.teacher.input_shape[0])
+    assert reduced.teacher.input_shape[0] == (
+      reduced.data.image_size or full.teacher.input_shape[0]
+    )
 
 
 def test_unknown_variant_lists_the_valid_ones():
@@ -43,6 +62,7 @@ def test_reduced_mnist_run_on_tfds_mock_data(tmp_path):
   """The whole pipeline of a TFDS experiment, on mock MNIST images: the path
   a real run takes once the dataset is prepared."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow to import
+
   config = quiet_config('mnist_conv4', 'reduced')
   config.teacher.epochs = 1
   config.search.stage1_iterations = config.search.stage2_iterations = 1
@@ -78,7 +98,8 @@ def test_handdesigned_student_is_distilled_like_the_n2n_student(digits_workdir):
   assert summary['student']['params'] == spec.param_count(student)
   assert summary['student']['spec'] == spec.to_dict(student)
   assert summary['compression'] == pytest.approx(
-      summary['teacher']['params'] / spec.param_count(student))
+    summary['teacher']['params'] / spec.param_count(student)
+  )
   teacher = json.loads((digits_workdir / 'teacher.json').read_text())
   assert summary['teacher']['test_accuracy'] == teacher['test_accuracy']
   # The exported network is the one scored.
@@ -89,8 +110,12 @@ def test_handdesigned_student_is_distilled_like_the_n2n_student(digits_workdir):
   assert accuracy == pytest.approx(summary['student']['test_accuracy'], abs=1e-6)
   # And it was trained: the same network with fresh weights scores far less.
   fresh = models.init_variables(model, 0, student.input_shape)
-  untrained = float(np.mean(np.argmax(model.apply(fresh, dataset.test_images, train=False), -1)
-                            == np.asarray(dataset.test_labels)))
+  untrained = float(
+    np.mean(
+      np.argmax(model.apply(fresh, dataset.test_images, train=False), -1)
+      == np.asarray(dataset.test_labels)
+    )
+  )
   # Measured: 0.94 trained, 0.13 untrained.
   assert accuracy > untrained + 0.5, (accuracy, untrained)
 

@@ -24,9 +24,9 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
+from conftest import ROOT
 from ml_collections import config_flags
 
-from conftest import ROOT
 from n2n_jax import config as config_lib
 from n2n_jax import data
 from n2n_jax import main
@@ -66,13 +66,29 @@ LAYER_NAMES = sorted(S.REGISTRY)
 
 def random_layer(rng, depth=0) -> dict:
   """A layer dict with small random fields; many are valid, some do not fit."""
-  kinds = ['Conv', 'Conv', 'BatchNorm', 'ReLU', 'MaxPool', 'AvgPool', 'GlobalAvgPool',
-           'Dropout', 'Flatten', 'Dense'] + (['Residual', 'Concat'] if depth < 2 else [])
+  kinds = [
+    'Conv',
+    'Conv',
+    'BatchNorm',
+    'ReLU',
+    'MaxPool',
+    'AvgPool',
+    'GlobalAvgPool',
+    'Dropout',
+    'Flatten',
+    'Dense',
+  ] + (['Residual', 'Concat'] if depth < 2 else [])
   kind = pick(rng, kinds)
   small = lambda lo, hi: int(rng.integers(lo, hi + 1))
   if kind == 'Conv':
-    return {'type': kind, 'filters': small(1, 16), 'kernel': small(1, 5), 'stride': small(1, 3),
-            'padding': small(0, 2), 'use_bias': bool(rng.integers(2))}
+    return {
+      'type': kind,
+      'filters': small(1, 16),
+      'kernel': small(1, 5),
+      'stride': small(1, 3),
+      'padding': small(0, 2),
+      'use_bias': bool(rng.integers(2)),
+    }
   if kind == 'MaxPool':
     window = small(1, 3)
     return {'type': kind, 'window': window, 'stride': small(1, 3), 'padding': small(0, window)}
@@ -83,11 +99,18 @@ def random_layer(rng, depth=0) -> dict:
   if kind == 'Dense':
     return {'type': kind, 'features': small(1, 20), 'use_bias': bool(rng.integers(2))}
   if kind == 'Residual':
-    return {'type': kind, 'main': [random_layer(rng, depth + 1) for _ in range(small(0, 3))],
-            'shortcut': [random_layer(rng, depth + 1) for _ in range(small(0, 1))]}
+    return {
+      'type': kind,
+      'main': [random_layer(rng, depth + 1) for _ in range(small(0, 3))],
+      'shortcut': [random_layer(rng, depth + 1) for _ in range(small(0, 1))],
+    }
   if kind == 'Concat':
-    return {'type': kind, 'branches': [[random_layer(rng, depth + 1) for _ in range(small(0, 2))]
-                                       for _ in range(small(1, 3))]}
+    return {
+      'type': kind,
+      'branches': [
+        [random_layer(rng, depth + 1) for _ in range(small(0, 2))] for _ in range(small(1, 3))
+      ],
+    }
   return {'type': kind}
 
 
@@ -95,17 +118,27 @@ def random_spec_dict(rng) -> dict:
   layers = [random_layer(rng) for _ in range(int(rng.integers(1, 8)))]
   if rng.random() < 0.5:
     layers += [{'type': 'Flatten'}, {'type': 'Dense', 'features': int(rng.integers(1, 11))}]
-  return {'name': f'random{int(rng.integers(1000))}',
-          'input_shape': [int(rng.integers(1, 17)), int(rng.integers(1, 17)),
-                          int(rng.integers(1, 5))],
-          'layers': layers}
+  return {
+    'name': f'random{int(rng.integers(1000))}',
+    'input_shape': [int(rng.integers(1, 17)), int(rng.integers(1, 17)), int(rng.integers(1, 5))],
+    'layers': layers,
+  }
 
 
 def seed_spec_dict(rng) -> dict:
-  fire = S.NetSpec('fire', (9, 9, 3), (
-      S.Conv(8, 3, 1, 1), S.ReLU(),
+  fire = S.NetSpec(
+    'fire',
+    (9, 9, 3),
+    (
+      S.Conv(8, 3, 1, 1),
+      S.ReLU(),
       S.Concat(((S.Conv(4, 1),), (S.Conv(4, 3, 1, 1), S.BatchNorm()), ())),
-      S.MaxPool(), S.Dropout(0.3), S.Flatten(), S.Dense(5)))
+      S.MaxPool(),
+      S.Dropout(0.3),
+      S.Flatten(),
+      S.Dense(5),
+    ),
+  )
   choice = int(rng.integers(5))
   if choice == 0:
     return S.to_dict(zoo.get('digits_cnn', (8, 8, 1), 10))
@@ -118,11 +151,47 @@ def seed_spec_dict(rng) -> dict:
 
 def hostile_json_value(rng):
   """Values that JSON can carry, chosen to break naive type and range checks."""
-  values = [None, True, False, 0, -1, 1, 3, 2**31 - 1, 2**31, 2**63, -2**63, 10**30, 10**400,
-            1.5, 0.0, -0.0, float('nan'), float('inf'), -float('inf'), 1e308, 5e-324,
-            '', '3', 'Conv', 'ReLU', 'é', '\u202e\u0000', '\ud800', 'x' * 100_000,
-            [], [1, 2, 3], [[]], [8, 8, 1], [0] * 10_000, {}, {'type': 'ReLU'},
-            {'type': 'Conv', 'filters': 4}, {'type': None}, {'': ''}]
+  values = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    3,
+    2**31 - 1,
+    2**31,
+    2**63,
+    -(2**63),
+    10**30,
+    10**400,
+    1.5,
+    0.0,
+    -0.0,
+    float('nan'),
+    float('inf'),
+    -float('inf'),
+    1e308,
+    5e-324,
+    '',
+    '3',
+    'Conv',
+    'ReLU',
+    'é',
+    '\u202e\u0000',
+    '\ud800',
+    'x' * 100_000,
+    [],
+    [1, 2, 3],
+    [[]],
+    [8, 8, 1],
+    [0] * 10_000,
+    {},
+    {'type': 'ReLU'},
+    {'type': 'Conv', 'filters': 4},
+    {'type': None},
+    {'': ''},
+  ]
   roll = rng.random()
   if roll < 0.1:
     return deep_list(int(rng.integers(2, 400)))
@@ -170,8 +239,9 @@ def where_of(path) -> str:
 def mutate_spec_dict(rng, d, hostile=hostile_json_value):
   """One random change to `d`, in place; returns (kind, text the error must contain)."""
   paths = list(all_paths(d))[1:]
-  kind = pick(rng, ['replace', 'replace', 'replace', 'delete', 'add_key', 'retype', 'insert',
-                    'nest'])
+  kind = pick(
+    rng, ['replace', 'replace', 'replace', 'delete', 'add_key', 'retype', 'insert', 'nest']
+  )
   if kind == 'replace':
     path = pick(rng, paths)
     node_at(d, path[:-1])[path[-1]] = hostile(rng)
@@ -217,15 +287,39 @@ def mutate_spec_text(rng, text: str):
   if kind == 'flip':
     chars = list(text)
     for _ in range(int(rng.integers(1, 6))):
-      chars[int(rng.integers(len(chars)))] = chr(pick(rng, [
-          int(rng.integers(32, 127)), int(rng.integers(0, 32)), int(rng.integers(128, 0x3000))]))
+      chars[int(rng.integers(len(chars)))] = chr(
+        pick(
+          rng,
+          [int(rng.integers(32, 127)), int(rng.integers(0, 32)), int(rng.integers(128, 0x3000))],
+        )
+      )
     return ''.join(chars)
   if kind == 'truncate':
-    return text[:int(rng.integers(len(text)))]
+    return text[: int(rng.integers(len(text)))]
   if kind == 'token':
     at = int(rng.integers(len(text) + 1))
-    token = pick(rng, ['NaN', '-Infinity', '1e999', '-', '"', '{', ']', ',', ':', '\\u0000',
-                       '\\ud800', '9' * 5000, 'true', 'null', '//', '\x00', '[' * 5000])
+    token = pick(
+      rng,
+      [
+        'NaN',
+        '-Infinity',
+        '1e999',
+        '-',
+        '"',
+        '{',
+        ']',
+        ',',
+        ':',
+        '\\u0000',
+        '\\ud800',
+        '9' * 5000,
+        'true',
+        'null',
+        '//',
+        '\x00',
+        '[' * 5000,
+      ],
+    )
     return text[:at] + token + text[at:]
   if kind == 'bits':
     raw = bytearray(text.encode('utf-8'))
@@ -299,10 +393,28 @@ def test_fuzz_spec_json(fuzz_cases):
 
 def hostile_python_value(rng):
   """What from_dict can get from Python callers beyond JSON's types."""
-  values = [(8, 8, 1), {8, 1}, b'conv', bytearray(b'8'), 1 + 2j, np.int64(8), np.float32(0.5),
-            object(), Ellipsis, range(3), frozenset(), (lambda: 0), {1: 2}, {(1,): 2},
-            {None: 'x'}, deep_list(5000), [{'type': 'ReLU'}] * 1000, 10**5000, -10**5000,
-            [10**5000, 1, 1]]
+  values = [
+    (8, 8, 1),
+    {8, 1},
+    b'conv',
+    bytearray(b'8'),
+    1 + 2j,
+    np.int64(8),
+    np.float32(0.5),
+    object(),
+    Ellipsis,
+    range(3),
+    frozenset(),
+    (lambda: 0),
+    {1: 2},
+    {(1,): 2},
+    {None: 'x'},
+    deep_list(5000),
+    [{'type': 'ReLU'}] * 1000,
+    10**5000,
+    -(10**5000),
+    [10**5000, 1, 1],
+  ]
   return pick(rng, values) if rng.random() < 0.5 else hostile_json_value(rng)
 
 
@@ -326,13 +438,17 @@ def test_fuzz_spec_dicts(fuzz_cases):
   for _ in range(S.MAX_DEPTH - 1):
     shared = {'type': 'Residual', 'main': [shared, shared], 'shortcut': [shared]}
   targeted = [
-      ({'input_shape': [4, 4, 1], 'layers': [shared]}, f'more than {S.MAX_LAYERS:,} layers'),
-      ({'input_shape': [4, 4, 1], 'layers': [{'type': 'ReLU'}] * (S.MAX_LAYERS + 1)},
-       f'more than {S.MAX_LAYERS:,} layers'),
-      ({'input_shape': [4, 4, 1], 'layers': deep_list(50_000)}, 'layers[0]'),
-      ({'input_shape': [4, 4, 1], 'layers': [], 1: 2, 'x': 3}, 'unknown field'),
-      ({'input_shape': [4, 4, 1], 'layers': [{'type': 'ReLU', 1: 2, 'x': 3}]}, 'layers[0]'),
-      (None, 'JSON object'), ([], 'JSON object'), ('{}', 'JSON object'),
+    ({'input_shape': [4, 4, 1], 'layers': [shared]}, f'more than {S.MAX_LAYERS:,} layers'),
+    (
+      {'input_shape': [4, 4, 1], 'layers': [{'type': 'ReLU'}] * (S.MAX_LAYERS + 1)},
+      f'more than {S.MAX_LAYERS:,} layers',
+    ),
+    ({'input_shape': [4, 4, 1], 'layers': deep_list(50_000)}, 'layers[0]'),
+    ({'input_shape': [4, 4, 1], 'layers': [], 1: 2, 'x': 3}, 'unknown field'),
+    ({'input_shape': [4, 4, 1], 'layers': [{'type': 'ReLU', 1: 2, 'x': 3}]}, 'layers[0]'),
+    (None, 'JSON object'),
+    ([], 'JSON object'),
+    ('{}', 'JSON object'),
   ]
   for d, where in targeted:
     assert check_spec(lambda: S.from_dict(d), where) == 'rejected with SpecError'
@@ -341,9 +457,19 @@ def test_fuzz_spec_dicts(fuzz_cases):
 
 def test_absurd_but_legal_sizes_are_counted_without_allocating():
   big = S.MAX_SIZE
-  spec = S.from_json(json.dumps({'input_shape': [big, big, 3], 'layers': [
-      {'type': 'Conv', 'filters': big, 'kernel': 3, 'padding': 1}, {'type': 'GlobalAvgPool'},
-      {'type': 'Flatten'}, {'type': 'Dense', 'features': big}]}))
+  spec = S.from_json(
+    json.dumps(
+      {
+        'input_shape': [big, big, 3],
+        'layers': [
+          {'type': 'Conv', 'filters': big, 'kernel': 3, 'padding': 1},
+          {'type': 'GlobalAvgPool'},
+          {'type': 'Flatten'},
+          {'type': 'Dense', 'features': big},
+        ],
+      }
+    )
+  )
   tracemalloc.start()
   try:
     params, flops = S.param_count(spec), S.flops(spec)
@@ -355,10 +481,20 @@ def test_absurd_but_legal_sizes_are_counted_without_allocating():
   assert params == 9 * 3 * big + big + big * big + big
   assert flops > big**3 and len(features) == 4
   assert peak < 2**20
-  for field, value in [('input_shape', [big + 1, 1, 1]), ('filters', big + 1),
-                       ('kernel', 10**400), ('features', -2**63)]:
-    d = {'input_shape': [8, 8, 1], 'layers': [{'type': 'Conv', 'filters': 4}, {'type': 'Flatten'},
-                                              {'type': 'Dense', 'features': 2}]}
+  for field, value in [
+    ('input_shape', [big + 1, 1, 1]),
+    ('filters', big + 1),
+    ('kernel', 10**400),
+    ('features', -(2**63)),
+  ]:
+    d = {
+      'input_shape': [8, 8, 1],
+      'layers': [
+        {'type': 'Conv', 'filters': 4},
+        {'type': 'Flatten'},
+        {'type': 'Dense', 'features': 2},
+      ],
+    }
     if field == 'input_shape':
       d['input_shape'] = value
     else:
@@ -416,29 +552,45 @@ def idx_bytes(array, magic=None, dims=None):
 
 
 ABSURD_DIMS = [0, 1, 2, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1]
-ODD_MAGICS = [0, 0xFFFFFFFF, 0x801, 0x803, 0x802, 0x804, 0x8FF, 0x900, 0x80B, 0x80D, 0x80E,
-              0x1F8B0803, 0x00000C03, 0x01000803]
+ODD_MAGICS = [
+  0,
+  0xFFFFFFFF,
+  0x801,
+  0x803,
+  0x802,
+  0x804,
+  0x8FF,
+  0x900,
+  0x80B,
+  0x80D,
+  0x80E,
+  0x1F8B0803,
+  0x00000C03,
+  0x01000803,
+]
 
 
 def damage_payload(rng, payload: bytes):
   """One way an IDX file goes bad (or 'none'); returns (kind, bytes)."""
-  kind = pick(rng, ['none', 'flip', 'flip', 'truncate', 'extend', 'dims', 'dims', 'magic',
-                    'garbage', 'empty'])
+  kind = pick(
+    rng, ['none', 'flip', 'flip', 'truncate', 'extend', 'dims', 'dims', 'magic', 'garbage', 'empty']
+  )
   raw = bytearray(payload)
   if kind == 'flip':
     for _ in range(int(rng.integers(1, 4))):
       # Half the flips land in the header, where they change what is declared.
-      at = int(rng.integers(min(16, len(raw)))) if rng.random() < 0.5 else int(
-          rng.integers(len(raw)))
+      at = (
+        int(rng.integers(min(16, len(raw)))) if rng.random() < 0.5 else int(rng.integers(len(raw)))
+      )
       raw[at] ^= 1 << int(rng.integers(8))
   elif kind == 'truncate':
-    del raw[int(rng.integers(len(raw))):]
+    del raw[int(rng.integers(len(raw))) :]
   elif kind == 'extend':
     raw += rng.bytes(int(rng.integers(1, 50)))
   elif kind == 'dims':
     rank = raw[3]
     at = 4 + 4 * int(rng.integers(rank))
-    raw[at:at + 4] = struct.pack('>I', pick(rng, ABSURD_DIMS))
+    raw[at : at + 4] = struct.pack('>I', pick(rng, ABSURD_DIMS))
   elif kind == 'magic':
     raw[:4] = struct.pack('>I', pick(rng, ODD_MAGICS))
   elif kind == 'garbage':
@@ -450,8 +602,9 @@ def damage_payload(rng, payload: bytes):
 
 def package(rng, payload: bytes, path: str):
   """Writes `payload` raw or gzipped, sometimes with a damaged or lying wrapper."""
-  kind = pick(rng, ['raw', 'raw', 'gz', 'gz', 'gz-damaged', 'gz-trailing', 'gz-unsuffixed',
-                    'raw-as-gz'])
+  kind = pick(
+    rng, ['raw', 'raw', 'gz', 'gz', 'gz-damaged', 'gz-trailing', 'gz-unsuffixed', 'raw-as-gz']
+  )
   if kind in ('raw', 'gz-unsuffixed'):
     blob = payload if kind == 'raw' else gzip.compress(payload, mtime=0)
   else:
@@ -459,7 +612,7 @@ def package(rng, payload: bytes, path: str):
     blob = payload if kind == 'raw-as-gz' else bytearray(gzip.compress(payload, mtime=0))
     if kind == 'gz-damaged':
       if rng.random() < 0.5:
-        del blob[int(rng.integers(len(blob))):]
+        del blob[int(rng.integers(len(blob))) :]
       else:
         blob[int(rng.integers(len(blob)))] ^= 1 << int(rng.integers(8))
     elif kind == 'gz-trailing':
@@ -530,8 +683,24 @@ def test_fuzz_idx_folders(fuzz_cases, tmp_path):
       arrays[f'{split}_images'] = rng.integers(0, 256, (counts[split], rows, cols), np.uint8)
       labels = np.arange(counts[split]) % classes
       arrays[f'{split}_labels'] = rng.permutation(labels).astype(np.uint8)
-    trouble = pick(rng, ['none', 'none', 'file', 'file', 'count', 'swap', 'shape', 'label',
-                         'one_class', 'tiny', 'missing', 'directory', 'absurd'])
+    trouble = pick(
+      rng,
+      [
+        'none',
+        'none',
+        'file',
+        'file',
+        'count',
+        'swap',
+        'shape',
+        'label',
+        'one_class',
+        'tiny',
+        'missing',
+        'directory',
+        'absurd',
+      ],
+    )
     victim = pick(rng, sorted(data.IDX_FILES))
     payloads = {role: idx_bytes(a) for role, a in arrays.items()}
     if trouble == 'file':
@@ -542,7 +711,9 @@ def test_fuzz_idx_folders(fuzz_cases, tmp_path):
     elif trouble == 'swap':
       split = victim.split('_')[0]
       payloads[f'{split}_images'], payloads[f'{split}_labels'] = (
-          payloads[f'{split}_labels'], payloads[f'{split}_images'])
+        payloads[f'{split}_labels'],
+        payloads[f'{split}_images'],
+      )
     elif trouble == 'shape':
       payloads['test_images'] = idx_bytes(np.zeros((counts['test'], rows + 1, cols), np.uint8))
     elif trouble == 'label':
@@ -556,8 +727,9 @@ def test_fuzz_idx_folders(fuzz_cases, tmp_path):
       payloads['train_labels'] = idx_bytes(arrays['train_labels'][:1])
     elif trouble == 'absurd':
       # The header's count matches the labels; its image size cannot be stored.
-      payloads['train_images'] = idx_bytes(arrays['train_images'],
-                                           dims=(counts['train'], 2**31, 2**31))
+      payloads['train_images'] = idx_bytes(
+        arrays['train_images'], dims=(counts['train'], 2**31, 2**31)
+      )
     for role, base in data.IDX_FILES.items():
       path = os.path.join(folder, base)
       if role == victim and trouble == 'missing':
@@ -593,8 +765,11 @@ def test_fuzz_idx_folders(fuzz_cases, tmp_path):
       assert loaded is not None, what
     # What describe_source reads (the training labels and the training images'
     # header) shows these; it must not hand on a shape or class count from them.
-    if (trouble in ('one_class', 'absurd') or trouble in ('count', 'swap', 'missing', 'directory')
-        and victim.startswith('train')):
+    if (
+      trouble in ('one_class', 'absurd')
+      or trouble in ('count', 'swap', 'missing', 'directory')
+      and victim.startswith('train')
+    ):
       assert described is None, (what, victim, described)
     if loaded is not None:
       # Whatever load accepts, describe (which reads less) accepts the same way.
@@ -628,16 +803,77 @@ def leaf_fields(config, prefix=''):
 
 FIELDS = dict(leaf_fields(config_lib.base_config()))
 SECTIONS = ['data', 'teacher', 'search', 'policy', 'distill', 'constraints', 'final', 'runtime']
-BOGUS_PATHS = ['nosuch', 'teacher.nme', 'teacher.name.x', 'seed.x', 'a.b.c', 'Teacher.name',
-               'teacher.input_shape.0', 'é', 'data.source.', 'teacher..name']
+BOGUS_PATHS = [
+  'nosuch',
+  'teacher.nme',
+  'teacher.name.x',
+  'seed.x',
+  'a.b.c',
+  'Teacher.name',
+  'teacher.input_shape.0',
+  'é',
+  'data.source.',
+  'teacher..name',
+]
 HOSTILE_VALUES = [
-    '0', '1', '-1', '2', '1.5', 'nan', 'inf', '-inf', '1e400', '-0', '0x10', '1_000', '9' * 30,
-    '9' * 5000, '', ' ', 'None', 'True', 'true', 'false', 'yes', "'quoted'", 'é', '\u202e',
-    'a,b', '(1,2,3)', "(1,'a',3)", '()', '(0.5,)', '(nan,)', "(float('nan'),)", '(True,)',
-    '[1,2]', '{}', "{'name': 'vgg11'}", '{1,2}', '1j', '(1j,)', '(1e999,)', '(-1,)',
-    '(2**31,)', '((1,),2,3)', '~' * 5000 + '1', '(' * 300 + ')' * 300, '[' * 150 + ']' * 150,
-    '1j+' * 20_000 + '1', '{[1]: 2}', 'b"abc"', 'lambda: 0', '__import__("os")', 'sgd',
-    'describe', 'idx', 'folder', 'conv4', '/nonexistent', '--config.mode=x', '\n',
+  '0',
+  '1',
+  '-1',
+  '2',
+  '1.5',
+  'nan',
+  'inf',
+  '-inf',
+  '1e400',
+  '-0',
+  '0x10',
+  '1_000',
+  '9' * 30,
+  '9' * 5000,
+  '',
+  ' ',
+  'None',
+  'True',
+  'true',
+  'false',
+  'yes',
+  "'quoted'",
+  'é',
+  '\u202e',
+  'a,b',
+  '(1,2,3)',
+  "(1,'a',3)",
+  '()',
+  '(0.5,)',
+  '(nan,)',
+  "(float('nan'),)",
+  '(True,)',
+  '[1,2]',
+  '{}',
+  "{'name': 'vgg11'}",
+  '{1,2}',
+  '1j',
+  '(1j,)',
+  '(1e999,)',
+  '(-1,)',
+  '(2**31,)',
+  '((1,),2,3)',
+  '~' * 5000 + '1',
+  '(' * 300 + ')' * 300,
+  '[' * 150 + ']' * 150,
+  '1j+' * 20_000 + '1',
+  '{[1]: 2}',
+  'b"abc"',
+  'lambda: 0',
+  '__import__("os")',
+  'sgd',
+  'describe',
+  'idx',
+  'folder',
+  'conv4',
+  '/nonexistent',
+  '--config.mode=x',
+  '\n',
 ]
 
 
@@ -651,8 +887,25 @@ def typed_value(rng, default) -> str:
     return str(pick(rng, [0.0, 1e-9, 0.05, 0.5, 0.9, 1.0, 3.0, 1e308, -0.5]))
   if isinstance(default, tuple):
     return pick(rng, ['()', '(1,)', '(5, 10)', '(0.5, 1.0)', '(8, 8, 1)', '(28, 28, 1)'])
-  return pick(rng, ['', 'digits', 'compress', 'describe', 'sgd', 'adam', 'n2n', 'ema',
-                    'reinforce', 'scratch', 'poly', 'auto', 'digits_cnn', 'conv4'])
+  return pick(
+    rng,
+    [
+      '',
+      'digits',
+      'compress',
+      'describe',
+      'sgd',
+      'adam',
+      'n2n',
+      'ema',
+      'reinforce',
+      'scratch',
+      'poly',
+      'auto',
+      'digits_cnn',
+      'conv4',
+    ],
+  )
 
 
 def random_override(rng):
@@ -663,8 +916,11 @@ def random_override(rng):
     path = pick(rng, SECTIONS)
   else:
     path = pick(rng, BOGUS_PATHS)
-  value = (typed_value(rng, FIELDS[path]) if path in FIELDS and rng.random() < 0.5
-           else pick(rng, HOSTILE_VALUES))
+  value = (
+    typed_value(rng, FIELDS[path])
+    if path in FIELDS and rng.random() < 0.5
+    else pick(rng, HOSTILE_VALUES)
+  )
   form = rng.random()
   if form < 0.08:
     return path, f'--config.{path}'  # the boolean form: no value
@@ -678,8 +934,13 @@ def parse_like_main(argv):
   (config or None, exit code or None, stderr)."""
   flag_values = flags.FlagValues()
   config_flag = config_flags.DEFINE_config_file(
-      'config', None, 'Experiment config file.', flag_values=flag_values, lock_config=True,
-      sys_argv=argv)
+    'config',
+    None,
+    'Experiment config file.',
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=argv,
+  )
   flags.DEFINE_string('workdir', None, 'Folder for this run.', flag_values=flag_values)
   stderr = io.StringIO()
   with contextlib.redirect_stderr(stderr):
@@ -708,7 +969,9 @@ def test_fuzz_config_overrides(fuzz_cases):
       assert len(lines[0]) <= 7 + main._MAX_MESSAGE_CHARS, what  # pylint: disable=protected-access
       # The line names the flag (or, for a path ml_collections cannot follow, the path).
       assert 'config' in lines[0] or any(path in lines[0] for path, _ in overrides), (
-          what, lines[0])
+        what,
+        lines[0],
+      )
       outcome = 'exit 2 at parse'
     else:
       try:
@@ -731,13 +994,17 @@ def test_every_numeric_field_refuses_nan_and_negative_values(fuzz_cases):
   """Not drawn at random: every number in base_config(), each way it breaks.
   Negative, NaN and infinite values must all be refused naming the field; a
   2**64 may be fine (a seed, a cap on examples) but must not pass unless valid."""
-  numeric = [path for path, default in sorted(FIELDS.items())
-             if isinstance(default, (int, float)) and not isinstance(default, bool)]
+  numeric = [
+    path
+    for path, default in sorted(FIELDS.items())
+    if isinstance(default, (int, float)) and not isinstance(default, bool)
+  ]
   assert len(numeric) > 30
   for path in numeric:
     for value in ['-1', '-1e-300', 'nan', 'inf', '-inf', '1e400', str(2**64)]:
       config, _, stderr = parse_like_main(
-          ['n2n_jax.main', '--config=configs/digits.py', f'--config.{path}={value}'])
+        ['n2n_jax.main', '--config=configs/digits.py', f'--config.{path}={value}']
+      )
       if config is None:  # e.g. an int field given a float: absl's one line names it
         assert f'--config.{path}={value}' in stderr, stderr
         outcome = 'exit 2 at parse'
@@ -755,14 +1022,24 @@ def test_every_numeric_field_refuses_nan_and_negative_values(fuzz_cases):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('override, message', [
-    ('--config.teacher.input_shape=' + '~' * 5000 + '1',
-     'error: --config.teacher.input_shape is nested too deeply'),
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    (
+      '--config.teacher.input_shape=' + '~' * 5000 + '1',
+      'error: --config.teacher.input_shape is nested too deeply',
+    ),
     ('--config.nosuch=1', "error: --config.nosuch: the config has no field 'nosuch'"),
-])
+  ],
+)
 def test_cli_hostile_override_is_one_line(override, message):
-  proc = subprocess.run([sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-                         override], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py', override],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert proc.stderr.startswith(message) and 'Traceback' not in proc.stderr
 

@@ -6,19 +6,27 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 SCRIPT = str(ROOT / 'benchmarks' / 'gpu_session.sh')
 
 
 def run(*args, out):
-  return subprocess.run(['bash', SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=60, check=False, env=dict(os.environ, OUT=str(out)))
+  return subprocess.run(
+    ['bash', SCRIPT, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+    env=dict(os.environ, OUT=str(out)),
+  )
 
 
-@pytest.mark.parametrize('args', [['paper'], ['paper', 'teacher'], ['paper', 'search', 'big'],
-                                  ['search', 'x'], ['nonsense']])
+@pytest.mark.parametrize(
+  'args',
+  [['paper'], ['paper', 'teacher'], ['paper', 'search', 'big'], ['search', 'x'], ['nonsense']],
+)
 def test_bad_arguments_print_the_usage(tmp_path, args):
   done = run(*args, out=tmp_path)
   assert done.returncode == 2 and 'usage: benchmarks/gpu_session.sh' in done.stderr

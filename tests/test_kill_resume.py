@@ -13,7 +13,6 @@ import random
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / 'benchmarks'))
@@ -23,11 +22,15 @@ pytestmark = pytest.mark.slow  # whole runs in subprocesses: the full suite only
 
 # Smaller than the stress job (fewer students to compile, no warm-up run): the
 # test took 2 minutes on 2 idle CPU cores, 3.5 with a load average of 4.5.
-SMALLER = {'--config.teacher.epochs': '2', '--config.search.stage1_iterations': '1',
-           '--config.search.stage2_iterations': '1', '--config.final.epochs': '1'}
-CI_OVERRIDES = tuple(o for o in kill_resume.job_overrides()
-                     if o.split('=')[0] not in SMALLER) + tuple(
-                         f'{k}={v}' for k, v in SMALLER.items())
+SMALLER = {
+  '--config.teacher.epochs': '2',
+  '--config.search.stage1_iterations': '1',
+  '--config.search.stage2_iterations': '1',
+  '--config.final.epochs': '1',
+}
+CI_OVERRIDES = tuple(
+  o for o in kill_resume.job_overrides() if o.split('=')[0] not in SMALLER
+) + tuple(f'{k}={v}' for k, v in SMALLER.items())
 
 
 def test_killed_runs_end_with_the_uninterrupted_result(tmp_path):
@@ -35,20 +38,23 @@ def test_killed_runs_end_with_the_uninterrupted_result(tmp_path):
   # No warm-up run: the reference compiles every program, the killed runs
   # load them from the cache it filled.
   ref = kill_resume.reference_run(workroot, cache, CI_OVERRIDES, warm_up=False)
-  search_writes = [key for key in kill_resume.writes_ahead(ref.writes, str(tmp_path / 'fresh'))
-                   if key[0] == 'search_checkpoints']
+  search_writes = [
+    key
+    for key in kill_resume.writes_ahead(ref.writes, str(tmp_path / 'fresh'))
+    if key[0] == 'search_checkpoints'
+  ]
   assert len(search_writes) == 2, ref.writes  # one checkpoint per policy iteration
   rng = random.Random(int(os.environ.get('KILL_RESUME_SEED', '0')))
   kills = [
-      # Orbax's search checkpoint writes take tenths of a second here, so the
-      # kill reliably lands while the temporary folder exists.
-      kill_resume.Kill('checkpoint', target=rng.choice(search_writes)),
-      # Within the first half of the time the first run took: the resumed run
-      # repeats its startup and has at least one iteration and the final
-      # training left, more than the teacher training it skips, so it is
-      # still going.
-      lambda runs: kill_resume.Kill('random', rng.uniform(0.0, runs[0].seconds / 2)),
-      kill_resume.Kill('checkpoint', target=('.student.partial', 'variables')),
+    # Orbax's search checkpoint writes take tenths of a second here, so the
+    # kill reliably lands while the temporary folder exists.
+    kill_resume.Kill('checkpoint', target=rng.choice(search_writes)),
+    # Within the first half of the time the first run took: the resumed run
+    # repeats its startup and has at least one iteration and the final
+    # training left, more than the teacher training it skips, so it is
+    # still going.
+    lambda runs: kill_resume.Kill('random', rng.uniform(0.0, runs[0].seconds / 2)),
+    kill_resume.Kill('checkpoint', target=('.student.partial', 'variables')),
   ]
   print(f'reference {ref.seconds:.1f} s (cold cache)')  # shown if the test fails
   trial = kill_resume.run_trial(0, ref, workroot, cache, kills, rng, CI_OVERRIDES)
@@ -71,19 +77,22 @@ def test_killed_runs_end_with_the_uninterrupted_result(tmp_path):
 
 def test_comparison_catches_any_difference_but_timing():
   result = {
-      'summary': {'teacher': {'val_accuracy': 0.9, 'test_accuracy': 0.9},
-                  'student': {'params': 10, 'spec': {'layers': [1]}, 'val_accuracy': 0.8,
-                              'test_accuracy': 0.7},
-                  'compression': 2.0},
-      'metrics': [{'stage': 1, 'iteration': 1, 'rewards': [0.5]}],
-      'student': {'spec': {}, 'info': {}},
+    'summary': {
+      'teacher': {'val_accuracy': 0.9, 'test_accuracy': 0.9},
+      'student': {'params': 10, 'spec': {'layers': [1]}, 'val_accuracy': 0.8, 'test_accuracy': 0.7},
+      'compression': 2.0,
+    },
+    'metrics': [{'stage': 1, 'iteration': 1, 'rewards': [0.5]}],
+    'student': {'spec': {}, 'info': {}},
   }
   assert kill_resume.differences(result, copy.deepcopy(result)) == []
-  for path, value in (((('summary', 'student', 'test_accuracy')), 0.7000001),
-                      (('summary', 'student', 'spec'), {'layers': [2]}),
-                      (('summary', 'teacher', 'test_accuracy'), 0.91),
-                      (('summary', 'compression'), 2.5),
-                      (('student', 'info'), {'x': 1})):
+  for path, value in (
+    ((('summary', 'student', 'test_accuracy')), 0.7000001),
+    (('summary', 'student', 'spec'), {'layers': [2]}),
+    (('summary', 'teacher', 'test_accuracy'), 0.91),
+    (('summary', 'compression'), 2.5),
+    (('student', 'info'), {'x': 1}),
+  ):
     other = copy.deepcopy(result)
     node = other
     for k in path[:-1]:
@@ -94,14 +103,16 @@ def test_comparison_catches_any_difference_but_timing():
   other['metrics'][0]['rewards'] = [0.6]
   assert 'record 1' in kill_resume.differences(result, other)[0]
   other['metrics'].append(other['metrics'][0])
-  assert any('reference has 1 records, got 2' in d
-             for d in kill_resume.differences(result, other))
+  assert any('reference has 1 records, got 2' in d for d in kill_resume.differences(result, other))
 
 
-@pytest.mark.parametrize('tmp,key', [
+@pytest.mark.parametrize(
+  'tmp,key',
+  [
     ('search_checkpoints/3.orbax-checkpoint-tmp-17', ('search_checkpoints', '3')),
     ('teacher_checkpoint.orbax-checkpoint-tmp-17', ('teacher_checkpoint', '')),
     ('.student.partial/variables.orbax-checkpoint-tmp-17', ('.student.partial', 'variables')),
-])
+  ],
+)
 def test_write_keys(tmp, key):
   assert kill_resume.write_key(tmp.replace('/', os.sep)) == key

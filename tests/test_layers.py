@@ -13,13 +13,32 @@ from n2n_jax import models
 from n2n_jax import padding as P
 from n2n_jax import pruning
 from n2n_jax import spec as S
-from n2n_jax.spec import (BatchNorm, Concat, Conv, Dense, Flatten, GlobalAvgPool, MaxPool,
-                          NetSpec, ReLU, Residual)
+from n2n_jax.spec import BatchNorm
+from n2n_jax.spec import Concat
+from n2n_jax.spec import Conv
+from n2n_jax.spec import Dense
+from n2n_jax.spec import Flatten
+from n2n_jax.spec import GlobalAvgPool
+from n2n_jax.spec import MaxPool
+from n2n_jax.spec import NetSpec
+from n2n_jax.spec import ReLU
+from n2n_jax.spec import Residual
 
 
 def test_the_registry_holds_every_layer_type():
-  assert sorted(S.REGISTRY) == ['AvgPool', 'BatchNorm', 'Concat', 'Conv', 'Dense', 'Dropout',
-                                'Flatten', 'GlobalAvgPool', 'MaxPool', 'ReLU', 'Residual']
+  assert sorted(S.REGISTRY) == [
+    'AvgPool',
+    'BatchNorm',
+    'Concat',
+    'Conv',
+    'Dense',
+    'Dropout',
+    'Flatten',
+    'GlobalAvgPool',
+    'MaxPool',
+    'ReLU',
+    'Residual',
+  ]
   for name, cls in S.REGISTRY.items():
     assert cls.__name__ == name and issubclass(cls, S.LayerType)
     assert cls.channels in S.CHANNEL_ROLES
@@ -28,31 +47,67 @@ def test_the_registry_holds_every_layer_type():
 def test_the_policies_feature_layout_is_fixed():
   # Trained policies read exactly these columns, in this order.
   assert S.FEATURE_NAMES == (
-      'type_Conv', 'type_BatchNorm', 'type_ReLU', 'type_MaxPool', 'type_AvgPool',
-      'type_GlobalAvgPool', 'type_Dropout', 'type_Flatten', 'type_Dense',
-      'kernel', 'stride', 'padding', 'outputs', 'skip_start', 'skip_end')
+    'type_Conv',
+    'type_BatchNorm',
+    'type_ReLU',
+    'type_MaxPool',
+    'type_AvgPool',
+    'type_GlobalAvgPool',
+    'type_Dropout',
+    'type_Flatten',
+    'type_Dense',
+    'kernel',
+    'stride',
+    'padding',
+    'outputs',
+    'skip_start',
+    'skip_end',
+  )
 
 
 def test_scope_names_are_the_saved_ones():
   assert S.scope_name((3,)) == '3'
   assert S.scope_name((5, 'main', 1)) == '5_main_1'
   assert S.scope_name((9, 'branches', 1, 0), Conv(4)) == '9_branches_1_0_Conv'
-  spec = NetSpec('names', (8, 8, 3), (
-      Conv(4, 3, 1, 1), BatchNorm(), ReLU(),
+  spec = NetSpec(
+    'names',
+    (8, 8, 3),
+    (
+      Conv(4, 3, 1, 1),
+      BatchNorm(),
+      ReLU(),
       Residual((Conv(4, 3, 1, 1), BatchNorm()), (Conv(4, 1),)),
-      Concat(((Conv(2, 1),), (ReLU(),))), GlobalAvgPool(), Flatten(), Dense(3)))
+      Concat(((Conv(2, 1),), (ReLU(),))),
+      GlobalAvgPool(),
+      Flatten(),
+      Dense(3),
+    ),
+  )
   shapes = models.variable_shapes(models.build(spec), spec.input_shape)
-  assert sorted(shapes['params']) == sorted([
-      '0_Conv', '1_BatchNorm', '3_main_0_Conv', '3_main_1_BatchNorm', '3_shortcut_0_Conv',
-      '4_branches_0_0_Conv', '7_Dense'])
+  assert sorted(shapes['params']) == sorted(
+    [
+      '0_Conv',
+      '1_BatchNorm',
+      '3_main_0_Conv',
+      '3_main_1_BatchNorm',
+      '3_shortcut_0_Conv',
+      '4_branches_0_0_Conv',
+      '7_Dense',
+    ]
+  )
   assert sorted(shapes['batch_stats']) == ['1_BatchNorm', '3_main_1_BatchNorm']
 
 
 def test_register_refuses_a_type_that_does_not_say_what_it_is():
 
   def define(**attributes):
-    body = {'stats': lambda self, shape, where: None, 'flax': lambda self, *a: None,
-            'short': lambda self: 'X', '__annotations__': {}, **attributes}
+    body = {
+      'stats': lambda self, shape, where: None,
+      'flax': lambda self, *a: None,
+      'short': lambda self: 'X',
+      '__annotations__': {},
+      **attributes,
+    }
     return dataclasses.dataclass(frozen=True)(type('Toy', (S.LayerType,), body))
 
   with pytest.raises(TypeError, match='channels must be one of'):
@@ -74,6 +129,7 @@ def test_register_refuses_a_type_that_does_not_say_what_it_is():
 @dataclasses.dataclass(frozen=True)
 class Identity(S.LayerType):
   """A toy layer type: no parameters, passes its input on, removable."""
+
   channels = S.KEEPS
 
   def stats(self, shape, where):
@@ -100,8 +156,20 @@ def identity():
 
 
 def test_a_new_layer_type_is_one_class(identity):
-  spec = NetSpec('toy', (6, 6, 2), (Conv(4, 3, 1, 1), identity(), ReLU(), Conv(5, 3, 1, 1),
-                                    identity(), MaxPool(2, 2), Flatten(), Dense(3)))
+  spec = NetSpec(
+    'toy',
+    (6, 6, 2),
+    (
+      Conv(4, 3, 1, 1),
+      identity(),
+      ReLU(),
+      Conv(5, 3, 1, 1),
+      identity(),
+      MaxPool(2, 2),
+      Flatten(),
+      Dense(3),
+    ),
+  )
   plain = NetSpec('toy', (6, 6, 2), tuple(l for l in spec.layers if not isinstance(l, identity)))
   assert S.param_count(spec) == S.param_count(plain)
   assert S.flops(spec) == S.flops(plain)
@@ -112,9 +180,11 @@ def test_a_new_layer_type_is_one_class(identity):
   assert [s.removable for s in sites if isinstance(s.layer, identity)] == [True, True]
   features = np.asarray(S.layer_features(spec))
   assert features.shape == (len(spec.layers), len(S.FEATURE_NAMES))
-  assert not features[1, :len(S.LAYER_TYPES)].any()
-  assert S.remove(spec, [i != 0 for i in range(S.removable_count(spec))],
-                  max_params=10**9).layers[1] == ReLU()
+  assert not features[1, : len(S.LAYER_TYPES)].any()
+  assert (
+    S.remove(spec, [i != 0 for i in range(S.removable_count(spec))], max_params=10**9).layers[1]
+    == ReLU()
+  )
 
   # Built and run, it is the network without it.
   x = np.random.default_rng(0).standard_normal((2, 6, 6, 2)).astype(np.float32)
@@ -122,26 +192,38 @@ def test_a_new_layer_type_is_one_class(identity):
   variables = models.init_variables(model, 0, spec.input_shape)
   logits = model.apply(variables, x)
   assert sorted(variables['params']) == ['0_Conv', '3_Conv', '7_Dense']
-  renamed = {'params': {'0_Conv': variables['params']['0_Conv'],
-                        '2_Conv': variables['params']['3_Conv'],
-                        '5_Dense': variables['params']['7_Dense']}, 'batch_stats': {}}
+  renamed = {
+    'params': {
+      '0_Conv': variables['params']['0_Conv'],
+      '2_Conv': variables['params']['3_Conv'],
+      '5_Dense': variables['params']['7_Dense'],
+    },
+    'batch_stats': {},
+  }
   np.testing.assert_allclose(models.build(plain).apply(renamed, x), logits, rtol=1e-6)
 
   # Padding: removed, it is switched off inside its source's program.
-  student = S.remove(spec, [not isinstance(s.layer, identity) for s in sites if s.removable],
-                     max_params=10**9)
+  student = S.remove(
+    spec, [not isinstance(s.layer, identity) for s in sites if s.removable], max_params=10**9
+  )
   wide, on = P.with_switches(student, spec)
   assert [i for i, o in enumerate(on) if not o] == [1, 4]
   places = P.embedding(student, wide, on)
   wide_shapes = models.variable_shapes(models.build(wide), wide.input_shape)
   student_vars = models.init_variables(models.build(student), 1, student.input_shape)
   padded = P.pad(jax.device_get(student_vars), places, wide_shapes, on)
-  np.testing.assert_allclose(models.build(wide).apply(padded, x),
-                             models.build(student).apply(student_vars, x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    models.build(wide).apply(padded, x),
+    models.build(student).apply(student_vars, x),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
   # Pruning: the first conv's channels pass through it to the second conv.
   units = pruning.prunable_convs(spec)
-  assert [(u.path, u.tap, u.consumer) for u in units] == [((0,), '2', '3_Conv'),
-                                                        ((3,), '3', '7_Dense')]
+  assert [(u.path, u.tap, u.consumer) for u in units] == [
+    ((0,), '2', '3_Conv'),
+    ((3,), '3', '7_Dense'),
+  ]
   pruned, _ = pruning.prune(spec, variables, {(0,): [1]})
   assert pruned.layers[0].filters == 3

@@ -19,10 +19,12 @@ DEVICES = 4
 
 
 def test_four_devices_give_the_same_results_as_one(tmp_path):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES}',
-             JAX_PLATFORMS='cpu')
-  done = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env,
-                        capture_output=True, text=True, timeout=900)
+  env = dict(
+    os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES}', JAX_PLATFORMS='cpu'
+  )
+  done = subprocess.run(
+    [sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=900
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.loads(done.stdout.strip().splitlines()[-1])
   assert report['devices'] == DEVICES
@@ -44,8 +46,12 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
   # Both stages ran, and each trained students.
   assert [r['stage'] for r in report['single']['records']] == [1, 1, 2]
   for stage in (1, 2):
-    assert any(a is not None for r in report['single']['records'] if r['stage'] == stage
-               for a in r['accuracies'])
+    assert any(
+      a is not None
+      for r in report['single']['records']
+      if r['stage'] == stage
+      for a in r['accuracies']
+    )
   # Students train on one device each; the final training splits its batches
   # over all four (runtime.final_devices=0), or trains on one when asked, and
   # both reach the same student up to the order of floating-point sums.
@@ -64,11 +70,19 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
 
 def _child(workdir):
   import jax  # pylint: disable=g-import-not-at-top
+
   here = os.path.dirname(os.path.abspath(__file__))
   sys.path[:0] = [here, os.path.dirname(here)]  # conftest, and n2n_jax without an install
   import conftest  # pylint: disable=g-import-not-at-top
-  from n2n_jax import evaluator as E, experiment, report  # pylint: disable=g-import-not-at-top,multiple-imports
-  from n2n_jax import data as data_lib, models, spec as S, train, zoo  # pylint: disable=g-import-not-at-top,multiple-imports
+
+  from n2n_jax import data as data_lib  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import evaluator as E  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import experiment  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import models  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import report  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import spec as S  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import train  # pylint: disable=g-import-not-at-top,multiple-imports
+  from n2n_jax import zoo  # pylint: disable=g-import-not-at-top,multiple-imports
 
   def tiny_config(mode='compress'):
     config = conftest.tiny_search(conftest.quiet_config('digits'))
@@ -108,13 +122,19 @@ def _child(workdir):
     config = tiny_config()
     config.runtime.student_devices = student_devices
     config.runtime.final_devices = final_devices
-    summary = experiment.run(config, conftest.workdir_with_teacher(
-        teacher_dir, os.path.join(workdir, name)))
-    records = [{k: v for k, v in r.items() if k != 'seconds'}
-               for r in report.read_metrics(os.path.join(workdir, name))]
-    return {'student': {k: summary['student'][k] for k in
-                        ('spec', 'params', 'val_accuracy', 'test_accuracy')},
-            'records': records}, sorted(set(placed))
+    summary = experiment.run(
+      config, conftest.workdir_with_teacher(teacher_dir, os.path.join(workdir, name))
+    )
+    records = [
+      {k: v for k, v in r.items() if k != 'seconds'}
+      for r in report.read_metrics(os.path.join(workdir, name))
+    ]
+    return {
+      'student': {
+        k: summary['student'][k] for k in ('spec', 'params', 'val_accuracy', 'test_accuracy')
+      },
+      'records': records,
+    }, sorted(set(placed))
 
   parallel, parallel_devices = search(0, 'parallel')
   student_meshes, final_meshes = sorted(meshes['student']), sorted(meshes['final'])
@@ -125,22 +145,41 @@ def _child(workdir):
   E.Evaluator._train = real_train
   dataset = data_lib.load(data_lib.default_data_config())
   source = zoo.get('digits_cnn', (8, 8, 1), 10)
-  logits = train.predict(models.build(source), models.init_variables(
-      models.build(source), 0, (8, 8, 1)), dataset.train_images)
-  jobs = [(S.shrink(source, [f] * len(S.shrink_vars(source))), jax.random.key(i))
-          for i, f in enumerate((0.3, 0.5, 0.7))]
+  logits = train.predict(
+    models.build(source),
+    models.init_variables(models.build(source), 0, (8, 8, 1)),
+    dataset.train_images,
+  )
+  jobs = [
+    (S.shrink(source, [f] * len(S.shrink_vars(source))), jax.random.key(i))
+    for i, f in enumerate((0.3, 0.5, 0.7))
+  ]
   inside = []
   for devices in (jax.devices()[:3], jax.devices()[:1]):
-    ev = E.Evaluator(dataset, logits, E.DistillSettings(epochs=1, max_train_examples=256),
-                     devices=devices)
-    inside.append([r.accuracy if r.error is None else None
-                   for r in ev.train_many(jobs, seed=0, inside=source)])
-  print(json.dumps({'devices': len(jax.devices()), 'parallel': parallel, 'single': single,
-                    'final_one': final_one, 'student_meshes': student_meshes,
-                    'final_meshes': final_meshes, 'final_one_meshes': final_one_meshes,
-                    'teacher_histories': histories, 'inside': inside,
-                    'teacher_devices': [t['devices'] for t in teachers],
-                    'parallel_devices': parallel_devices, 'single_devices': single_devices}))
+    ev = E.Evaluator(
+      dataset, logits, E.DistillSettings(epochs=1, max_train_examples=256), devices=devices
+    )
+    inside.append(
+      [r.accuracy if r.error is None else None for r in ev.train_many(jobs, seed=0, inside=source)]
+    )
+  print(
+    json.dumps(
+      {
+        'devices': len(jax.devices()),
+        'parallel': parallel,
+        'single': single,
+        'final_one': final_one,
+        'student_meshes': student_meshes,
+        'final_meshes': final_meshes,
+        'final_one_meshes': final_one_meshes,
+        'teacher_histories': histories,
+        'inside': inside,
+        'teacher_devices': [t['devices'] for t in teachers],
+        'parallel_devices': parallel_devices,
+        'single_devices': single_devices,
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

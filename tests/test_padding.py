@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from n2n_jax import models, train, zoo
+from n2n_jax import models
 from n2n_jax import padding as P
 from n2n_jax import spec as S
+from n2n_jax import train
+from n2n_jax import zoo
 
 # Containers of every kind: plain stacks with Flatten (digits_cnn, conv4),
 # residual blocks with shortcut convs (resnet18), concatenating fire modules
 # (squeezenet1_1).
-NETS = (('digits_cnn', (8, 8, 1)), ('conv4', (28, 28, 1)), ('resnet18', (32, 32, 3)),
-        ('squeezenet1_1', (28, 28, 1)))
+NETS = (
+  ('digits_cnn', (8, 8, 1)),
+  ('conv4', (28, 28, 1)),
+  ('resnet18', (32, 32, 3)),
+  ('squeezenet1_1', (28, 28, 1)),
+)
 
 
 def shrunk(source, seed=0):
@@ -37,9 +43,9 @@ def removed(source, seed=0):
 
 
 def leaves_equal(a, b) -> bool:
-  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-          and all(np.array_equal(x, y) for x, y in
-                  zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+  return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+    np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
 
 
 @pytest.mark.slow
@@ -52,19 +58,23 @@ def test_a_padded_student_computes_the_students_function(name, shape):
   places = P.embedding(student, wide)
   own, big = models.build(student), models.build(wide)
   # The embedding knows the student's variable shapes without tracing it.
-  assert (jax.tree_util.tree_map(np.shape, P.student_shapes(places))
-          == jax.tree_util.tree_map(np.shape, models.variable_shapes(own, shape)))
+  assert jax.tree_util.tree_map(np.shape, P.student_shapes(places)) == jax.tree_util.tree_map(
+    np.shape, models.variable_shapes(own, shape)
+  )
   rng = np.random.default_rng(1)
   variables = models.init_variables(own, 3, shape)
   # Non-trivial batch-norm statistics, so that every variable matters.
   variables = jax.tree_util.tree_map(
-      lambda v: np.asarray(v) + rng.uniform(0.1, 0.5, v.shape).astype(np.float32), variables)
+    lambda v: np.asarray(v) + rng.uniform(0.1, 0.5, v.shape).astype(np.float32), variables
+  )
   padded = P.pad(variables, places, models.variable_shapes(big, shape))
   assert models.count_params(padded['params']) == S.param_count(source)
   images = jnp.asarray(rng.standard_normal((3,) + shape), jnp.float32)
   expected = own.apply(variables, images)
   got = big.apply(padded, images)
-  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
+  np.testing.assert_allclose(
+    got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected)))
+  )
   assert leaves_equal(P.unpad(padded, places), jax.tree_util.tree_map(np.asarray, variables))
 
 
@@ -76,8 +86,11 @@ def test_a_padded_student_computes_the_students_function(name, shape):
 # channel counts, so after 5 Adam steps the losses part by ~2e-3 and the
 # logits (eval mode, barely updated running statistics) by up to 0.2, while
 # plain SGD keeps both within 1e-5.
-TRAINING_CASES = [('shrunk', 'adam', 1e-4, 5e-3), ('removed', 'sgd', 1e-5, 1e-4),
-                  ('removed', 'adam', 1e-2, None)]
+TRAINING_CASES = [
+  ('shrunk', 'adam', 1e-4, 5e-3),
+  ('removed', 'sgd', 1e-5, 1e-4),
+  ('removed', 'adam', 1e-2, None),
+]
 
 
 @pytest.mark.slow
@@ -90,8 +103,9 @@ def test_missing_channels_stay_zero_through_training(kind, optimizer, rtol, atol
   # the two runs drop different units. 'removed': a stage-1 student, run
   # inside its source with the layers it removed switched off.
   conv4 = zoo.get('conv4', (28, 28, 1), 10)
-  source = S.NetSpec('conv4', conv4.input_shape,
-                     tuple(l for l in conv4.layers if not isinstance(l, S.Dropout)))
+  source = S.NetSpec(
+    'conv4', conv4.input_shape, tuple(l for l in conv4.layers if not isinstance(l, S.Dropout))
+  )
   if kind == 'shrunk':
     student, wide, on = shrunk(source, seed=2), source, None
   else:
@@ -99,16 +113,20 @@ def test_missing_channels_stay_zero_through_training(kind, optimizer, rtol, atol
     wide, on = P.with_switches(student, source)
   places = P.embedding(student, wide, on)
   own, big = models.build(student), models.build(wide)
-  tx = train.make_optimizer(optimizer, 1e-3 if optimizer == 'adam' else 0.05,
-                            steps_per_epoch=10, weight_decay=5e-4)
+  tx = train.make_optimizer(
+    optimizer, 1e-3 if optimizer == 'adam' else 0.05, steps_per_epoch=10, weight_decay=5e-4
+  )
   rng = np.random.default_rng(0)
-  data = train.Data(jnp.asarray(rng.standard_normal((64, 28, 28, 1)), jnp.float32),
-                    jnp.asarray(rng.integers(0, 10, 64), jnp.int32))
+  data = train.Data(
+    jnp.asarray(rng.standard_normal((64, 28, 28, 1)), jnp.float32),
+    jnp.asarray(rng.integers(0, 10, 64), jnp.int32),
+  )
   variables = models.init_variables(own, 0, (28, 28, 1))
   losses, trained = {}, {}
-  for model, start in ((own, variables),
-                       (big, P.pad(variables, places, models.variable_shapes(big, (28, 28, 1)),
-                                   on))):
+  for model, start in (
+    (own, variables),
+    (big, P.pad(variables, places, models.variable_shapes(big, (28, 28, 1)), on)),
+  ):
     step = jax.jit(train.make_step(model, tx, train.cross_entropy))
     state = train.TrainState.create(start, tx)
     losses[model] = []
@@ -116,8 +134,9 @@ def test_missing_channels_stay_zero_through_training(kind, optimizer, rtol, atol
       state, metrics = step(state, data, jnp.arange(32) + 32 * (i % 2), jax.random.key(i))
       losses[model].append(float(metrics['loss']))
     trained[model] = jax.device_get(state.variables)
-  wide_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                       trained[big])
+  wide_shapes = jax.tree_util.tree_map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trained[big]
+  )
   repadded = flatten_dict(P.pad(P.unpad(trained[big], places), places, wide_shapes, on))
   got = flatten_dict(trained[big])
   assert repadded.keys() == got.keys()
@@ -128,8 +147,9 @@ def test_missing_channels_stay_zero_through_training(kind, optimizer, rtol, atol
   assert all(k[0] == 'batch_stats' and k[1].split('_')[0] in off for k in moved), moved
   np.testing.assert_allclose(losses[big], losses[own], rtol=rtol)
   if atol is not None:
-    np.testing.assert_allclose(big.apply(trained[big], data.images),
-                               own.apply(trained[own], data.images), atol=atol)
+    np.testing.assert_allclose(
+      big.apply(trained[big], data.images), own.apply(trained[own], data.images), atol=atol
+    )
 
 
 def test_a_student_with_other_layers_cannot_be_embedded():
@@ -155,6 +175,7 @@ def test_a_student_with_layers_switched_off_computes_the_students_function(name,
   for student in students:
     wide, on = P.with_switches(student, source)
     wides.add(wide)
+
     # The source without the pools the student removed; every layer it
     # removed is switched off, every one it kept on.
     def pools(spec):
@@ -168,17 +189,20 @@ def test_a_student_with_layers_switched_off_computes_the_students_function(name,
     assert all(j in wide.switched for j, o in enumerate(on) if not o)
     places = P.embedding(student, wide, on)
     own, big = models.build(student), models.build(wide)
-    assert (jax.tree_util.tree_map(np.shape, P.student_shapes(places))
-            == jax.tree_util.tree_map(np.shape, models.variable_shapes(own, shape)))
+    assert jax.tree_util.tree_map(np.shape, P.student_shapes(places)) == jax.tree_util.tree_map(
+      np.shape, models.variable_shapes(own, shape)
+    )
     variables = jax.tree_util.tree_map(
-        lambda v: np.asarray(v) + rng.uniform(0.1, 0.5, v.shape).astype(np.float32),
-        models.init_variables(own, 3, shape))
+      lambda v: np.asarray(v) + rng.uniform(0.1, 0.5, v.shape).astype(np.float32),
+      models.init_variables(own, 3, shape),
+    )
     padded = P.pad(variables, places, models.variable_shapes(big, shape), on)
     images = jnp.asarray(rng.standard_normal((3,) + shape), jnp.float32)
     expected = own.apply(variables, images)
     got = big.apply(padded, images)
-    np.testing.assert_allclose(got, expected, rtol=1e-4,
-                               atol=1e-4 * float(jnp.max(jnp.abs(expected))))
+    np.testing.assert_allclose(
+      got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected)))
+    )
     assert leaves_equal(P.unpad(padded, places), jax.tree_util.tree_map(np.asarray, variables))
   # Students that keep the same pools share a network, hence a program.
   assert len(wides) < len(students)
@@ -192,14 +216,20 @@ def test_students_that_do_not_fit_switches_are_refused():
     P.with_switches(shrunk_and_removed, source)
   # A removed conv that narrows the activation (64 -> 16 channels) has no
   # pass-through; nor has a strided one.
-  narrowing = S.NetSpec('n', (8, 8, 1), (S.Conv(64, padding=1), S.Conv(16, padding=1),
-                                         S.Flatten(), S.Dense(10)))
+  narrowing = S.NetSpec(
+    'n', (8, 8, 1), (S.Conv(64, padding=1), S.Conv(16, padding=1), S.Flatten(), S.Dense(10))
+  )
   without = S.NetSpec('n', (8, 8, 1), (S.Conv(64, padding=1), S.Flatten(), S.Dense(10)))
-  with pytest.raises(P.NotEmbeddable, match=r'removed layer Conv cannot be switched off on '
-                                             r'inputs of shape \(8, 8, 64\)'):
+  with pytest.raises(
+    P.NotEmbeddable,
+    match=r'removed layer Conv cannot be switched off on '
+    r'inputs of shape \(8, 8, 64\)',
+  ):
     P.with_switches(without, narrowing)
-  strided = S.NetSpec('s', (8, 8, 1), (S.Conv(8, padding=1), S.Conv(8, stride=2, padding=1),
-                                       S.Flatten(), S.Dense(10)))
+  strided = S.NetSpec(
+    's', (8, 8, 1), (S.Conv(8, padding=1), S.Conv(8, stride=2, padding=1), S.Flatten(), S.Dense(10))
+  )
   with pytest.raises(P.NotEmbeddable, match='removed layer Conv'):
-    P.with_switches(S.NetSpec('s', (8, 8, 1), (S.Conv(8, padding=1), S.Flatten(), S.Dense(10))),
-                    strided)
+    P.with_switches(
+      S.NetSpec('s', (8, 8, 1), (S.Conv(8, padding=1), S.Flatten(), S.Dense(10))), strided
+    )

@@ -8,8 +8,13 @@ import random
 
 import numpy as np
 import pytest
+from conftest import run_records
+from conftest import tiny_search
+from conftest import workdir_with_teacher
+from test_report import _points
+from test_report import make_records
+from test_report import make_summary
 
-from conftest import run_records, tiny_search, workdir_with_teacher
 from n2n_jax import compare
 from n2n_jax import data as data_lib
 from n2n_jax import experiment
@@ -17,28 +22,38 @@ from n2n_jax import export
 from n2n_jax import pareto
 from n2n_jax import report
 from n2n_jax import spec as S
-from test_report import _points, make_records, make_summary
 
 
 def entry(params, acc, name='s'):
-  return {'params': params, 'val_accuracy': acc, 'spec': {'name': f'{name}{params}'},
-          'reward': acc, 'stage': 1, 'iteration': 1}
+  return {
+    'params': params,
+    'val_accuracy': acc,
+    'spec': {'name': f'{name}{params}'},
+    'reward': acc,
+    'stage': 1,
+    'iteration': 1,
+  }
 
 
 def test_the_front_keeps_exactly_the_students_nothing_beats():
   rng = random.Random(0)
   for _ in range(50):
-    seen = [entry(rng.choice(range(100, 2000, 50)), rng.choice([0.5, 0.6, 0.7, 0.8, 0.9]))
-            for _ in range(rng.randint(1, 30))]
+    seen = [
+      entry(rng.choice(range(100, 2000, 50)), rng.choice([0.5, 0.6, 0.7, 0.8, 0.9]))
+      for _ in range(rng.randint(1, 30))
+    ]
     front = []
     for start in range(0, len(seen), 4):  # fed an iteration at a time, as the search does
-      front = pareto.update(front, seen[start:start + 4])
+      front = pareto.update(front, seen[start : start + 4])
     assert [m['params'] for m in front] == sorted(m['params'] for m in front)
     for m in front:
       assert not any(pareto.dominates(o, m) for o in seen)
     for s in seen:  # everything else is beaten by, or ties with, a member
-      assert s in front or any(pareto.dominates(m, s) or (
-          m['params'] == s['params'] and m['val_accuracy'] == s['val_accuracy']) for m in front)
+      assert s in front or any(
+        pareto.dominates(m, s)
+        or (m['params'] == s['params'] and m['val_accuracy'] == s['val_accuracy'])
+        for m in front
+      )
     pairs = [(m['params'], m['val_accuracy']) for m in front]
     assert len(set(pairs)) == len(pairs)
 
@@ -50,8 +65,9 @@ def test_a_tie_keeps_the_first_student_found():
 
 
 def test_spread_picks_the_ends_and_sizes_evenly_apart_in_log_params():
-  front = [entry(p, 0.5 + i / 100) for i, p in enumerate(
-      [100, 120, 300, 1000, 1100, 3000, 9000, 10000])]
+  front = [
+    entry(p, 0.5 + i / 100) for i, p in enumerate([100, 120, 300, 1000, 1100, 3000, 9000, 10000])
+  ]
   assert pareto.spread(front, 3) == [front[0], front[3], front[7]]  # 100, ~1000, 10000
   chosen = pareto.spread(front, 5)
   assert [m['params'] for m in chosen] == [100, 300, 1000, 3000, 10000]
@@ -66,10 +82,13 @@ def test_spread_picks_the_ends_and_sizes_evenly_apart_in_log_params():
 
 def test_the_plot_marks_the_pareto_students():
   records, summary = make_records(), make_summary()
-  front = [{'params': 30_000, 'val_accuracy': 0.861, 'test_accuracy': 0.855},
-           {'params': 75_000, 'val_accuracy': 0.902, 'test_accuracy': 0.897}]
-  ax = report.accuracy_vs_params_figure(records, summary['teacher'], summary['student'],
-                                        front).axes[0]
+  front = [
+    {'params': 30_000, 'val_accuracy': 0.861, 'test_accuracy': 0.855},
+    {'params': 75_000, 'val_accuracy': 0.902, 'test_accuracy': 0.897},
+  ]
+  ax = report.accuracy_vs_params_figure(
+    records, summary['teacher'], summary['student'], front
+  ).axes[0]
   points = _points(ax)
   for m in front:
     assert (m['params'], round(100 * m['val_accuracy'], 9)) in points
@@ -79,8 +98,7 @@ def test_the_plot_marks_the_pareto_students():
 
 
 @pytest.mark.slow
-def test_a_search_trains_and_exports_spread_pareto_students(config_factory, teacher_dir,
-                                                            tmp_path):
+def test_a_search_trains_and_exports_spread_pareto_students(config_factory, teacher_dir, tmp_path):
   config = tiny_search(config_factory('digits'))
   config.search.rollouts = 4
   config.final.pareto_max = 2
@@ -89,9 +107,12 @@ def test_a_search_trains_and_exports_spread_pareto_students(config_factory, teac
 
   # The front, rebuilt from metrics.jsonl alone: every valid student's size and accuracy.
   records = run_records(workdir)
-  seen = [entry(p, a) for r in records for p, a, why, broken in zip(
-      r['params'], r['accuracies'], r['degenerate'], r['violations'])
-      if why is None and not broken and a is not None and p]
+  seen = [
+    entry(p, a)
+    for r in records
+    for p, a, why, broken in zip(r['params'], r['accuracies'], r['degenerate'], r['violations'])
+    if why is None and not broken and a is not None and p
+  ]
   front = pareto.update([], seen)
   stored = json.loads(open(os.path.join(workdir, pareto.FILE)).read())
   assert stored['front_size'] == len(front) >= 3
@@ -100,8 +121,10 @@ def test_a_search_trains_and_exports_spread_pareto_students(config_factory, teac
   assert len(chosen) == 2 and chosen[0]['params'] < chosen[1]['params']
   assert all((c['params'], c['search_val_accuracy']) in on_front for c in chosen)
   assert all(c['spec'] != summary['student']['spec'] for c in chosen)  # the answer not again
-  assert summary['pareto'] == {'front_size': len(front), 'students': [
-      {k: v for k, v in c.items() if k != 'spec'} for c in chosen]}
+  assert summary['pareto'] == {
+    'front_size': len(front),
+    'students': [{k: v for k, v in c.items() if k != 'spec'} for c in chosen],
+  }
   ds = data_lib.load(config.data)
   for c in chosen:  # each trained, exported and reported like the answer
     model, variables = export.load_student(os.path.join(workdir, c['directory']))
@@ -110,12 +133,14 @@ def test_a_search_trains_and_exports_spread_pareto_students(config_factory, teac
     accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(ds.test_labels)))
     assert accuracy == pytest.approx(c['test_accuracy'], abs=1e-6)
   assert sorted(os.listdir(os.path.join(workdir, pareto.STUDENTS_DIR))) == sorted(
-      os.path.basename(c['directory']) for c in chosen)
+    os.path.basename(c['directory']) for c in chosen
+  )
   text = open(os.path.join(workdir, 'report.md')).read()
   assert '## Pareto set (2 of the' in text and chosen[1]['directory'] in text
   rows = [r for r in compare.collect([workdir]) if r['kind'] == 'pareto']
   assert [(r['params'], r['test_accuracy']) for r in rows] == [
-      (c['params'], c['test_accuracy']) for c in chosen]
+    (c['params'], c['test_accuracy']) for c in chosen
+  ]
 
   # Resumed with another pareto_max: the search is not redone (the front is in
   # its checkpoint) and the students folder holds the new set only.

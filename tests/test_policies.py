@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from n2n_jax import policies, spec, zoo
+from n2n_jax import policies
+from n2n_jax import spec
+from n2n_jax import zoo
 
 F = len(spec.FEATURE_NAMES)
 LENGTHS = (1, 5, 33)
@@ -19,8 +21,8 @@ def features(t, seed=0):
 # Both policies with the critic, one set of parameters each; without it they
 # differ only by the missing head (shapes checked with eval_shape below).
 POLICIES = {
-    'removal': policies.RemovalPolicy(hidden=6, critic=True),
-    'shrink': policies.ShrinkPolicy(num_actions=10, hidden=6, critic=True),
+  'removal': policies.RemovalPolicy(hidden=6, critic=True),
+  'shrink': policies.ShrinkPolicy(num_actions=10, hidden=6, critic=True),
 }
 
 
@@ -42,8 +44,11 @@ def run_all():
         out[name] = policy.apply(p, removal_x)
       else:
         sampled = policy.apply(p, shrink_x, key, temperature, method='sample')
-        out[name] = (sampled, policy.apply(p, shrink_x, sampled[0], method='score'),
-                     policy.apply(p, shrink_x, actions, method='score'))
+        out[name] = (
+          sampled,
+          policy.apply(p, shrink_x, sampled[0], method='score'),
+          policy.apply(p, shrink_x, actions, method='score'),
+        )
     return out
 
   # temperature always passed, so it is traced the same way on every call
@@ -84,8 +89,7 @@ def check_all(out, removal_t, shrink_t, temperature=1.0):
 def test_policies_work_for_any_length(run_all):
   # One set of parameters serves every length: T = 1 and 5 here, 33 below.
   for t in (1, 5):
-    check_all(run_all(features(t), features(t), jax.random.key(t), jnp.zeros(t, jnp.int32)),
-              t, t)
+    check_all(run_all(features(t), features(t), jax.random.key(t), jnp.zeros(t, jnp.int32)), t, t)
 
 
 def test_policies_without_critic_return_no_values():
@@ -98,7 +102,8 @@ def test_policies_without_critic_return_no_values():
     logits, values = jax.eval_shape(removal.apply, removal_params, x)
     assert logits.shape == (t, 2) and values is None
     actions, logp, values = jax.eval_shape(
-        functools.partial(shrink.apply, method='sample'), shrink_params, x, jax.random.key(0))
+      functools.partial(shrink.apply, method='sample'), shrink_params, x, jax.random.key(0)
+    )
     assert actions.shape == logp.shape == (t,) and values is None
     logits, values = jax.eval_shape(shrink.apply, shrink_params, x, actions)
     assert logits.shape == (t, 10) and values is None
@@ -165,18 +170,25 @@ def test_parameter_counts_follow_the_paper_sizes():
   assert count(policies.init_policy(shrink, jax.random.key(0), F)) == expected
 
 
-@pytest.mark.parametrize('policy', [policies.RemovalPolicy(hidden=7, critic=True),
-                                    policies.ShrinkPolicy(num_actions=3, hidden=7,
-                                                          critic=True)])
+@pytest.mark.parametrize(
+  'policy',
+  [
+    policies.RemovalPolicy(hidden=7, critic=True),
+    policies.ShrinkPolicy(num_actions=3, hidden=7, critic=True),
+  ],
+)
 def test_init_policy_matches_flax_init_structure_and_distributions(policy):
   params = policies.init_policy(policy, jax.random.key(0), F)
-  args = ((jnp.zeros((1, F)),) if isinstance(policy, policies.RemovalPolicy)
-          else (jnp.zeros((1, F)), jnp.zeros((1,), jnp.int32)))
+  args = (
+    (jnp.zeros((1, F)),)
+    if isinstance(policy, policies.RemovalPolicy)
+    else (jnp.zeros((1, F)), jnp.zeros((1,), jnp.int32))
+  )
   reference = jax.eval_shape(policy.init, jax.random.key(0), *args)
-  assert (jax.tree_util.tree_structure(params) ==
-          jax.tree_util.tree_structure(reference))
-  for (path, leaf), ref in zip(jax.tree_util.tree_leaves_with_path(params),
-                               jax.tree_util.tree_leaves(reference)):
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(reference)
+  for (path, leaf), ref in zip(
+    jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(reference)
+  ):
     assert leaf.shape == ref.shape and leaf.dtype == ref.dtype
     names = [p.key for p in path]
     if names[-1] == 'bias':
@@ -198,13 +210,12 @@ def test_init_policy_matches_flax_init_structure_and_distributions(policy):
 
 def test_init_policy_rejects_other_modules():
   import flax.linen as nn
+
   with pytest.raises(TypeError, match='RemovalPolicy or ShrinkPolicy'):
     policies.init_policy(nn.Dense(3), jax.random.key(0), F)
 
 
 def test_shrink_actions_and_factors():
   assert policies.SHRINK_ACTIONS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-  np.testing.assert_allclose(policies.action_factors([[0, 2], [9, 4]]),
-                             [[0.1, 0.3], [1.0, 0.5]])
-  np.testing.assert_allclose(policies.action_factors(np.array([1, 0]), (0.25, 0.5)),
-                             [0.5, 0.25])
+  np.testing.assert_allclose(policies.action_factors([[0, 2], [9, 4]]), [[0.1, 0.3], [1.0, 0.5]])
+  np.testing.assert_allclose(policies.action_factors(np.array([1, 0]), (0.25, 0.5)), [0.5, 0.25])

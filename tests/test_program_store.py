@@ -13,10 +13,10 @@ import zlib
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT
 from conftest import run_records
 from conftest import tiny_run_flags
+
 from n2n_jax import data as data_lib
 from n2n_jax import evaluator as E
 from n2n_jax import models
@@ -28,8 +28,10 @@ from n2n_jax import zoo
 
 TEACHER = zoo.get('digits_cnn', (8, 8, 1), 10)
 # Trace and XLA-compile events JAX reports; the store must avoid both.
-COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
-                  '/jax/core/compile/backend_compile_duration')
+COMPILE_EVENTS = (
+  '/jax/core/compile/jaxpr_trace_duration',
+  '/jax/core/compile/backend_compile_duration',
+)
 
 
 @pytest.fixture(scope='module')
@@ -44,7 +46,8 @@ def setup():
 def compile_events():
   events = []
   jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: events.append(event) if event in COMPILE_EVENTS else None)
+    lambda event, duration, **kw: events.append(event) if event in COMPILE_EVENTS else None
+  )
   return events
 
 
@@ -63,7 +66,7 @@ def entries(store):
 
 
 def key_of(name):
-  return name[:-len(program_store.SUFFIX)]
+  return name[: -len(program_store.SUFFIX)]
 
 
 ONE_EPOCH = E.DistillSettings(epochs=1)
@@ -84,7 +87,8 @@ def assert_same_training(a, b):
 
 @pytest.mark.slow
 def test_known_architecture_loads_without_tracing_and_trains_identically(
-    setup, compile_events, tmp_path):
+  setup, compile_events, tmp_path
+):
   ds, logits = setup
   new_process()
   _, without_store = train_once(ds, logits, None)
@@ -152,7 +156,8 @@ def test_stored_program_that_fails_is_dropped_and_compiled_again(setup, tmp_path
   (name,) = entries(store)
   other = S.shrink(TEACHER, [0.5] * len(S.shrink_vars(TEACHER)))
   E.Evaluator(ds, logits, E.DistillSettings(epochs=1), program_store=store).train(
-      other, jax.random.key(3), 0)
+    other, jax.random.key(3), 0
+  )
   (other_name,) = set(entries(store)) - {name}
   entry = store._read_entry(key_of(name))  # pylint: disable=protected-access
   other_entry = store._read_entry(key_of(other_name))  # pylint: disable=protected-access
@@ -238,8 +243,10 @@ def test_an_honest_entry_loads_and_runs(tmp_path):
   assert os.stat(program_store.key_file()).st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize('how', ['flipped_byte', 'entry_of_another_key', 'planted_pickle',
-                                 'planted_pickle_with_a_made_up_tag'])
+@pytest.mark.parametrize(
+  'how',
+  ['flipped_byte', 'entry_of_another_key', 'planted_pickle', 'planted_pickle_with_a_made_up_tag'],
+)
 def test_a_tampered_entry_is_never_unpickled_and_compiles_again(tmp_path, how):
   store = program_store.ProgramStore(str(tmp_path / 'programs'))
   marker = tmp_path / 'planted_code_ran'
@@ -262,8 +269,9 @@ def test_another_users_key_does_not_open_this_users_entries(tmp_path):
     assert theirs.load(key) is None
 
 
-@pytest.mark.parametrize('mode,why', [(0o770, 'can be written by its group'),
-                                      (0o707, 'can be written by everyone')])
+@pytest.mark.parametrize(
+  'mode,why', [(0o770, 'can be written by its group'), (0o707, 'can be written by everyone')]
+)
 def test_a_folder_others_can_write_to_is_not_used(tmp_path, mode, why):
   store = program_store.ProgramStore(str(tmp_path / 'cache' / 'programs'))
   key = small_entry(store)
@@ -285,6 +293,7 @@ def test_a_folder_others_can_write_to_is_not_used(tmp_path, mode, why):
 
 def test_jaxs_cache_in_a_folder_others_can_write_to_is_not_enabled(tmp_path):
   from n2n_jax import runtime  # pylint: disable=g-import-not-at-top
+
   shared = tmp_path / 'shared'
   shared.mkdir()
   os.chmod(shared, 0o777)
@@ -293,9 +302,14 @@ def test_jaxs_cache_in_a_folder_others_can_write_to_is_not_enabled(tmp_path):
   assert jax.config.jax_compilation_cache_dir != str(shared / 'jax')
 
 
-@pytest.mark.parametrize('mode,size,why', [(0o640, 32, 'can be read by other users'),
-                                           (0o604, 32, 'can be read by other users'),
-                                           (0o600, 5, 'is damaged')])
+@pytest.mark.parametrize(
+  'mode,size,why',
+  [
+    (0o640, 32, 'can be read by other users'),
+    (0o604, 32, 'can be read by other users'),
+    (0o600, 5, 'is damaged'),
+  ],
+)
 def test_a_key_that_is_not_private_turns_the_store_off(tmp_path, mode, size, why):
   path = tmp_path / 'key'
   path.write_bytes(b'x' * size)
@@ -335,9 +349,14 @@ CHILD = textwrap.dedent("""
 
 
 def run_child(directory, jax_cache):
-  proc = subprocess.run([sys.executable, '-c', CHILD, directory, jax_cache], capture_output=True,
-                        text=True, timeout=600, check=False,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run(
+    [sys.executable, '-c', CHILD, directory, jax_cache],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -373,10 +392,22 @@ def test_caches_do_not_change_a_search(tmp_path):
       # compile afresh here (JAX's own cache is empty) and add an entry.
       shutil.copytree(cold / program_store.SUBDIR, warm / program_store.SUBDIR)
     workdir = tmp_path / name
-    done = subprocess.run([sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-                           f'--workdir={workdir}', *flags,
-                           f'--config.runtime.compilation_cache_dir={cache}'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'n2n_jax.main',
+        '--config=configs/digits.py',
+        f'--workdir={workdir}',
+        *flags,
+        f'--config.runtime.compilation_cache_dir={cache}',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((workdir / 'summary.json').read_text())
     del summary['wall_seconds'], summary['time']

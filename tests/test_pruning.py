@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import DIGITS_CNN_PARAMS
+from conftest import tiny_search
+from conftest import workdir_with_teacher
 
 from n2n_jax import baselines
 from n2n_jax import data as data_lib
@@ -20,17 +23,37 @@ from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train
 from n2n_jax import zoo
-from conftest import DIGITS_CNN_PARAMS, tiny_search, workdir_with_teacher
 
 # conv0 (4 filters, 6x6) - BN - ReLU - pool - conv4 (3 filters, 3x3) - ReLU - Flatten - Dense.
-PLAIN = S.NetSpec('plain', (6, 6, 2), (
-    S.Conv(4, 3, 1, 1), S.BatchNorm(), S.ReLU(), S.MaxPool(2, 2),
-    S.Conv(3, 3, 1, 1), S.ReLU(), S.Flatten(), S.Dense(3)))
+PLAIN = S.NetSpec(
+  'plain',
+  (6, 6, 2),
+  (
+    S.Conv(4, 3, 1, 1),
+    S.BatchNorm(),
+    S.ReLU(),
+    S.MaxPool(2, 2),
+    S.Conv(3, 3, 1, 1),
+    S.ReLU(),
+    S.Flatten(),
+    S.Dense(3),
+  ),
+)
 # A ResNet-style block: only the main path's first conv is free to shrink.
-RESIDUAL = S.NetSpec('residual', (4, 4, 2), (
-    S.Conv(4, 3, 1, 1), S.BatchNorm(), S.ReLU(),
+RESIDUAL = S.NetSpec(
+  'residual',
+  (4, 4, 2),
+  (
+    S.Conv(4, 3, 1, 1),
+    S.BatchNorm(),
+    S.ReLU(),
     S.Residual((S.Conv(3, 3, 1, 1), S.BatchNorm(), S.ReLU(), S.Conv(4, 3, 1, 1), S.BatchNorm())),
-    S.ReLU(), S.GlobalAvgPool(), S.Flatten(), S.Dense(2)))
+    S.ReLU(),
+    S.GlobalAvgPool(),
+    S.Flatten(),
+    S.Dense(2),
+  ),
+)
 LOSS = train.make_loss('hard_soft', 0.1)
 
 
@@ -43,10 +66,14 @@ def _variables(spec, seed=0):
   params = {k: dict(v) for k, v in variables['params'].items()}
   stats = {k: dict(v) for k, v in variables['batch_stats'].items()}
   for name in stats:
-    params[name] = {'scale': tweak(params[name]['scale'], 0.5, 2.0),
-                    'bias': tweak(params[name]['bias'], -0.5, 0.5)}
-    stats[name] = {'mean': tweak(stats[name]['mean'], -0.5, 0.5),
-                   'var': tweak(stats[name]['var'], 0.5, 2.0)}
+    params[name] = {
+      'scale': tweak(params[name]['scale'], 0.5, 2.0),
+      'bias': tweak(params[name]['bias'], -0.5, 0.5),
+    }
+    stats[name] = {
+      'mean': tweak(stats[name]['mean'], -0.5, 0.5),
+      'var': tweak(stats[name]['var'], 0.5, 2.0),
+    }
   for name in params:
     if 'bias' in params[name] and name.endswith(('Conv', 'Dense')):
       params[name]['bias'] = tweak(params[name]['bias'], -0.3, 0.3)
@@ -56,15 +83,17 @@ def _variables(spec, seed=0):
 def _data(spec, n, seed=1):
   k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
   classes = S.num_classes(spec)
-  return train.Data(jax.random.normal(k1, (n,) + spec.input_shape),
-                    jax.random.randint(k2, (n,), 0, classes),
-                    jax.random.normal(k3, (n, classes)))
+  return train.Data(
+    jax.random.normal(k1, (n,) + spec.input_shape),
+    jax.random.randint(k2, (n,), 0, classes),
+    jax.random.normal(k3, (n, classes)),
+  )
 
 
 def test_prunable_convs_skip_tied_widths_concat_and_the_class_layer():
-  assert [(u.path, u.tap, u.positions, u.consumer, u.flattened)
-          for u in pruning.prunable_convs(PLAIN)] == [
-              ((0,), '2', 36, '4_Conv', 0), ((4,), '5', 9, '7_Dense', 9)]
+  assert [
+    (u.path, u.tap, u.positions, u.consumer, u.flattened) for u in pruning.prunable_convs(PLAIN)
+  ] == [((0,), '2', 36, '4_Conv', 0), ((4,), '5', 9, '7_Dense', 9)]
   assert [u.path for u in pruning.prunable_convs(RESIDUAL)] == [(3, 'main', 0)]
   resnet = zoo.get('resnet18', (32, 32, 3), 10)
   paths = [u.path for u in pruning.prunable_convs(resnet)]
@@ -81,13 +110,15 @@ def _direct_scores(variables, data):
   p, s = variables['params'], variables['batch_stats']
 
   def conv(x, name):
-    y = jax.lax.conv_general_dilated(x, p[name]['kernel'], (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jax.lax.conv_general_dilated(
+      x, p[name]['kernel'], (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
     return y + p[name]['bias']
 
   def bn(x, name):
-    return ((x - s[name]['mean']) / jnp.sqrt(s[name]['var'] + models.BN_EPSILON)
-            * p[name]['scale'] + p[name]['bias'])
+    return (x - s[name]['mean']) / jnp.sqrt(s[name]['var'] + models.BN_EPSILON) * p[name][
+      'scale'
+    ] + p[name]['bias']
 
   def z0_of(x):
     return jax.nn.relu(bn(conv(x, '0_Conv'), '1_BatchNorm'))
@@ -103,15 +134,19 @@ def _direct_scores(variables, data):
   def theta(images, labels, teacher_logits):
     """Per example (a batch of one): |mean over positions of dC/dz * z|."""
     out = []
-    for z_of, rest in ((z0_of, lambda z: logits_of(z1_of(z))),
-                       (lambda x: z1_of(z0_of(x)), logits_of)):
+    for z_of, rest in (
+      (z0_of, lambda z: logits_of(z1_of(z))),
+      (lambda x: z1_of(z0_of(x)), logits_of),
+    ):
       z = z_of(images)
       g = jax.grad(lambda z: LOSS(rest(z), labels, teacher_logits))(z)
       out.append(jnp.abs(jnp.mean(g * z, axis=(0, 1, 2))))
     return out
 
-  thetas = [theta(data.images[i:i + 1], data.labels[i:i + 1], data.teacher_logits[i:i + 1])
-            for i in range(data.images.shape[0])]
+  thetas = [
+    theta(data.images[i : i + 1], data.labels[i : i + 1], data.teacher_logits[i : i + 1])
+    for i in range(data.images.shape[0])
+  ]
   scores = {}
   for path, per_example in zip(((0,), (4,)), zip(*thetas)):
     mean = np.mean(per_example, axis=0)
@@ -169,13 +204,16 @@ def test_pruned_network_equals_the_original_with_those_channels_zeroed():
     k[np.isin(np.arange(k.shape[0]) % 3, [0, 2])] = 0  # Flatten: position-major, channel last
     return k
 
-  zeroed = _with_kernel(_with_kernel(variables, '4_Conv', zero_conv_input),
-                        '7_Dense', zero_dense_rows)
-  np.testing.assert_allclose(_logits(pruned, pruned_vars, images),
-                             _logits(PLAIN, zeroed, images), rtol=1e-5, atol=1e-5)
+  zeroed = _with_kernel(
+    _with_kernel(variables, '4_Conv', zero_conv_input), '7_Dense', zero_dense_rows
+  )
+  np.testing.assert_allclose(
+    _logits(pruned, pruned_vars, images), _logits(PLAIN, zeroed, images), rtol=1e-5, atol=1e-5
+  )
   # The check has teeth: the channels did matter.
-  assert not np.allclose(_logits(PLAIN, variables, images), _logits(PLAIN, zeroed, images),
-                         atol=1e-3)
+  assert not np.allclose(
+    _logits(PLAIN, variables, images), _logits(PLAIN, zeroed, images), atol=1e-3
+  )
 
 
 @pytest.mark.slow
@@ -193,11 +231,13 @@ def test_pruning_inside_a_residual_main_path():
     return k
 
   zeroed = _with_kernel(variables, '3_main_3_Conv', zero_input)
-  np.testing.assert_allclose(_logits(pruned, pruned_vars, images),
-                             _logits(RESIDUAL, zeroed, images), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    _logits(pruned, pruned_vars, images), _logits(RESIDUAL, zeroed, images), rtol=1e-5, atol=1e-5
+  )
   # The criterion reaches inside the block: its gate is applied there.
-  scores = pruning.taylor_scores(RESIDUAL, variables, _data(RESIDUAL, 4),
-                                 jnp.arange(4).reshape(1, 4), LOSS)
+  scores = pruning.taylor_scores(
+    RESIDUAL, variables, _data(RESIDUAL, 4), jnp.arange(4).reshape(1, 4), LOSS
+  )
   assert list(scores) == [(3, 'main', 0)]
   assert np.linalg.norm(scores[(3, 'main', 0)]) == pytest.approx(1.0)
   with pytest.raises(ValueError, match='not a prunable conv'):
@@ -236,8 +276,13 @@ def test_prune_end_to_end_meets_the_stopping_rule(config_factory, teacher_dir, t
   # A reference N2N student at under half the teacher's size whose accuracy
   # does not bind (30 % of the filters leave ~70k parameters).
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump({'teacher': {'params': teacher_params},
-               'student': {'params': 60_000, 'val_accuracy': 0.0, 'test_accuracy': 0.0}}, f)
+    json.dump(
+      {
+        'teacher': {'params': teacher_params},
+        'student': {'params': 60_000, 'val_accuracy': 0.0, 'test_accuracy': 0.0},
+      },
+      f,
+    )
   summary = experiment.run(config, workdir, out=open(os.devnull, 'w'))
 
   assert summary['method'] == 'pruning' and summary['name'] == 'taylor_pruning'
@@ -265,15 +310,29 @@ def test_prune_end_to_end_meets_the_stopping_rule(config_factory, teacher_dir, t
   # The same first step (repeat 0's key) against limits it fails: it
   # reproduces repeat 0's network exactly, and the unpruned teacher is kept.
   teacher = teacher_lib.load(workdir)
-  data = train.Data(ds.train_images, ds.train_labels,
-                    train.predict(teacher.model, teacher.variables, ds.train_images))
+  data = train.Data(
+    ds.train_images,
+    ds.train_labels,
+    train.predict(teacher.model, teacher.variables, ds.train_images),
+  )
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 4), 0)
   first = summary['repeats'][0]
-  for limits, reason in ((pruning.Limits(first['params'] + 1, 0.0, {}), 'params_below_limit'),
-                         (pruning.Limits(0, 1.01, {}), 'accuracy_below_limit')):
+  for limits, reason in (
+    (pruning.Limits(first['params'] + 1, 0.0, {}), 'params_below_limit'),
+    (pruning.Limits(0, 1.01, {}), 'accuracy_below_limit'),
+  ):
     steps = []
-    kept = pruning.prune_until_stop(config, teacher.spec, teacher.variables, 0.5, data, ds,
-                                    limits, key, log=lambda *a: steps.append(a))
+    kept = pruning.prune_until_stop(
+      config,
+      teacher.spec,
+      teacher.variables,
+      0.5,
+      data,
+      ds,
+      limits,
+      key,
+      log=lambda *a: steps.append(a),
+    )
     assert (kept.steps, kept.stopped_because) == (0, reason)
     assert kept.spec == teacher.spec and kept.variables is teacher.variables
     assert steps == [(1, steps[0][1], first['params'], first['pruned_val_accuracy'], reason)]

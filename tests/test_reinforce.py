@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from n2n_jax import policies, reinforce, spec
+from n2n_jax import policies
+from n2n_jax import reinforce
+from n2n_jax import spec
 
 F = len(spec.FEATURE_NAMES)
 MASK = jnp.array([False, True, True, True, True, False])  # first and last layers fixed
@@ -43,13 +45,15 @@ def forward(policy, params, x, actions=None):
 
 # ---- sampling and log-probabilities
 
+
 def test_sample_removal_is_keyed_respects_mask_and_follows_the_policy(removal):
   policy, params = removal
   x = features(6)
   a = reinforce.sample_removal(policy, params, x, MASK, jax.random.key(1), 5)
   assert a.shape == (5, 6) and a.dtype == jnp.int32
-  np.testing.assert_array_equal(a, reinforce.sample_removal(
-      policy, params, x, MASK, jax.random.key(1), 5))
+  np.testing.assert_array_equal(
+    a, reinforce.sample_removal(policy, params, x, MASK, jax.random.key(1), 5)
+  )
   # 2,000 rollouts (400 keys, reusing the m = 5 compile): fixed layers are
   # always kept, the others follow softmax(logits).
   many, key = [], jax.random.key(2)
@@ -72,8 +76,9 @@ def test_removal_log_probs_sum_over_removable_sites(removal):
   logits, _ = forward(policy, params, x)
   log_pi = np.asarray(jax.nn.log_softmax(logits))
   manual = [sum(log_pi[t, a[k, t]] for t in range(6) if MASK[t]) for k in range(5)]
-  np.testing.assert_allclose(reinforce.removal_log_probs(policy, params, x, MASK, a),
-                             manual, rtol=1e-5)
+  np.testing.assert_allclose(
+    reinforce.removal_log_probs(policy, params, x, MASK, a), manual, rtol=1e-5
+  )
 
 
 def test_sample_shrink_is_keyed_and_log_probs_sum_the_steps(shrink):
@@ -82,40 +87,46 @@ def test_sample_shrink_is_keyed_and_log_probs_sum_the_steps(shrink):
   a = reinforce.sample_shrink(policy, params, x, jax.random.key(1), 5)
   assert a.shape == (5, 3) and a.dtype == jnp.int32
   assert ((a >= 0) & (a < 10)).all()
-  np.testing.assert_array_equal(a, reinforce.sample_shrink(policy, params, x,
-                                                           jax.random.key(1), 5))
+  np.testing.assert_array_equal(a, reinforce.sample_shrink(policy, params, x, jax.random.key(1), 5))
   assert (a != reinforce.sample_shrink(policy, params, x, jax.random.key(2), 5)).any()
   assert len({tuple(r) for r in np.asarray(a)}) > 1  # rollouts differ from each other
 
   logits, _ = forward(policy, params, x, a)
   manual = jnp.take_along_axis(jax.nn.log_softmax(logits), a[..., None], -1)[..., 0]
-  np.testing.assert_allclose(reinforce.shrink_log_probs(policy, params, x, a, jnp.ones(3, bool)),
-                             manual.sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(
+    reinforce.shrink_log_probs(policy, params, x, a, jnp.ones(3, bool)), manual.sum(-1), rtol=1e-5
+  )
   # A mask leaves steps out of the sum.
   mask = jnp.array([True, False, True])
-  np.testing.assert_allclose(reinforce.shrink_log_probs(policy, params, x, a, mask),
-                             manual[:, np.asarray(mask)].sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(
+    reinforce.shrink_log_probs(policy, params, x, a, mask),
+    manual[:, np.asarray(mask)].sum(-1),
+    rtol=1e-5,
+  )
 
 
 # ---- baselines
 
+
 def test_ema_baseline_hand_computed():
   b, n = jnp.float32(0.0), 0
-  for rewards, expected in [([1.0, 2.0, 3.0], 2.0),  # first update: the batch mean
-                            ([5.0, 5.0], 0.9 * 2.0 + 0.1 * 5.0),
-                            ([0.0], 0.9 * 2.3)]:
+  for rewards, expected in [
+    ([1.0, 2.0, 3.0], 2.0),  # first update: the batch mean
+    ([5.0, 5.0], 0.9 * 2.0 + 0.1 * 5.0),
+    ([0.0], 0.9 * 2.3),
+  ]:
     b = reinforce.update_baseline('ema', b, n, jnp.array(rewards), 0.9)
     n += 1
     np.testing.assert_allclose(b, expected, rtol=1e-6)
-  np.testing.assert_allclose(reinforce.update_baseline('ema', 1.0, 3, jnp.array([3.0]), 0.5),
-                             2.0)
+  np.testing.assert_allclose(reinforce.update_baseline('ema', 1.0, 3, jnp.array([3.0]), 0.5), 2.0)
 
 
 def test_running_mean_baseline_hand_computed():
   # The authors' b_e = sum_{i<e} mean(R_i) / (e + 1): 0, 2/2, (2+5)/3, (2+5+0)/4.
   b = jnp.float32(0.0)
-  for n, (rewards, expected) in enumerate([([1.0, 2.0, 3.0], 1.0), ([5.0, 5.0], 7 / 3),
-                                           ([0.0, 0.0], 7 / 4)]):
+  for n, (rewards, expected) in enumerate(
+    [([1.0, 2.0, 3.0], 1.0), ([5.0, 5.0], 7 / 3), ([0.0, 0.0], 7 / 4)]
+  ):
     b = reinforce.update_baseline('running_mean', b, n, jnp.array(rewards))
     np.testing.assert_allclose(b, expected, rtol=1e-6)
 
@@ -199,6 +210,7 @@ def test_update_compiles_once_and_reports_non_finite_loss(removal, removal_updat
 
 def test_policy_state_round_trips_through_orbax(tmp_path, removal):
   import orbax.checkpoint as ocp
+
   policy, params = removal
   opt = reinforce.make_optimizer(0.003)
   state = reinforce.PolicyState.create(params, opt, baseline=0.25)
@@ -212,6 +224,7 @@ def test_policy_state_round_trips_through_orbax(tmp_path, removal):
 
 
 # ---- learning on toy problems with known answers
+
 
 def train(policy, params, update, opt, kind, reward_fn, x, mask, iters, seed=1):
   state = reinforce.PolicyState.create(params, opt)

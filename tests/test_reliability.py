@@ -15,6 +15,11 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import DIGITS_CNN_PARAMS
+from conftest import quiet_config
+from conftest import tiny_search
+from conftest import without_timing
+from conftest import workdir_with_teacher
 
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import data as data_lib
@@ -29,8 +34,6 @@ from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import train as train_lib
 from n2n_jax import zoo
-from conftest import (DIGITS_CNN_PARAMS, quiet_config, tiny_search, workdir_with_teacher,
-                      without_timing)
 
 
 def search_config(config_factory):
@@ -62,7 +65,7 @@ def flip_bytes(path):
   with open(path, 'r+b') as f:
     data = bytearray(f.read())
     middle = len(data) // 2
-    data[middle:middle + 8] = bytes(255 - b for b in data[middle:middle + 8])
+    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
     f.seek(0)
     f.write(data)
 
@@ -81,19 +84,24 @@ def same_result(a, b):
 
 @pytest.mark.slow
 def test_damaged_latest_search_checkpoint_falls_back_to_the_one_before(
-    config_factory, finished, tmp_path):
+  config_factory, finished, tmp_path
+):
   workdir = copy_of(finished, tmp_path)
   ckpts = checkpoint_lib.Checkpoints(workdir)
   latest = ckpts.latest_step()
   ckpts.close()
   # Bytes flipped inside the array data: orbax reads it without complaint, the checksum does not.
   flip_bytes(largest_file(os.path.join(step_dir(workdir, latest), 'arrays')))
-  with pytest.warns(UserWarning, match=rf'{checkpoint_lib.SEARCH_DIR}/{latest} is damaged .*'
-                    rf'resuming from step {latest - 1}'):
+  with pytest.warns(
+    UserWarning,
+    match=rf'{checkpoint_lib.SEARCH_DIR}/{latest} is damaged .*'
+    rf'resuming from step {latest - 1}',
+  ):
     summary = experiment.run(search_config(config_factory), workdir)
   same_result(summary, finished[1])
   assert without_timing(report.read_metrics(workdir)) == without_timing(
-      report.read_metrics(str(finished[0])))
+    report.read_metrics(str(finished[0]))
+  )
   moved = os.listdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR))
   assert moved and moved[0].startswith(f'{checkpoint_lib.SEARCH_DIR}-{latest}-')
 
@@ -114,16 +122,17 @@ def test_edited_checkpoint_record_is_caught_by_its_checksum(config_factory, fini
 
 
 @pytest.mark.slow
-def test_every_checkpoint_damaged_is_refused_with_the_remedy(config_factory, finished,
-                                                             tmp_path):
+def test_every_checkpoint_damaged_is_refused_with_the_remedy(config_factory, finished, tmp_path):
   workdir = copy_of(finished, tmp_path)
   steps = checkpoint_lib.Checkpoints(workdir)._manager.all_steps()
   assert len(steps) == 2
   for step in steps:
     with open(os.path.join(step_dir(workdir, step), 'meta', 'metadata'), 'r+') as f:
       f.truncate(100)  # cut mid-write
-  with pytest.raises(checkpoint_lib.CheckpointDamaged,
-                     match=r'can be read back intact .*step \d+: .*search.restart=True'):
+  with pytest.raises(
+    checkpoint_lib.CheckpointDamaged,
+    match=r'can be read back intact .*step \d+: .*search.restart=True',
+  ):
     experiment.run(search_config(config_factory), workdir)
   # Nothing was moved or deleted: the user decides.
   assert sorted(checkpoint_lib.Checkpoints(workdir)._manager.all_steps()) == sorted(steps)
@@ -133,14 +142,13 @@ def test_every_checkpoint_damaged_is_refused_with_the_remedy(config_factory, fin
 
 
 @pytest.mark.slow
-def test_metrics_cut_mid_line_is_rewritten_from_the_checkpoint(config_factory, finished,
-                                                               tmp_path):
+def test_metrics_cut_mid_line_is_rewritten_from_the_checkpoint(config_factory, finished, tmp_path):
   workdir = copy_of(finished, tmp_path)
   path = os.path.join(workdir, report.METRICS_FILE)
   with open(path, 'rb') as f:
     data = f.read()
   with open(path, 'wb') as f:
-    f.write(data[:len(data) - 40])
+    f.write(data[: len(data) - 40])
   with pytest.warns(UserWarning, match='cut'):
     assert len(report.read_metrics(workdir)) == len(data.splitlines()) - 1
   experiment.run(search_config(config_factory), workdir)
@@ -150,8 +158,9 @@ def test_metrics_cut_mid_line_is_rewritten_from_the_checkpoint(config_factory, f
 
 @pytest.mark.slow
 @pytest.mark.parametrize('damage', ['no_checkpoint', 'flipped_weights', 'cut_record'])
-def test_damaged_teacher_is_refused_naming_the_file_and_the_fix(config_factory, teacher_dir,
-                                                                 tmp_path, damage):
+def test_damaged_teacher_is_refused_naming_the_file_and_the_fix(
+  config_factory, teacher_dir, tmp_path, damage
+):
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   checkpoint = os.path.join(workdir, teacher_lib.CHECKPOINT_DIR)
   record = os.path.join(workdir, teacher_lib.RECORD_FILE)
@@ -217,8 +226,9 @@ def test_teacher_training_resumes_from_saved_progress(config_factory, tmp_path, 
 
 
 @pytest.mark.slow
-def test_sigterm_during_a_search_keeps_the_last_iteration(config_factory, finished, teacher_dir,
-                                                          tmp_path, monkeypatch):
+def test_sigterm_during_a_search_keeps_the_last_iteration(
+  config_factory, finished, teacher_dir, tmp_path, monkeypatch
+):
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   real_train_many = E.Evaluator.train_many
   iterations = []
@@ -287,11 +297,19 @@ def test_a_second_sigterm_does_not_interrupt_the_first_ones_shutdown():
 
 @pytest.mark.slow
 def test_cli_exits_143_on_sigterm_and_the_rerun_resumes(tmp_path):
-  command = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py',
-             f'--workdir={tmp_path}', '--config.mode=teacher', '--config.teacher.epochs=6',
-             '--config.data.max_train_examples=256',
-             '--config.runtime.teacher_checkpoint_seconds=0', '--config.runtime.progress=False',
-             '--config.runtime.compilation_cache_dir=']
+  command = [
+    sys.executable,
+    '-m',
+    'n2n_jax.main',
+    '--config=configs/digits.py',
+    f'--workdir={tmp_path}',
+    '--config.mode=teacher',
+    '--config.teacher.epochs=6',
+    '--config.data.max_train_examples=256',
+    '--config.runtime.teacher_checkpoint_seconds=0',
+    '--config.runtime.progress=False',
+    '--config.runtime.compilation_cache_dir=',
+  ]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   process = subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True)
   progress = tmp_path / teacher_lib.PROGRESS_DIR
@@ -332,8 +350,11 @@ def test_student_over_the_memory_limit_fails_before_compiling(digits):
   assert need > 4 * 4 * DIGITS_CNN_PARAMS  # at least parameters, gradients and Adam's two moments
   ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1), memory_limit_bytes=need - 1)
   result = ev.train(TEACHER, jax.random.key(0), 0)
-  assert re.fullmatch(r'too large for device memory: training needs about \d+ MB, the limit '
-                      r'is \d+ MB', result.error)
+  assert re.fullmatch(
+    r'too large for device memory: training needs about \d+ MB, the limit '
+    r'is \d+ MB',
+    result.error,
+  )
   assert result.compile_seconds == 0.0 and ev.compile_seconds == 0.0
   fits = E.Evaluator(ds, logits, E.DistillSettings(epochs=1), memory_limit_bytes=need)
   assert fits.train(TEACHER, jax.random.key(0), 0).error is None
@@ -346,17 +367,20 @@ def test_a_broken_student_under_a_memory_limit_fails_alone(digits):
   ds, logits = digits
   broken = S.NetSpec('broken', (8, 8, 1), (S.Conv(4, 9), S.Flatten(), S.Dense(10)))
   fine = S.NetSpec('fine', (8, 8, 1), (S.Conv(4, 3), S.Flatten(), S.Dense(10)))
-  ev = E.Evaluator(ds, logits, E.DistillSettings(epochs=1),
-                   memory_limit_bytes=E.training_memory_bytes(TEACHER, 64))
+  ev = E.Evaluator(
+    ds, logits, E.DistillSettings(epochs=1), memory_limit_bytes=E.training_memory_bytes(TEACHER, 64)
+  )
   assert ev.compile_ahead
-  results = ev.train_many([(fine, jax.random.key(0)), (broken, jax.random.key(1)),
-                           (fine, jax.random.key(2))], 0)
+  results = ev.train_many(
+    [(fine, jax.random.key(0)), (broken, jax.random.key(1)), (fine, jax.random.key(2))], 0
+  )
   assert [r.error is None for r in results] == [True, False, True]
   assert results[1].error.startswith('SpecError') and 'collapsed' in results[1].error
   # The students beside it trained as they do alone.
   alone = E.Evaluator(ds, logits, E.DistillSettings(epochs=1), compile_ahead=False)
   assert [r.accuracy for r in (results[0], results[2])] == [
-      alone.train(fine, jax.random.key(k), 0).accuracy for k in (0, 2)]
+    alone.train(fine, jax.random.key(k), 0).accuracy for k in (0, 2)
+  ]
 
 
 @pytest.mark.slow
@@ -370,14 +394,16 @@ def test_non_finite_validation_logits_are_a_failure_not_an_accuracy(digits):
   broken = dataclasses.replace(ds, val_images=jax.numpy.asarray(val))
   linear = S.NetSpec('linear', (8, 8, 1), (S.Flatten(), S.Dense(10)))
   result = E.Evaluator(broken, logits, E.DistillSettings(epochs=1)).train(
-      linear, jax.random.key(0), 0)
+    linear, jax.random.key(0), 0
+  )
   assert result.error == 'validation logits are not finite (NaN or Inf)'
   assert np.isnan(result.accuracy)
 
 
 @pytest.mark.slow
-def test_failing_students_score_minus_one_and_the_search_goes_on(config_factory, teacher_dir,
-                                                                  tmp_path, monkeypatch):
+def test_failing_students_score_minus_one_and_the_search_goes_on(
+  config_factory, teacher_dir, tmp_path, monkeypatch
+):
   config = search_config(config_factory)
   config.search.stage2_iterations = 0
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
@@ -400,8 +426,9 @@ def test_failing_students_score_minus_one_and_the_search_goes_on(config_factory,
   records = report.read_metrics(workdir)
   assert len(records) == config.search.stage1_iterations  # the search went on
   first = records[0]
-  failed = [i for i, why in enumerate(first['degenerate'])
-            if why == 'RuntimeError: injected build failure']
+  failed = [
+    i for i, why in enumerate(first['degenerate']) if why == 'RuntimeError: injected build failure'
+  ]
   assert failed and all(first['rewards'][i] == -1.0 for i in failed)
 
   # A memory limit no student fits: every one scores -1 with the reason, every
@@ -416,5 +443,6 @@ def test_failing_students_score_minus_one_and_the_search_goes_on(config_factory,
   for r in records:
     for reward, why in zip(r['rewards'], r['degenerate']):
       assert reward == -1.0
-      assert why.startswith(('too large for device memory', 'empty', 'dense_input',
-                             'invalid_shape', 'not_smaller'))
+      assert why.startswith(
+        ('too large for device memory', 'empty', 'dense_input', 'invalid_shape', 'not_smaller')
+      )

@@ -46,11 +46,9 @@ def test_constraints_and_relaxation():
     R.Constraints.upper_bounds(latency_ms=5).violations({'params': 1})
 
   base = R.n2n_reward(0.9, 1.0, 0.8)
-  s = R.score(0.9, 60_000, 300_000, 1.0, constraints=limits,
-              measured={'params': 60_000}, eps=1.0)
+  s = R.score(0.9, 60_000, 300_000, 1.0, constraints=limits, measured={'params': 60_000}, eps=1.0)
   assert s.reward == pytest.approx(base) and s.violations  # eps 1: no penalty yet
-  s = R.score(0.9, 60_000, 300_000, 1.0, constraints=limits,
-              measured={'params': 60_000}, eps=0.0)
+  s = R.score(0.9, 60_000, 300_000, 1.0, constraints=limits, measured={'params': 60_000}, eps=0.0)
   assert s.reward == -1.0  # eps 0: the hard constraint
   assert R.relax(base, 0.5) == pytest.approx(0.5 * (base + 1) - 1)
 

@@ -6,8 +6,8 @@ import sys
 
 import jax
 import pytest
-
 from conftest import ROOT
+
 from n2n_jax import runtime
 
 
@@ -31,13 +31,16 @@ def test_deterministic_flags_are_appended_once_and_never_override_the_users(monk
 def test_xla_accepts_the_flags_the_command_line_sets():
   # XLA aborts the process on a flag it does not know, so start a backend
   # with both sets of flags in a fresh interpreter.
-  code = ('import os; os.environ.pop("XLA_FLAGS", None)\n'
-          'from n2n_jax import runtime\n'
-          'runtime.set_cpu_flags(); runtime.set_deterministic_flags()\n'
-          'import jax.numpy as jnp\n'
-          'print(os.environ["XLA_FLAGS"]); print(float(jnp.arange(4.0).sum()))\n')
-  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  code = (
+    'import os; os.environ.pop("XLA_FLAGS", None)\n'
+    'from n2n_jax import runtime\n'
+    'runtime.set_cpu_flags(); runtime.set_deterministic_flags()\n'
+    'import jax.numpy as jnp\n'
+    'print(os.environ["XLA_FLAGS"]); print(float(jnp.arange(4.0).sum()))\n'
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr
   flags, total = proc.stdout.split('\n')[:2]
   assert flags.split() == list(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS)
@@ -47,7 +50,7 @@ def test_xla_accepts_the_flags_the_command_line_sets():
 def test_the_command_line_sets_the_deterministic_flag_before_jax_starts():
   # In a fresh interpreter: main() with runtime.deterministic=True must set the
   # flag while no JAX backend has started (XLA reads XLA_FLAGS only then).
-  code = '''
+  code = """
 import os, sys
 os.environ.pop("XLA_FLAGS", None)
 from absl import app
@@ -62,13 +65,15 @@ experiment.run = lambda config, workdir: print("flags:", os.environ["XLA_FLAGS"]
 sys.argv = ["main", "--config=configs/digits.py", "--config.runtime.deterministic=True",
             "--workdir=/nonexistent"]
 app.run(main.main, flags_parser=main.parse_flags)
-'''
-  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+"""
+  proc = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.splitlines() == [
-      'started before: False',
-      'flags: ' + ' '.join(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS)]
+    'started before: False',
+    'flags: ' + ' '.join(runtime.CPU_XLA_FLAGS + runtime.DETERMINISTIC_XLA_FLAGS),
+  ]
 
 
 def test_share_programs_auto_is_on_for_accelerators_only(monkeypatch):

@@ -7,13 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import best_recorded
+from conftest import tiny_search
+from conftest import without_timing
+from conftest import workdir_with_teacher
 
 from n2n_jax import checkpoint as checkpoint_lib
 from n2n_jax import data as data_lib
 from n2n_jax import evaluator as evaluator_lib
 from n2n_jax import experiment
-from n2n_jax import padding
 from n2n_jax import export
+from n2n_jax import padding
 from n2n_jax import policies
 from n2n_jax import reinforce
 from n2n_jax import report
@@ -21,7 +25,6 @@ from n2n_jax import search
 from n2n_jax import spec as S
 from n2n_jax import teacher as teacher_lib
 from n2n_jax import zoo
-from conftest import best_recorded, tiny_search, workdir_with_teacher, without_timing
 
 
 @pytest.mark.slow
@@ -33,7 +36,7 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   records = report.read_metrics(workdir)
   assert [(r['stage'], r['iteration']) for r in records] == [(1, 1), (1, 2), (2, 1), (2, 2)]
   for r in records:
-    assert len(r['rewards']) == len(r['accuracies']) == len(r["params"]) == 2
+    assert len(r['rewards']) == len(r['accuracies']) == len(r['params']) == 2
     assert r['mean_reward'] == pytest.approx(np.mean(r['rewards']))
     for reward, why in zip(r['rewards'], r['degenerate']):
       if why is not None:
@@ -47,9 +50,11 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
   # checks the choice on searches scored by rules).
   best = best_recorded(records)
   assert S.short_text(S.from_dict(summary['student']['spec'])) == best['spec_text']
-  assert (summary['student']['stage'], summary['student']['params'],
-          summary['student']['search_val_accuracy']) == (best['stage'], best['params'],
-                                                         best['val_accuracy'])
+  assert (
+    summary['student']['stage'],
+    summary['student']['params'],
+    summary['student']['search_val_accuracy'],
+  ) == (best['stage'], best['params'], best['val_accuracy'])
   assert set(summary['time']) == {'teacher', 'search', 'compile', 'final'}
   for name in ('report.md', 'search_stage1.png', 'search_stage2.png', 'accuracy_vs_params.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 1000, name
@@ -73,8 +78,9 @@ def test_tiny_search_writes_every_output(config_factory, teacher_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('stage', [1, 2])
-def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, teacher_dir,
-                                                      tmp_path, monkeypatch, compiled_specs):
+def test_shared_programs_run_a_stage_inside_its_source(
+  stage, config_factory, teacher_dir, tmp_path, monkeypatch, compiled_specs
+):
   config = tiny_search(config_factory('digits'))
   # The stage under test shares, the other does not ('auto' shares stage 2 of
   # digits-sized searches on CPUs too).
@@ -101,7 +107,7 @@ def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, te
   shared = [call for call, r in zip(calls, records) if r['stage'] == stage]
   if stage == 1:
     # Students really trained inside: only switched networks compiled.
-    during_stage = [spec for during in compiled_in[:len(shared)] for spec in during]
+    during_stage = [spec for during in compiled_in[: len(shared)] for spec in during]
     assert during_stage and all(spec.switched for spec in during_stage)
   assert [inside for (_, inside), r in zip(calls, records) if r['stage'] != stage] == [None] * 2
   source = shared[0][1]
@@ -119,14 +125,20 @@ def test_shared_programs_run_a_stage_inside_its_source(stage, config_factory, te
   assert f'runtime.share_stage{stage}_program' in text
   trained = [r for r in records if r['stage'] == stage]
   # Every student that is not degenerate (params 0) trained: it has an accuracy.
-  assert all(accuracy is not None for r in trained
-             for accuracy, params in zip(r['accuracies'], r['params']) if params)
+  assert all(
+    accuracy is not None
+    for r in trained
+    for accuracy, params in zip(r['accuracies'], r['params'])
+    if params
+  )
   assert any(params for r in trained for params in r['params'])
 
 
 @pytest.mark.slow
 def test_export_round_trip_gives_identical_logits(tmp_path):
-  from n2n_jax import models, zoo
+  from n2n_jax import models
+  from n2n_jax import zoo
+
   spec = zoo.get('digits_cnn', (8, 8, 1), 10)
   model = models.build(spec)
   variables = models.init_variables(model, 3, (8, 8, 1))
@@ -143,8 +155,9 @@ class Crash(Exception):
 
 
 @pytest.mark.slow
-def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_dir, tmp_path,
-                                                       monkeypatch):
+def test_interrupted_search_resumes_to_the_same_result(
+  config_factory, teacher_dir, tmp_path, monkeypatch
+):
   config = tiny_search(config_factory('digits'))
   straight = experiment.run(config, workdir_with_teacher(teacher_dir, tmp_path / 'a'))
 
@@ -169,12 +182,12 @@ def test_interrupted_search_resumes_to_the_same_result(config_factory, teacher_d
   assert resumed['student']['params'] == straight['student']['params']
   assert resumed['student']['test_accuracy'] == pytest.approx(straight['student']['test_accuracy'])
   assert without_timing(report.read_metrics(workdir)) == without_timing(
-      report.read_metrics(str(tmp_path / 'a')))
+    report.read_metrics(str(tmp_path / 'a'))
+  )
 
 
 @pytest.mark.slow
-def test_resume_with_other_config_is_refused_unless_restart(config_factory, teacher_dir,
-                                                            tmp_path):
+def test_resume_with_other_config_is_refused_unless_restart(config_factory, teacher_dir, tmp_path):
   config = tiny_search(config_factory('digits'))
   config.search.stage2_iterations = 0
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
@@ -208,19 +221,27 @@ def test_init_from_copies_trained_policy_parameters(config_factory, teacher_dir,
   seeded = search._policy_states(config, stage1, jax.random.key(0), donor)
   trained, _ = checkpoint_lib.Checkpoints(donor).restore(fresh)
   for name in ('removal', 'shrink'):
-    for a, b in zip(jax.tree_util.tree_leaves(seeded[name].params),
-                    jax.tree_util.tree_leaves(trained[name].params)):
+    for a, b in zip(
+      jax.tree_util.tree_leaves(seeded[name].params),
+      jax.tree_util.tree_leaves(trained[name].params),
+    ):
       np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(b, c) for b, c in zip(
+    assert any(
+      not np.array_equal(b, c)
+      for b, c in zip(
         jax.tree_util.tree_leaves(trained[name].params),
-        jax.tree_util.tree_leaves(fresh[name].params)))
+        jax.tree_util.tree_leaves(fresh[name].params),
+      )
+    )
     assert int(seeded[name].num_updates) == 0  # optimiser and baseline start afresh
 
 
 @pytest.mark.slow
 def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoint(
-    config_factory, teacher_dir, tmp_path, monkeypatch):
+  config_factory, teacher_dir, tmp_path, monkeypatch
+):
   from n2n_jax import reward as reward_lib
+
   config = tiny_search(config_factory('digits'))
   workdir = workdir_with_teacher(teacher_dir, tmp_path / 'run')
   calls = []
@@ -239,11 +260,15 @@ def test_non_finite_policy_loss_stops_with_the_iteration_and_keeps_the_checkpoin
 
 @pytest.mark.slow
 def test_reuse_results_trains_each_architecture_once_and_resumes_exactly(
-    config_factory, tmp_path, monkeypatch):
+  config_factory, tmp_path, monkeypatch
+):
   # A teacher with three removable layers has only four smaller students, so
   # 12 rollouts must repeat some.
-  teacher = S.NetSpec('tiny', (8, 8, 1), (S.Conv(8, 3, 1, 1), S.ReLU(), S.Conv(8, 3, 1, 1),
-                                          S.ReLU(), S.Flatten(), S.Dense(10)))
+  teacher = S.NetSpec(
+    'tiny',
+    (8, 8, 1),
+    (S.Conv(8, 3, 1, 1), S.ReLU(), S.Conv(8, 3, 1, 1), S.ReLU(), S.Flatten(), S.Dense(10)),
+  )
   (tmp_path / 'tiny.json').write_text(S.to_json(teacher))
   config = tiny_search(config_factory('digits'))
   config.teacher.spec_file = str(tmp_path / 'tiny.json')
@@ -264,8 +289,9 @@ def test_reuse_results_trains_each_architecture_once_and_resumes_exactly(
   assert len(trained_keys) == len(set(trained_keys))  # no architecture distilled twice
   first_accuracy, reused = {}, 0
   for r in records:
-    for text, accuracy, why, was_reused in zip(r['specs'], r['accuracies'], r['degenerate'],
-                                               r['reused']):
+    for text, accuracy, why, was_reused in zip(
+      r['specs'], r['accuracies'], r['degenerate'], r['reused']
+    ):
       if why is not None:
         assert not was_reused
         continue
@@ -304,18 +330,31 @@ def test_policy_update_compiled_in_background_is_the_one_the_search_calls(config
   optimizer = reinforce.make_optimizer(stage.learning_rate)
   update = reinforce.make_update(stage.policy, optimizer, 'removal')
   state = reinforce.PolicyState.create(
-      policies.init_policy(stage.policy, jax.random.key(0), stage.features.shape[1]), optimizer)
+    policies.init_policy(stage.policy, jax.random.key(0), stage.features.shape[1]), optimizer
+  )
   search._compile_in_background(update, state, stage, rollouts=3).join()  # pylint: disable=protected-access
 
-  actions = np.asarray(reinforce.sample_removal(
-      stage.policy, state.params, jnp.asarray(stage.features), jnp.asarray(stage.mask),
-      jax.random.key(1), 3))
+  actions = np.asarray(
+    reinforce.sample_removal(
+      stage.policy,
+      state.params,
+      jnp.asarray(stage.features),
+      jnp.asarray(stage.mask),
+      jax.random.key(1),
+      3,
+    )
+  )
   # The arguments as the search makes them (converting them compiles helpers).
-  args = (jnp.asarray(stage.features), jnp.asarray(stage.mask), jnp.asarray(actions),
-          jnp.asarray([0.5, -1.0, 0.25], jnp.float32))
+  args = (
+    jnp.asarray(stage.features),
+    jnp.asarray(stage.mask),
+    jnp.asarray(actions),
+    jnp.asarray([0.5, -1.0, 0.25], jnp.float32),
+  )
   compiles = []
-  listener = lambda event, duration, **_: compiles.append(event) if event.endswith(
-      'backend_compile_duration') else None
+  listener = lambda event, duration, **_: (
+    compiles.append(event) if event.endswith('backend_compile_duration') else None
+  )
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     new, metrics = update(state, *args)

@@ -8,17 +8,35 @@ import math
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from n2n_jax import models, zoo
+from n2n_jax import models
 from n2n_jax import spec as S
-from n2n_jax.spec import (AvgPool, BatchNorm, Concat, Conv, Dense, Dropout, Flatten,
-                          GlobalAvgPool, MaxPool, NetSpec, ReLU, Residual)
+from n2n_jax import zoo
+from n2n_jax.spec import AvgPool
+from n2n_jax.spec import BatchNorm
+from n2n_jax.spec import Concat
+from n2n_jax.spec import Conv
+from n2n_jax.spec import Dense
+from n2n_jax.spec import Dropout
+from n2n_jax.spec import Flatten
+from n2n_jax.spec import GlobalAvgPool
+from n2n_jax.spec import MaxPool
+from n2n_jax.spec import NetSpec
+from n2n_jax.spec import ReLU
+from n2n_jax.spec import Residual
 
 # Input shapes on which each zoo architecture is meant to run.
-ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1), 'digits_cnn_deep': (8, 8, 1),
-              'resnet18_imagenet': (224, 224, 3), 'resnet34_imagenet': (224, 224, 3)}
+ZOO_SHAPES = {
+  'conv4': (28, 28, 1),
+  'digits_cnn': (8, 8, 1),
+  'digits_cnn_deep': (8, 8, 1),
+  'resnet18_imagenet': (224, 224, 3),
+  'resnet34_imagenet': (224, 224, 3),
+}
 SMALL_TEACHER_NAMES = ('digits_cnn', 'conv4')
 SHRINK_ACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
@@ -30,34 +48,54 @@ def zoo_spec(name, classes=10):
 def small_resnet():
   """A narrow ResNet: stem, an identity block, a projection (stride 2) block,
   another identity block, global pool, classifier."""
+
   def block(width, stride, in_width):
     short = ()
     if stride != 1 or in_width != width:
       short = (Conv(width, 1, stride, 0, use_bias=False), BatchNorm())
-    main = (Conv(width, 3, stride, 1, use_bias=False), BatchNorm(), ReLU(),
-            Conv(width, 3, 1, 1, use_bias=False), BatchNorm())
+    main = (
+      Conv(width, 3, stride, 1, use_bias=False),
+      BatchNorm(),
+      ReLU(),
+      Conv(width, 3, 1, 1, use_bias=False),
+      BatchNorm(),
+    )
     return (Residual(main, short), ReLU())
-  layers = ((Conv(8, 3, 1, 1, use_bias=False), BatchNorm(), ReLU())
-            + block(8, 1, 8) + block(16, 2, 8) + block(16, 1, 16)
-            + (GlobalAvgPool(), Flatten(), Dense(5)))
+
+  layers = (
+    (Conv(8, 3, 1, 1, use_bias=False), BatchNorm(), ReLU())
+    + block(8, 1, 8)
+    + block(16, 2, 8)
+    + block(16, 1, 16)
+    + (GlobalAvgPool(), Flatten(), Dense(5))
+  )
   return NetSpec('small_resnet', (8, 8, 3), layers)
 
 
 def small_squeezenet():
   def fire(squeeze, expand):
-    return (Conv(squeeze, 1), ReLU(),
-            Concat(((Conv(expand, 1), ReLU()), (Conv(expand, 3, 1, 1), ReLU()))))
-  layers = ((Conv(8, 3, 2, 0), ReLU(), MaxPool(3, 2))
-            + fire(4, 8) + fire(4, 8) + (MaxPool(3, 2),) + fire(6, 12)
-            + (Dropout(0.5), GlobalAvgPool(), Flatten(), Dense(5)))
+    return (
+      Conv(squeeze, 1),
+      ReLU(),
+      Concat(((Conv(expand, 1), ReLU()), (Conv(expand, 3, 1, 1), ReLU()))),
+    )
+
+  layers = (
+    (Conv(8, 3, 2, 0), ReLU(), MaxPool(3, 2))
+    + fire(4, 8)
+    + fire(4, 8)
+    + (MaxPool(3, 2),)
+    + fire(6, 12)
+    + (Dropout(0.5), GlobalAvgPool(), Flatten(), Dense(5))
+  )
   return NetSpec('small_squeezenet', (16, 16, 3), layers)
 
 
 SMALL_TEACHERS = {
-    'digits_cnn': lambda: zoo_spec('digits_cnn'),
-    'conv4': lambda: zoo_spec('conv4'),
-    'small_resnet': small_resnet,
-    'small_squeezenet': small_squeezenet,
+  'digits_cnn': lambda: zoo_spec('digits_cnn'),
+  'conv4': lambda: zoo_spec('conv4'),
+  'small_resnet': small_resnet,
+  'small_squeezenet': small_squeezenet,
 }
 
 
@@ -73,14 +111,16 @@ def delete_paths(layers, paths, prefix=()):
     if path in paths:
       continue
     if isinstance(layer, Residual):
-      layer = Residual(delete_paths(layer.main, paths, path + ('main',)),
-                       delete_paths(layer.shortcut, paths, path + ('shortcut',)))
+      layer = Residual(
+        delete_paths(layer.main, paths, path + ('main',)),
+        delete_paths(layer.shortcut, paths, path + ('shortcut',)),
+      )
     elif isinstance(layer, Concat):
-      layer = Concat(tuple(delete_paths(b, paths, path + ('branches', j))
-                           for j, b in enumerate(layer.branches)))
+      layer = Concat(
+        tuple(delete_paths(b, paths, path + ('branches', j)) for j, b in enumerate(layer.branches))
+      )
     out.append(layer)
   return tuple(out)
-
 
 
 def leaf_layers(layers):
@@ -97,8 +137,11 @@ def parallel_leaves(a, b):
 
 
 def dense_inputs(spec):
-  return [st.in_shape[0] for layer, st in zip(spec.layers, S.layer_stats(spec))
-          if isinstance(layer, Dense)]
+  return [
+    st.in_shape[0]
+    for layer, st in zip(spec.layers, S.layer_stats(spec))
+    if isinstance(layer, Dense)
+  ]
 
 
 def check_verdict(result, expected_student, teacher):
@@ -197,8 +240,9 @@ def check_model(student, run_forward):
 
 
 def test_flops_and_params_of_tiny_spec_by_hand():
-  spec = NetSpec('tiny', (4, 4, 1),
-                 (Conv(2, 3, 1, 1), BatchNorm(), ReLU(), MaxPool(2, 2), Flatten(), Dense(3)))
+  spec = NetSpec(
+    'tiny', (4, 4, 1), (Conv(2, 3, 1, 1), BatchNorm(), ReLU(), MaxPool(2, 2), Flatten(), Dense(3))
+  )
   # conv: 4x4x2 outputs, each 3*3*1 multiply-adds -> 2*9*32 = 576; 9*2 + 2 params
   # BN: 2 per element of 4x4x2 -> 64; 2*2 params
   # ReLU: 32; MaxPool 2x2: 4 per output of 2x2x2 -> 32
@@ -206,21 +250,31 @@ def test_flops_and_params_of_tiny_spec_by_hand():
   assert S.flops(spec) == 576 + 64 + 32 + 32 + 48
   assert S.param_count(spec) == 20 + 4 + 27
   assert [st.out_shape for st in S.layer_stats(spec)] == [
-      (4, 4, 2), (4, 4, 2), (4, 4, 2), (2, 2, 2), (8,), (3,)]
+    (4, 4, 2),
+    (4, 4, 2),
+    (4, 4, 2),
+    (2, 2, 2),
+    (8,),
+    (3,),
+  ]
   assert [st.params for st in S.layer_stats(spec)] == [20, 4, 0, 0, 0, 27]
 
 
 def test_flops_of_residual_and_no_bias_by_hand():
-  spec = NetSpec('res', (2, 2, 1),
-                 (Residual((Conv(1, 1, 1, 0, use_bias=False),), ()), Flatten(), Dense(1, use_bias=False)))
+  spec = NetSpec(
+    'res',
+    (2, 2, 1),
+    (Residual((Conv(1, 1, 1, 0, use_bias=False),), ()), Flatten(), Dense(1, use_bias=False)),
+  )
   # conv: 4 outputs x 1 MAC -> 8, the add -> 4; dense: 2*4*1 = 8
   assert S.flops(spec) == 8 + 4 + 8
   assert S.param_count(spec) == 1 + 4
 
 
 def test_flops_scale_with_input_shape():
-  spec = NetSpec('c', (8, 8, 3), (Conv(4, 3, 1, 1, use_bias=False), GlobalAvgPool(),
-                                  Flatten(), Dense(2)))
+  spec = NetSpec(
+    'c', (8, 8, 3), (Conv(4, 3, 1, 1, use_bias=False), GlobalAvgPool(), Flatten(), Dense(2))
+  )
   small = S.flops(spec)
   big = S.flops(spec, (16, 16, 3))
   # conv and pooling scale with the area (x4), the dense layer does not.
@@ -245,23 +299,31 @@ def test_json_round_trip_zoo(name):
 
 ints = st.integers(1, 64)
 leaf_layers_st = st.one_of(
-    st.builds(Conv, ints, st.integers(1, 7), st.integers(1, 3), st.integers(0, 3), st.booleans()),
-    st.just(BatchNorm()), st.just(ReLU()),
-    st.builds(MaxPool, st.integers(1, 4), st.integers(1, 4), st.integers(0, 1), st.booleans()),
-    st.builds(AvgPool, st.integers(1, 4), st.integers(1, 4)),
-    st.just(GlobalAvgPool()), st.just(Flatten()),
-    st.builds(Dropout, st.floats(0.0, 0.99, allow_nan=False)),
-    st.builds(Dense, ints, st.booleans()))
+  st.builds(Conv, ints, st.integers(1, 7), st.integers(1, 3), st.integers(0, 3), st.booleans()),
+  st.just(BatchNorm()),
+  st.just(ReLU()),
+  st.builds(MaxPool, st.integers(1, 4), st.integers(1, 4), st.integers(0, 1), st.booleans()),
+  st.builds(AvgPool, st.integers(1, 4), st.integers(1, 4)),
+  st.just(GlobalAvgPool()),
+  st.just(Flatten()),
+  st.builds(Dropout, st.floats(0.0, 0.99, allow_nan=False)),
+  st.builds(Dense, ints, st.booleans()),
+)
 layers_st = st.recursive(
-    st.lists(leaf_layers_st, max_size=4).map(tuple),
-    lambda inner: st.lists(st.one_of(
-        leaf_layers_st,
-        st.builds(Residual, inner, inner),
-        st.builds(Concat, st.lists(inner, min_size=1, max_size=3).map(tuple))),
-        max_size=5).map(tuple),
-    max_leaves=20)
-specs_st = st.builds(NetSpec, st.text(max_size=10),
-                     st.tuples(ints, ints, st.integers(1, 4)), layers_st)
+  st.lists(leaf_layers_st, max_size=4).map(tuple),
+  lambda inner: st.lists(
+    st.one_of(
+      leaf_layers_st,
+      st.builds(Residual, inner, inner),
+      st.builds(Concat, st.lists(inner, min_size=1, max_size=3).map(tuple)),
+    ),
+    max_size=5,
+  ).map(tuple),
+  max_leaves=20,
+)
+specs_st = st.builds(
+  NetSpec, st.text(max_size=10), st.tuples(ints, ints, st.integers(1, 4)), layers_st
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -274,18 +336,30 @@ def test_json_round_trip_random_specs(spec):
 
 
 def test_netspec_accepts_lists_and_stays_hashable():
-  a = NetSpec('a', [8, 8, 1], [Conv(4), Residual([ReLU()], []), Concat([[ReLU()], [BatchNorm()]]),
-                               Flatten(), Dense(2)])
-  b = NetSpec('a', (8, 8, 1), (Conv(4), Residual((ReLU(),), ()), Concat(((ReLU(),), (BatchNorm(),))),
-                               Flatten(), Dense(2)))
+  a = NetSpec(
+    'a',
+    [8, 8, 1],
+    [Conv(4), Residual([ReLU()], []), Concat([[ReLU()], [BatchNorm()]]), Flatten(), Dense(2)],
+  )
+  b = NetSpec(
+    'a',
+    (8, 8, 1),
+    (Conv(4), Residual((ReLU(),), ()), Concat(((ReLU(),), (BatchNorm(),))), Flatten(), Dense(2)),
+  )
   assert a == b and hash(a) == hash(b)
   assert {a: 1}[b] == 1
 
 
 def _good_spec_dict():
-  return {'name': 'g', 'input_shape': [8, 8, 1],
-          'layers': [{'type': 'Conv', 'filters': 8}, {'type': 'Flatten'},
-                     {'type': 'Dense', 'features': 2}]}
+  return {
+    'name': 'g',
+    'input_shape': [8, 8, 1],
+    'layers': [
+      {'type': 'Conv', 'filters': 8},
+      {'type': 'Flatten'},
+      {'type': 'Dense', 'features': 2},
+    ],
+  }
 
 
 def test_from_dict_good_spec():
@@ -294,9 +368,13 @@ def test_from_dict_good_spec():
   assert S.output_shape(spec) == (2,)
 
 
-@pytest.mark.parametrize('mutate, match', [
-    (lambda d: d['layers'].__setitem__(0, {'type': 'Conv2D', 'filters': 8}),
-     r"layers\[0\]: unknown layer type 'Conv2D'; valid types: .*BatchNorm.*Conv.*Dense"),
+@pytest.mark.parametrize(
+  'mutate, match',
+  [
+    (
+      lambda d: d['layers'].__setitem__(0, {'type': 'Conv2D', 'filters': 8}),
+      r"layers\[0\]: unknown layer type 'Conv2D'; valid types: .*BatchNorm.*Conv.*Dense",
+    ),
     (lambda d: d['layers'][0].update(channels=3), r'layers\[0\]: Conv has no field.*channels'),
     (lambda d: d['layers'][0].update(filters='8'), r'layers\[0\]: Conv\.filters must be int'),
     (lambda d: d['layers'][0].update(filters=8.0), r'layers\[0\]: Conv\.filters must be int'),
@@ -305,23 +383,32 @@ def test_from_dict_good_spec():
     (lambda d: d['layers'][0].pop('filters'), r'layers\[0\]: .*filters'),
     (lambda d: d['layers'][1].pop('type'), r'layers\[1\]: expected an object with a "type"'),
     (lambda d: d['layers'].__setitem__(1, 'Flatten'), r'layers\[1\]: expected an object'),
-    (lambda d: d.pop('input_shape'), r"missing field.*input_shape"),
-    (lambda d: d.pop('layers'), r"missing field.*layers"),
+    (lambda d: d.pop('input_shape'), r'missing field.*input_shape'),
+    (lambda d: d.pop('layers'), r'missing field.*layers'),
     (lambda d: d.update(input_shape=[8, 8]), r'input_shape must be three positive integers'),
     (lambda d: d.update(input_shape=[8, 0, 1]), r'input_shape must be three positive integers'),
     (lambda d: d.update(input_shape=[8, '8', 1]), r'input_shape must be three positive integers'),
     (lambda d: d.update(layers={'type': 'Conv'}), r'layers must be a list'),
     (lambda d: d.update(layers='Conv'), r'layers must be a list'),
-    (lambda d: d['layers'].insert(1, {'type': 'Residual', 'main': [{'type': 'Relu'}]}),
-     r"layers\[1\]\.main\[0\]: unknown layer type 'Relu'"),
-    (lambda d: d['layers'].insert(1, {'type': 'Residual', 'main': [], 'skip': []}),
-     r'layers\[1\]: Residual has no field.*skip'),
-    (lambda d: d['layers'].insert(1, {'type': 'Residual', 'main': 3}),
-     r'layers\[1\]: Residual\.main must be a list'),
-    (lambda d: d['layers'].insert(1, {'type': 'Concat', 'branches': [{'type': 'ReLU'}]}),
-     r'layers\[1\]: Concat\.branches must be a list of lists'),
+    (
+      lambda d: d['layers'].insert(1, {'type': 'Residual', 'main': [{'type': 'Relu'}]}),
+      r"layers\[1\]\.main\[0\]: unknown layer type 'Relu'",
+    ),
+    (
+      lambda d: d['layers'].insert(1, {'type': 'Residual', 'main': [], 'skip': []}),
+      r'layers\[1\]: Residual has no field.*skip',
+    ),
+    (
+      lambda d: d['layers'].insert(1, {'type': 'Residual', 'main': 3}),
+      r'layers\[1\]: Residual\.main must be a list',
+    ),
+    (
+      lambda d: d['layers'].insert(1, {'type': 'Concat', 'branches': [{'type': 'ReLU'}]}),
+      r'layers\[1\]: Concat\.branches must be a list of lists',
+    ),
     (lambda d: d['layers'].insert(1, {'type': ['ReLU']}), r'layers\[1\]: unknown layer type'),
-])
+  ],
+)
 def test_malformed_specs_raise_spec_error(mutate, match):
   d = _good_spec_dict()
   mutate(d)
@@ -382,34 +469,66 @@ def test_squeezenet_takes_mnist_sized_inputs_with_ceil_mode_pools():
   # torchvision's SqueezeNet 1.1 pools in ceil mode; with floor mode its last
   # pool collapsed a 28x28 input (Table 3 on Fashion-MNIST).
   mnist = zoo.get('squeezenet1_1', (28, 28, 1), 10)
-  pools = [st.out_shape[:2] for st, layer in zip(S.layer_stats(mnist), mnist.layers)
-           if isinstance(layer, MaxPool)]
+  pools = [
+    st.out_shape[:2]
+    for st, layer in zip(S.layer_stats(mnist), mnist.layers)
+    if isinstance(layer, MaxPool)
+  ]
   assert pools == [(6, 6), (3, 3), (1, 1)]
   assert S.output_shape(mnist) == (10,)
   # On CIFAR-sized inputs ceil and floor mode agree: the paper's 727K parameters.
   assert S.param_count(zoo_spec('squeezenet1_1')) == 727_626
 
 
-@pytest.mark.parametrize('layers, input_shape, match', [
-    ((Conv(4, 3), Conv(4, 3), Conv(4, 3), Conv(4, 3), Flatten(), Dense(2)), (8, 8, 1),
-     r'layers\[3\] \(Conv\): spatial size collapsed'),
-    ((Conv(4, 3, 1, 1), MaxPool(2, 2), MaxPool(2, 2), MaxPool(2, 2), Flatten(), Dense(2)), (4, 4, 1),
-     r'layers\[3\] \(MaxPool\): spatial size collapsed'),
+@pytest.mark.parametrize(
+  'layers, input_shape, match',
+  [
+    (
+      (Conv(4, 3), Conv(4, 3), Conv(4, 3), Conv(4, 3), Flatten(), Dense(2)),
+      (8, 8, 1),
+      r'layers\[3\] \(Conv\): spatial size collapsed',
+    ),
+    (
+      (Conv(4, 3, 1, 1), MaxPool(2, 2), MaxPool(2, 2), MaxPool(2, 2), Flatten(), Dense(2)),
+      (4, 4, 1),
+      r'layers\[3\] \(MaxPool\): spatial size collapsed',
+    ),
     ((Conv(4, 3, 1, 1), Dense(2)), (8, 8, 1), r'layers\[1\] \(Dense\): needs a flat input'),
-    ((Conv(4, 3, 1, 1), Residual((Conv(8, 3, 1, 1),), ()), Flatten(), Dense(2)), (8, 8, 4),
-     r'layers\[1\] \(Residual\): main path gives \(8, 8, 8\) but shortcut gives \(8, 8, 4\)'),
-    ((Conv(4, 3, 1, 1), Residual((Conv(4, 3, 2, 1),), (Conv(4, 1),)), Flatten(), Dense(2)), (8, 8, 4),
-     r'layers\[1\] \(Residual\)'),
-    ((Conv(4, 3, 1, 1), Residual((Conv(4, 9),), ()), Flatten(), Dense(2)), (8, 8, 4),
-     r'layers\[1\]\.main\[0\] \(Conv\): spatial size collapsed'),
-    ((Conv(4, 3, 1, 1), Concat(((Conv(4, 1),), (Conv(4, 3),))), Flatten(), Dense(2)), (8, 8, 4),
-     r'layers\[1\] \(Concat\): branch outputs .* differ in spatial size'),
-    ((Conv(4, 3, 1, 1), Flatten(), Conv(4, 1)), (8, 8, 4), r'layers\[2\] \(Conv\): needs an \(H, W, C\)'),
+    (
+      (Conv(4, 3, 1, 1), Residual((Conv(8, 3, 1, 1),), ()), Flatten(), Dense(2)),
+      (8, 8, 4),
+      r'layers\[1\] \(Residual\): main path gives \(8, 8, 8\) but shortcut gives \(8, 8, 4\)',
+    ),
+    (
+      (Conv(4, 3, 1, 1), Residual((Conv(4, 3, 2, 1),), (Conv(4, 1),)), Flatten(), Dense(2)),
+      (8, 8, 4),
+      r'layers\[1\] \(Residual\)',
+    ),
+    (
+      (Conv(4, 3, 1, 1), Residual((Conv(4, 9),), ()), Flatten(), Dense(2)),
+      (8, 8, 4),
+      r'layers\[1\]\.main\[0\] \(Conv\): spatial size collapsed',
+    ),
+    (
+      (Conv(4, 3, 1, 1), Concat(((Conv(4, 1),), (Conv(4, 3),))), Flatten(), Dense(2)),
+      (8, 8, 4),
+      r'layers\[1\] \(Concat\): branch outputs .* differ in spatial size',
+    ),
+    (
+      (Conv(4, 3, 1, 1), Flatten(), Conv(4, 1)),
+      (8, 8, 4),
+      r'layers\[2\] \(Conv\): needs an \(H, W, C\)',
+    ),
     ((Conv(0, 3), Flatten(), Dense(2)), (8, 8, 4), r'layers\[0\] \(Conv\): filters must be >= 1'),
     ((Conv(4, 3), Dropout(1.0), Flatten(), Dense(2)), (8, 8, 4), r'layers\[1\] \(Dropout\)'),
-    ((Conv(4, 3, 1, 1), GlobalAvgPool()), (8, 8, 4), r'ends with shape \(1, 1, 4\), not class logits'),
+    (
+      (Conv(4, 3, 1, 1), GlobalAvgPool()),
+      (8, 8, 4),
+      r'ends with shape \(1, 1, 4\), not class logits',
+    ),
     ((), (8, 8, 4), 'has no layers'),
-])
+  ],
+)
 def test_impossible_shapes_name_the_layer(layers, input_shape, match):
   with pytest.raises(S.SpecError, match=match):
     S.validate(NetSpec('bad', input_shape, layers))
@@ -422,33 +541,54 @@ def test_impossible_shapes_name_the_layer(layers, input_shape, match):
 
 
 def test_removability_rules():
-  spec = NetSpec('all', (16, 16, 3), (
-      Conv(8, 3, 1, 1),     # 0 first layer: fixed
-      BatchNorm(),          # 1 yes
-      ReLU(),               # 2 yes
-      Conv(8, 3, 2, 1),     # 3 strided: no
-      Conv(8, 3, 1, 1),     # 4 yes
-      MaxPool(2, 2),        # 5 yes
-      Dropout(0.3),         # 6 yes
-      AvgPool(2, 2),        # 7 no
-      Conv(8, 1),           # 8 yes
-      Residual((Conv(8, 3, 1, 1), BatchNorm(), ReLU(), Conv(8, 3, 2, 1), MaxPool(1, 1)),
-               (Conv(8, 1, 2),)),  # 9: inner 1 1 1 0 1; shortcut not a site
-      GlobalAvgPool(),      # 10 no
-      Flatten(),            # 11 no
-      Dense(16),            # 12 no
-      ReLU(),               # 13 yes
-      Dropout(0.1),         # 14 yes
-      Dense(4),             # 15 last: no
-  ))
+  spec = NetSpec(
+    'all',
+    (16, 16, 3),
+    (
+      Conv(8, 3, 1, 1),  # 0 first layer: fixed
+      BatchNorm(),  # 1 yes
+      ReLU(),  # 2 yes
+      Conv(8, 3, 2, 1),  # 3 strided: no
+      Conv(8, 3, 1, 1),  # 4 yes
+      MaxPool(2, 2),  # 5 yes
+      Dropout(0.3),  # 6 yes
+      AvgPool(2, 2),  # 7 no
+      Conv(8, 1),  # 8 yes
+      Residual(
+        (Conv(8, 3, 1, 1), BatchNorm(), ReLU(), Conv(8, 3, 2, 1), MaxPool(1, 1)), (Conv(8, 1, 2),)
+      ),  # 9: inner 1 1 1 0 1; shortcut not a site
+      GlobalAvgPool(),  # 10 no
+      Flatten(),  # 11 no
+      Dense(16),  # 12 no
+      ReLU(),  # 13 yes
+      Dropout(0.1),  # 14 yes
+      Dense(4),  # 15 last: no
+    ),
+  )
   sites = S.sites(spec)
   got = {s.path: s.removable for s in sites}
   assert got == {
-      (0,): False, (1,): True, (2,): True, (3,): False, (4,): True, (5,): True, (6,): True,
-      (7,): False, (8,): True,
-      (9, 'main', 0): True, (9, 'main', 1): True, (9, 'main', 2): True, (9, 'main', 3): False,
-      (9, 'main', 4): True,
-      (10,): False, (11,): False, (12,): False, (13,): True, (14,): True, (15,): False}
+    (0,): False,
+    (1,): True,
+    (2,): True,
+    (3,): False,
+    (4,): True,
+    (5,): True,
+    (6,): True,
+    (7,): False,
+    (8,): True,
+    (9, 'main', 0): True,
+    (9, 'main', 1): True,
+    (9, 'main', 2): True,
+    (9, 'main', 3): False,
+    (9, 'main', 4): True,
+    (10,): False,
+    (11,): False,
+    (12,): False,
+    (13,): True,
+    (14,): True,
+    (15,): False,
+  }
   assert [s.path for s in sites] == list(got)  # policy order is layer order
   assert S.removable_count(spec) == 6 + 4 + 2 == 12
   inner = [s for s in sites if len(s.path) > 1]
@@ -548,7 +688,8 @@ def test_vgg_removing_a_conv_passes_the_previous_width_on():
   assert stats[8].in_shape == (14, 14, 64) and stats[8].out_shape == (14, 14, 128)
   assert stats[8].params == 9 * 64 * 128 + 128
   assert S.param_count(spec) - S.param_count(student) == (
-      (9 * 64 * 128 + 128) + 2 * 128 + (9 * 128 * 128 + 128) - (9 * 64 * 128 + 128))
+    (9 * 64 * 128 + 128) + 2 * 128 + (9 * 128 * 128 + 128) - (9 * 64 * 128 + 128)
+  )
 
 
 def test_vgg13_removing_all_maxpools_is_degenerate():
@@ -561,14 +702,23 @@ def test_vgg13_removing_all_maxpools_is_degenerate():
   # 28x28x512 flattened is over the 50,000-input limit.
   assert verdict.kind == 'dense_input_too_large' and '401,408' in verdict.reason
   # Raising the limits lets it through.
-  assert isinstance(S.remove(spec, keep, max_dense_inputs=10 ** 6, max_params=10 ** 9), NetSpec)
+  assert isinstance(S.remove(spec, keep, max_dense_inputs=10**6, max_params=10**9), NetSpec)
 
 
 def test_removal_breaking_a_residual_add_is_invalid_shape():
   # A stride-1 width-changing conv just before an identity block.
-  spec = NetSpec('r', (8, 8, 3), (Conv(4, 3, 1, 1), Conv(8, 3, 1, 1),
-                                  Residual((Conv(8, 3, 1, 1),), ()), GlobalAvgPool(), Flatten(),
-                                  Dense(2)))
+  spec = NetSpec(
+    'r',
+    (8, 8, 3),
+    (
+      Conv(4, 3, 1, 1),
+      Conv(8, 3, 1, 1),
+      Residual((Conv(8, 3, 1, 1),), ()),
+      GlobalAvgPool(),
+      Flatten(),
+      Dense(2),
+    ),
+  )
   removable = [s for s in S.sites(spec) if s.removable]
   assert [s.path for s in removable] == [(1,), (2, 'main', 0)]
   verdict = S.remove(spec, [False, True])
@@ -598,9 +748,19 @@ def test_layer_features_one_row_per_site_in_unit_range():
 
 
 def test_layer_features_of_out_of_range_custom_spec_stay_in_unit_range():
-  spec = NetSpec('wide', (64, 64, 3), (
-      Conv(8, 11, 1, 5), Residual(tuple([ReLU()] * 12), ()), MaxPool(16, 16),
-      Flatten(), Dense(10000), ReLU(), Dense(3)))
+  spec = NetSpec(
+    'wide',
+    (64, 64, 3),
+    (
+      Conv(8, 11, 1, 5),
+      Residual(tuple([ReLU()] * 12), ()),
+      MaxPool(16, 16),
+      Flatten(),
+      Dense(10000),
+      ReLU(),
+      Dense(3),
+    ),
+  )
   feats = np.asarray(S.layer_features(spec))
   assert np.all(np.isfinite(feats)) and feats.min() >= 0 and feats.max() <= 1
 
@@ -621,7 +781,7 @@ def test_shrink_all_ones_reproduces_the_spec():
   # Even kernels too.
   spec = NetSpec('even', (8, 8, 1), (Conv(4, 2), Conv(4, 4, 1, 2), Flatten(), Dense(2)))
   n = len(S.shrink_vars(spec, True))
-  assert S.shrink(spec, [1.0] * n, kernels=True, max_params=10 ** 9) == spec
+  assert S.shrink(spec, [1.0] * n, kernels=True, max_params=10**9) == spec
 
 
 def test_shrink_vars_cover_every_conv_and_dense_but_the_class_layer():
@@ -643,8 +803,11 @@ def test_shrink_vars_cover_every_conv_and_dense_but_the_class_layer():
 
 
 def test_shrink_floor_and_rounding_exact():
-  spec = NetSpec('n', (8, 8, 1), (Conv(3, 3, 1, 1), Conv(20, 3, 1, 1), Conv(64, 3, 1, 1),
-                                  Flatten(), Dense(50), Dense(2)))
+  spec = NetSpec(
+    'n',
+    (8, 8, 1),
+    (Conv(3, 3, 1, 1), Conv(20, 3, 1, 1), Conv(64, 3, 1, 1), Flatten(), Dense(50), Dense(2)),
+  )
   s = S.shrink(spec, [0.1, 0.1, 0.5, 0.3])
   assert isinstance(s, NetSpec)
   assert [s.layers[i].filters for i in range(3)] == [1, 2, 32]  # floor of one channel
@@ -658,22 +821,32 @@ def test_shrink_floor_and_rounding_exact():
   with pytest.raises(ValueError):
     S.shrink(spec, [1.5, 0.5, 0.5, 0.5])
   # Halves round up (not to even), and factor 1.0 is the identity even with round_to.
-  half = S.shrink(spec, [1.0, 1.0, 0.5, 1.0], round_to=8, max_params=10 ** 9)
+  half = S.shrink(spec, [1.0, 1.0, 0.5, 1.0], round_to=8, max_params=10**9)
   assert half.layers[0].filters == 3 and half.layers[4] == Dense(50)
-  assert S.shrink(NetSpec('h', (8, 8, 1), (Conv(5, 3, 1, 1), Flatten(), Dense(2))),
-                  [0.5]).layers[0].filters == 3
+  assert (
+    S.shrink(NetSpec('h', (8, 8, 1), (Conv(5, 3, 1, 1), Flatten(), Dense(2))), [0.5])
+    .layers[0]
+    .filters
+    == 3
+  )
   # numpy scalars, as a policy might hand them over, are accepted.
   s_np = S.shrink(spec, list(np.asarray([0.1, 0.1, 0.5, 0.3], np.float32)))
   assert s_np == s
 
 
 def test_shrink_kernels_exact():
-  spec = NetSpec('k', (16, 16, 1), (Conv(8, 5, 1, 2), Conv(8, 7, 1, 1), Conv(8, 3, 2, 1),
-                                    Flatten(), Dense(2)))
+  spec = NetSpec(
+    'k', (16, 16, 1), (Conv(8, 5, 1, 2), Conv(8, 7, 1, 1), Conv(8, 3, 2, 1), Flatten(), Dense(2))
+  )
   vs = S.shrink_vars(spec, kernels=True)
   assert [(v.path, v.variable) for v in vs] == [
-      ((0,), 'width'), ((0,), 'kernel'), ((1,), 'width'), ((1,), 'kernel'),
-      ((2,), 'width'), ((2,), 'kernel')]
+    ((0,), 'width'),
+    ((0,), 'kernel'),
+    ((1,), 'width'),
+    ((1,), 'kernel'),
+    ((2,), 'width'),
+    ((2,), 'kernel'),
+  ]
   s = S.shrink(spec, [1.0, 0.6, 1.0, 0.5, 1.0, 0.1], kernels=True)
   # 5*0.6 = 3, 'same' kept: pad 1; 7*0.5 = 3.5 -> 4 -> odd 3, pad scales 1*3/7 -> 0;
   # 3*0.1 -> 1, 'same' -> pad 0
@@ -698,8 +871,9 @@ def resnet18_block_groups(spec):
 def test_shrink_ties_resnet18_widths(data):
   spec = zoo_spec('resnet18')
   variables = S.shrink_vars(spec)
-  factors = data.draw(st.lists(st.sampled_from(SHRINK_ACTIONS), min_size=len(variables),
-                               max_size=len(variables)))
+  factors = data.draw(
+    st.lists(st.sampled_from(SHRINK_ACTIONS), min_size=len(variables), max_size=len(variables))
+  )
   round_to = data.draw(st.sampled_from([1, 8]))
   student = S.shrink(spec, factors, round_to=round_to)
   by_path = dict(zip([v.path for v in variables], factors))
@@ -715,12 +889,12 @@ def test_shrink_ties_resnet18_widths(data):
 
   if isinstance(student, S.Degenerate):
     assert student.kind == 'not_smaller'
-    same = S.shrink(spec, factors, round_to=round_to, max_params=10 ** 12)
+    same = S.shrink(spec, factors, round_to=round_to, max_params=10**12)
     assert S.param_count(same) >= S.param_count(spec)
     return
   check_shrunk(student, spec, round_to, kernels=False)
   for stage, members in groups.items():
-    width = 64 * 2 ** stage
+    width = 64 * 2**stage
     mean = sum(by_path[p] for p in members) / len(members)
     want = expected(width, mean)
     for p in members:
@@ -741,10 +915,17 @@ def test_shrink_ties_resnet18_widths(data):
 def test_shrink_concat_then_residual_freezes_the_width():
   # A Residual whose main path ends in a concatenation cannot be shrunk (its
   # width is a sum); the layers feeding the add keep their widths.
-  spec = NetSpec('cr', (8, 8, 4), (
+  spec = NetSpec(
+    'cr',
+    (8, 8, 4),
+    (
       Conv(4, 3, 1, 1),
       Residual((Concat(((Conv(2, 1),), (Conv(2, 3, 1, 1),))),), ()),
-      Conv(6, 3, 1, 1), Flatten(), Dense(2)))
+      Conv(6, 3, 1, 1),
+      Flatten(),
+      Dense(2),
+    ),
+  )
   # Convs nested two containers deep are not sites, so only layers 0 and 2
   # have width variables.
   n = len(S.shrink_vars(spec))
@@ -767,8 +948,9 @@ def random_remove(data, spec):
   n = S.removable_count(spec)
   # Mostly-keep masks as well as uniform ones, so that valid students are common.
   p_drop = data.draw(st.sampled_from([0.1, 0.5]))
-  keep = data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n).map(
-      lambda us: [u >= p_drop for u in us]))
+  keep = data.draw(
+    st.lists(st.floats(0, 1), min_size=n, max_size=n).map(lambda us: [u >= p_drop for u in us])
+  )
   result = S.remove(spec, keep)
   return check_verdict(result, expected_removal(spec, keep), spec)
 
@@ -782,7 +964,7 @@ def random_shrink(data, spec):
   if isinstance(result, S.Degenerate):
     assert result.kind in S.DEGENERATE_KINDS
     if result.kind == 'not_smaller':  # rounding can undo small factors
-      same = S.shrink(spec, factors, kernels=kernels, round_to=round_to, max_params=10 ** 12)
+      same = S.shrink(spec, factors, kernels=kernels, round_to=round_to, max_params=10**12)
       assert S.param_count(same) >= S.param_count(spec)
     return None
   S.validate(result)
@@ -846,7 +1028,8 @@ def test_small_custom_teachers_are_what_they_claim():
 
 def test_short_text_pictures_the_layers():
   assert S.short_text(zoo.get('digits_cnn', (8, 8, 1), 10)) == (
-      'C32 B R C32 B R M C64 B R C64 B R M C128 B R M D F L10')
+    'C32 B R C32 B R M C64 B R C64 B R M C128 B R M D F L10'
+  )
   block = zoo.basic_block(128, 2, 64)[0]
   assert S.short_text((block,)) == 'Res[C128/2 B R C128 B|C128k1/2 B]'
   assert S.short_text(zoo.fire(16, 64)) == 'C16k1 R Cat[C64k1 R|C64 R]'
@@ -858,5 +1041,5 @@ def test_switched_layers_are_normalised_and_checked():
   assert spec.switched == (0, 1) and spec == S.NetSpec('s', (8, 8, 1), layers, (0, 1))
   assert spec != S.NetSpec('s', (8, 8, 1), layers)  # a switched network is another program
   S.validate(spec)
-  with pytest.raises(S.SpecError, match=r"switches layers \[1, 4\], but it has 4 layers"):
+  with pytest.raises(S.SpecError, match=r'switches layers \[1, 4\], but it has 4 layers'):
     S.validate(S.NetSpec('s', (8, 8, 1), layers, switched=(1, 4)))

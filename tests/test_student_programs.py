@@ -26,8 +26,11 @@ SETTINGS = E.DistillSettings(epochs=1, batch_size=64)
 def resident():
   ds = data_lib.load(data_lib.default_data_config())
   images, labels = ds.train_images[:256], ds.train_labels[:256]
-  arrays = (train.Data(jnp.asarray(images), jnp.asarray(labels), jnp.zeros((256, 10))),
-            jnp.asarray(ds.val_images), jnp.asarray(ds.val_labels))
+  arrays = (
+    train.Data(jnp.asarray(images), jnp.asarray(labels), jnp.zeros((256, 10))),
+    jnp.asarray(ds.val_images),
+    jnp.asarray(ds.val_labels),
+  )
   return lambda device: jax.device_put(arrays, device)
 
 
@@ -56,8 +59,9 @@ def test_programs_are_compiled_once_per_cache_handed_in(resident):
   # The compiled programs train: one epoch of 4 steps.
   variables = models.init_variables(first.model, 0, (8, 8, 1))
   data, _, _ = resident(device)
-  state, metrics = first.runner.run(first.init_state(variables), data, jax.random.key(0),
-                                    SETTINGS.batch_size)
+  state, metrics = first.runner.run(
+    first.init_state(variables), data, jax.random.key(0), SETTINGS.batch_size
+  )
   assert np.isfinite(float(metrics['loss'])) and int(state.step) == 4
 
 

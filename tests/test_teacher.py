@@ -5,10 +5,10 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import DIGITS_CNN_PARAMS
 
 from n2n_jax import experiment
 from n2n_jax import teacher as teacher_lib
-from conftest import DIGITS_CNN_PARAMS
 
 
 @pytest.mark.slow
@@ -40,7 +40,9 @@ def test_stored_teacher_round_trips_and_other_configs_are_refused(config_factory
   config.data.max_train_examples = 300
   experiment.run(config, str(tmp_path))
   loaded = teacher_lib.load(str(tmp_path), None)
-  from n2n_jax import data as data_lib, train
+  from n2n_jax import data as data_lib
+  from n2n_jax import train
+
   ds = data_lib.load(config.data)
   acc = train.accuracy(loaded.model, loaded.variables, ds.test_images, ds.test_labels)
   assert acc == pytest.approx(loaded.record['test_accuracy'])
@@ -49,5 +51,7 @@ def test_stored_teacher_round_trips_and_other_configs_are_refused(config_factory
   assert teacher_lib.load(str(tmp_path), teacher_lib._origin(config, loaded.spec)) is not None
 
   config.teacher.learning_rate = 0.05
-  with pytest.raises(teacher_lib.WorkdirMismatch, match='training.learning_rate: stored 0.01, now 0.05'):
+  with pytest.raises(
+    teacher_lib.WorkdirMismatch, match='training.learning_rate: stored 0.01, now 0.05'
+  ):
     experiment.run(config, str(tmp_path))

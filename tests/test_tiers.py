@@ -27,12 +27,19 @@ def _is_slow(expression) -> bool:
 
 def _fast_test_count(tree) -> int:
   for node in tree.body:
-    if (isinstance(node, ast.Assign) and any(getattr(t, 'id', '') == 'pytestmark'
-                                             for t in node.targets) and _is_slow(node.value)):
+    if (
+      isinstance(node, ast.Assign)
+      and any(getattr(t, 'id', '') == 'pytestmark' for t in node.targets)
+      and _is_slow(node.value)
+    ):
       return 0
-  return sum(1 for node in tree.body
-             if isinstance(node, ast.FunctionDef) and node.name.startswith('test_')
-             and not any(_is_slow(d) for d in node.decorator_list))
+  return sum(
+    1
+    for node in tree.body
+    if isinstance(node, ast.FunctionDef)
+    and node.name.startswith('test_')
+    and not any(_is_slow(d) for d in node.decorator_list)
+  )
 
 
 def test_every_module_has_a_fast_test():
@@ -49,5 +56,6 @@ def test_the_check_sees_slow_marks():
   slow = ast.parse('import pytest\npytestmark = pytest.mark.slow\ndef test_a(): pass\n')
   marked = ast.parse('@pytest.mark.slow\ndef test_a(): pass\ndef test_b(): pass\n')
   assert _fast_test_count(slow) == 0 and _fast_test_count(marked) == 1
-  assert _imported_modules(ast.parse('from n2n_jax import spec as S, zoo\n'
-                                     'import n2n_jax.data\n')) == {'spec', 'zoo', 'data'}
+  assert _imported_modules(
+    ast.parse('from n2n_jax import spec as S, zoo\nimport n2n_jax.data\n')
+  ) == {'spec', 'zoo', 'data'}

@@ -2,8 +2,10 @@
 time, stage 1 within its share, and a resumed run may change the budget."""
 
 import pytest
+from conftest import load_config
+from conftest import tiny_search
+from conftest import workdir_with_teacher
 
-from conftest import load_config, tiny_search, workdir_with_teacher
 from n2n_jax import config as config_lib
 from n2n_jax import experiment
 from n2n_jax import report
@@ -29,8 +31,9 @@ def test_an_iteration_starts_only_if_its_expected_time_fits():
 
 def make_meta(done1, done2, seconds=10.0):
   state = search_state.SearchState.fresh(origin={})
-  state.records = ([{'stage': 1, 'seconds': seconds}] * done1
-                   + [{'stage': 2, 'seconds': seconds}] * done2)
+  state.records = [{'stage': 1, 'seconds': seconds}] * done1 + [
+    {'stage': 2, 'seconds': seconds}
+  ] * done2
   state.done = {1: done1, 2: done2}
   return state
 
@@ -61,8 +64,7 @@ def test_the_budget_is_checked(value):
 
 
 @pytest.mark.slow
-def test_a_search_ends_on_time_and_a_resume_may_give_it_more(config_factory, teacher_dir,
-                                                             tmp_path):
+def test_a_search_ends_on_time_and_a_resume_may_give_it_more(config_factory, teacher_dir, tmp_path):
   config = tiny_search(config_factory('digits'))
   # Far more iterations than 6 s of search time holds (each trains students
   # for real: tenths of a second at least), so the budget ends stage 1.
@@ -84,7 +86,7 @@ def test_a_search_ends_on_time_and_a_resume_may_give_it_more(config_factory, tea
   # far stay as they were.
   config.runtime.time_budget_minutes = 0.5
   again = experiment.run(config, workdir)['iterations']
-  assert report.read_metrics(workdir)[:len(records)] == records
+  assert report.read_metrics(workdir)[: len(records)] == records
   if ran['stage2']:
     assert again['stage1'] == ran['stage1'] and again['stage2'] == 1
   else:

@@ -11,9 +11,19 @@ from n2n_jax import models
 from n2n_jax import spec as S
 from n2n_jax import train
 
-TINY = S.NetSpec('tiny', (8, 8, 1), (
-    S.Conv(8, 3, 1, 1), S.BatchNorm(), S.ReLU(), S.MaxPool(2, 2), S.Dropout(0.1),
-    S.Flatten(), S.Dense(10)))
+TINY = S.NetSpec(
+  'tiny',
+  (8, 8, 1),
+  (
+    S.Conv(8, 3, 1, 1),
+    S.BatchNorm(),
+    S.ReLU(),
+    S.MaxPool(2, 2),
+    S.Dropout(0.1),
+    S.Flatten(),
+    S.Dense(10),
+  ),
+)
 
 
 @pytest.fixture(scope='module')
@@ -85,8 +95,9 @@ def test_scan_and_loop_epochs_agree(digits):
   data = train.Data(digits.train_images[:256], digits.train_labels[:256])
   results = {}
   for mode in ('loop', 'scan'):
-    state, metrics = train.EpochRunner(step, mode).run(_fresh_state(model, tx), data,
-                                                        jax.random.key(3), 32)
+    state, metrics = train.EpochRunner(step, mode).run(
+      _fresh_state(model, tx), data, jax.random.key(3), 32
+    )
     results[mode] = (state, metrics)
   a, b = results['loop'][0], results['scan'][0]
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
@@ -128,8 +139,9 @@ def test_augmented_step_runs_and_changes_inputs(digits):
   tx = optax.sgd(0.0)  # no learning: the loss differs only through the inputs
   data = train.Data(digits.train_images[:64], digits.train_labels[:64])
   plain = train.make_step(model, tx, train.cross_entropy)
-  aug = train.make_step(model, tx, train.cross_entropy,
-                        lambda k, x: data_lib.augment_batch(k, x, crop_padding=2))
+  aug = train.make_step(
+    model, tx, train.cross_entropy, lambda k, x: data_lib.augment_batch(k, x, crop_padding=2)
+  )
   idx = jnp.arange(64)
   key = jax.random.key(1)
   _, m_plain = jax.jit(plain)(_fresh_state(model, tx), data, idx, key)

@@ -17,8 +17,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
+from conftest import run_records
+from conftest import tiny_run_flags
 
-from conftest import ROOT, run_records, tiny_run_flags
 from n2n_jax import write_errors
 
 MAIN = [sys.executable, '-m', 'n2n_jax.main', '--config=configs/digits.py']
@@ -28,9 +30,14 @@ INJECT = [sys.executable, str(ROOT / 'tests' / 'write_faults.py')]
 def main(workdir, flags, *, fault=None, cache=''):
   """The compress job in a subprocess; fault = (errno name, path pattern, nth)."""
   prefix = [*INJECT, *map(str, fault), '--config=configs/digits.py'] if fault else MAIN
-  return subprocess.run([*prefix, f'--workdir={workdir}', *flags,
-                         f'--config.runtime.compilation_cache_dir={cache}'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  return subprocess.run(
+    [*prefix, f'--workdir={workdir}', *flags, f'--config.runtime.compilation_cache_dir={cache}'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
 
 
 def result(workdir):
@@ -44,8 +51,12 @@ def temporaries(workdir) -> list:
   found = []
   for folder, dirs, files in os.walk(workdir):
     for name in dirs + files:
-      if name.endswith('.tmp') or '.partial' in name or 'orbax-checkpoint-tmp' in name or (
-          name.startswith('.') and name != '.n2n_jax.lock'):
+      if (
+        name.endswith('.tmp')
+        or '.partial' in name
+        or 'orbax-checkpoint-tmp' in name
+        or (name.startswith('.') and name != '.n2n_jax.lock')
+      ):
         found.append(os.path.join(folder, name))
   return found
 
@@ -60,6 +71,7 @@ def uninterrupted(tmp_path_factory):
 
 
 # --- the message --------------------------------------------------------------------------------
+
 
 def test_a_full_or_read_only_folder_is_found_in_the_error_chain(tmp_path):
   workdir = str(tmp_path / 'run')
@@ -76,12 +88,15 @@ def test_a_full_or_read_only_folder_is_found_in_the_error_chain(tmp_path):
   assert 'run the same command again to resume' in line
   # tensorstore (orbax's arrays) raises ValueError carrying the OS's text and the file.
   tensorstore = ValueError(
-      'RESOURCE_EXHAUSTED: Error opening "zarr" driver: Error writing "x/.zarray" in OCDBT '
-      f'database at local file "{workdir}/search_checkpoints/1/arrays/": Failed writing: '
-      f'"{workdir}/search_checkpoints/1/arrays/d/9bf": Failed to write 214 bytes to file 13: '
-      "No space left on device [os_error_code='28']")
+    'RESOURCE_EXHAUSTED: Error opening "zarr" driver: Error writing "x/.zarray" in OCDBT '
+    f'database at local file "{workdir}/search_checkpoints/1/arrays/": Failed writing: '
+    f'"{workdir}/search_checkpoints/1/arrays/d/9bf": Failed to write 214 bytes to file 13: '
+    "No space left on device [os_error_code='28']"
+  )
   assert write_errors.find(tensorstore, workdir) == (
-      f'{workdir}/search_checkpoints/1/arrays/d/9bf', 'No space left on device')
+    f'{workdir}/search_checkpoints/1/arrays/d/9bf',
+    'No space left on device',
+  )
   # A permission error counts inside the run's folder only; other errors never.
   denied = OSError(errno.EACCES, 'Permission denied', '/data/train.idx')
   assert write_errors.find(denied, workdir) is None
@@ -90,16 +105,25 @@ def test_a_full_or_read_only_folder_is_found_in_the_error_chain(tmp_path):
   assert write_errors.message(ValueError('bad value'), workdir) is None
 
 
-@pytest.mark.parametrize('name, what', [
-    ('.summary.json.1a2b3c4d.tmp', 'the summary'), ('summary.json', 'the summary'),
-    ('.search_stage2.png.1a2b3c4d.png', 'a plot'), ('.student.partial', 'the exported student'),
-    ('baselines/prune/summary.json', "a baseline's results"), ('report.md', 'the report'),
+@pytest.mark.parametrize(
+  'name, what',
+  [
+    ('.summary.json.1a2b3c4d.tmp', 'the summary'),
+    ('summary.json', 'the summary'),
+    ('.search_stage2.png.1a2b3c4d.png', 'a plot'),
+    ('.student.partial', 'the exported student'),
+    ('baselines/prune/summary.json', "a baseline's results"),
+    ('report.md', 'the report'),
     ('search_checkpoints/2.orbax-checkpoint-tmp/arrays', 'the search checkpoint'),
     ('tensorboard/events.out', "TensorBoard's event file"),
     ('teacher_checkpoint.orbax-checkpoint-tmp', "the teacher's weights"),
-    ('teacher.json', "the teacher's record"), ('metrics.jsonl', 'the metrics'),
-    ('somewhere_else', 'a file'), ('../other/summary.json', 'a file'),
-    ('', 'the run folder')])
+    ('teacher.json', "the teacher's record"),
+    ('metrics.jsonl', 'the metrics'),
+    ('somewhere_else', 'a file'),
+    ('../other/summary.json', 'a file'),
+    ('', 'the run folder'),
+  ],
+)
 def test_each_part_of_the_run_folder_is_named(name, what):
   assert write_errors.what_is(os.path.join('/w', name), '/w') == what
 
@@ -107,16 +131,16 @@ def test_each_part_of_the_run_folder_is_named(name, what):
 # --- faults in the run's folder -----------------------------------------------------------------
 
 SITES = [  # (path pattern, what the message calls it)
-    ('/teacher_progress', "the teacher's training progress"),
-    ('/teacher_checkpoint', "the teacher's weights"),
-    ('/teacher.json', "the teacher's record"),
-    ('/metrics.jsonl', 'the metrics'),
-    ('/tensorboard', "TensorBoard's event file"),
-    ('/search_checkpoints/2', 'the search checkpoint'),  # the first one stays
-    ('.png', 'a plot'),
-    ('/report.md', 'the report'),
-    ('/summary.json', 'the summary'),
-    ('/student', 'the exported student'),
+  ('/teacher_progress', "the teacher's training progress"),
+  ('/teacher_checkpoint', "the teacher's weights"),
+  ('/teacher.json', "the teacher's record"),
+  ('/metrics.jsonl', 'the metrics'),
+  ('/tensorboard', "TensorBoard's event file"),
+  ('/search_checkpoints/2', 'the search checkpoint'),  # the first one stays
+  ('.png', 'a plot'),
+  ('/report.md', 'the report'),
+  ('/summary.json', 'the summary'),
+  ('/student', 'the exported student'),
 ]
 
 
@@ -131,7 +155,8 @@ def assert_stopped_with_one_line(done, what, workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize('pattern, what', SITES, ids=[s[0].strip('/.') for s in SITES])
 def test_a_full_then_read_only_folder_stops_the_run_and_the_rerun_resumes(
-    uninterrupted, tmp_path, pattern, what):
+  uninterrupted, tmp_path, pattern, what
+):
   flags, expected = uninterrupted
   workdir = tmp_path / 'run'
   for code in ('ENOSPC', 'EROFS'):
@@ -146,16 +171,23 @@ def test_a_full_then_read_only_folder_stops_the_run_and_the_rerun_resumes(
 def can_mount() -> bool:
   probe = '/tmp/n2n_jax_mount_probe'
   os.makedirs(probe, exist_ok=True)
-  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe],
-                        capture_output=True, check=False).returncode == 0
+  made = (
+    subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe], capture_output=True, check=False
+    ).returncode
+    == 0
+  )
   if made:
     subprocess.run(['umount', probe], check=True)
   return made
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not can_mount(), reason='needs permission to mount a tmpfs (root in a '
-                    'container with CAP_SYS_ADMIN); the injected faults above still run')
+@pytest.mark.skipif(
+  not can_mount(),
+  reason='needs permission to mount a tmpfs (root in a '
+  'container with CAP_SYS_ADMIN); the injected faults above still run',
+)
 def test_a_real_disk_that_fills_up(uninterrupted, tmp_path):
   """tensorstore writes the checkpoints' arrays from C++, past the injection:
   a real 200 KB file system fills up during the search's first checkpoint."""
@@ -179,6 +211,7 @@ def test_a_real_disk_that_fills_up(uninterrupted, tmp_path):
 
 
 # --- faults in the cache folder -----------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize('fault', ['EROFS', 'ENOSPC', 'damaged'])

@@ -5,34 +5,51 @@ import pytest
 
 from n2n_jax import spec as S
 from n2n_jax import zoo
-from n2n_jax.spec import (AvgPool, BatchNorm, Concat, Conv, Dense, Dropout, Flatten,
-                          GlobalAvgPool, MaxPool, NetSpec, ReLU, Residual)
+from n2n_jax.spec import AvgPool
+from n2n_jax.spec import BatchNorm
+from n2n_jax.spec import Concat
+from n2n_jax.spec import Conv
+from n2n_jax.spec import Dense
+from n2n_jax.spec import Dropout
+from n2n_jax.spec import Flatten
+from n2n_jax.spec import GlobalAvgPool
+from n2n_jax.spec import MaxPool
+from n2n_jax.spec import NetSpec
+from n2n_jax.spec import ReLU
+from n2n_jax.spec import Residual
 
-ZOO_SHAPES = {'conv4': (28, 28, 1), 'digits_cnn': (8, 8, 1), 'digits_cnn_deep': (8, 8, 1),
-              'resnet18_imagenet': (224, 224, 3), 'resnet34_imagenet': (224, 224, 3)}
+ZOO_SHAPES = {
+  'conv4': (28, 28, 1),
+  'digits_cnn': (8, 8, 1),
+  'digits_cnn_deep': (8, 8, 1),
+  'resnet18_imagenet': (224, 224, 3),
+  'resnet34_imagenet': (224, 224, 3),
+}
 
 
 def shape_for(name):
   return ZOO_SHAPES.get(name, (32, 32, 3))
 
 
-
 def count(spec, kind):
   return sum(isinstance(l, kind) for l in S.iter_layers(spec.layers))
 
 
-@pytest.mark.parametrize('name, shape, classes, params', [
-    ('vgg13', (28, 28, 1), 10, 9_414_858),           # MNIST VGG-13 (paper: 9.4M)
-    ('vgg19', (32, 32, 3), 10, 20_040_522),          # CIFAR-10 VGG-19
-    ('resnet18', (32, 32, 3), 10, 11_173_962),       # CIFAR-10 ResNet-18
-    ('resnet34', (32, 32, 3), 10, 21_282_122),       # CIFAR-10 ResNet-34
-    ('resnet18', (32, 32, 3), 100, 11_220_132),      # CIFAR-100 ResNet-18
-    ('resnet34', (32, 32, 3), 100, 21_328_292),      # CIFAR-100 ResNet-34
+@pytest.mark.parametrize(
+  'name, shape, classes, params',
+  [
+    ('vgg13', (28, 28, 1), 10, 9_414_858),  # MNIST VGG-13 (paper: 9.4M)
+    ('vgg19', (32, 32, 3), 10, 20_040_522),  # CIFAR-10 VGG-19
+    ('resnet18', (32, 32, 3), 10, 11_173_962),  # CIFAR-10 ResNet-18
+    ('resnet34', (32, 32, 3), 10, 21_282_122),  # CIFAR-10 ResNet-34
+    ('resnet18', (32, 32, 3), 100, 11_220_132),  # CIFAR-100 ResNet-18
+    ('resnet34', (32, 32, 3), 100, 21_328_292),  # CIFAR-100 ResNet-34
     ('resnet18_imagenet', (224, 224, 3), 256, 11_307_840),  # Caltech-256 (paper: 11.31M)
-    ('squeezenet1_1', (32, 32, 3), 10, 727_626),     # paper: 727K
-    ('digits_cnn', (8, 8, 1), 10, 140_778),          # the bundled digits' teacher
-    ('digits_cnn_deep', (8, 8, 1), 10, 325_674),     # its deeper Table-5 partner
-])
+    ('squeezenet1_1', (32, 32, 3), 10, 727_626),  # paper: 727K
+    ('digits_cnn', (8, 8, 1), 10, 140_778),  # the bundled digits' teacher
+    ('digits_cnn_deep', (8, 8, 1), 10, 325_674),  # its deeper Table-5 partner
+  ],
+)
 def test_exact_parameter_counts(name, shape, classes, params):
   spec = zoo.get(name, shape, classes)
   S.validate(spec)
@@ -44,7 +61,8 @@ def test_parameter_counts_do_not_depend_on_input_size_where_pooled_globally():
   # Global pooling makes these independent of the image size.
   for name in ('resnet18', 'squeezenet1_1'):
     assert S.param_count(zoo.get(name, (32, 32, 3), 10)) == S.param_count(
-        zoo.get(name, (224, 224, 3), 10))
+      zoo.get(name, (224, 224, 3), 10)
+    )
   assert S.param_count(zoo.get('resnet18_imagenet', (224, 224, 3), 1000)) == 11_689_512
   # VGG-19 on 224x224: five pools to 7x7, then a global pool, same Linear(512).
   big = zoo.get('vgg19', (224, 224, 3), 10)
@@ -73,9 +91,22 @@ def test_every_name_builds_a_valid_spec(name):
 
 def test_names_registry():
   assert set(zoo.NAMES) == set(zoo.BUILDERS)
-  for required in ('conv4', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet18', 'resnet34',
-                   'resnet18_imagenet', 'resnet34_imagenet', 'fitnet4', 'squeezenet1_1',
-                   'vgg_small', 'digits_cnn', 'digits_cnn_deep'):
+  for required in (
+    'conv4',
+    'vgg11',
+    'vgg13',
+    'vgg16',
+    'vgg19',
+    'resnet18',
+    'resnet34',
+    'resnet18_imagenet',
+    'resnet34_imagenet',
+    'fitnet4',
+    'squeezenet1_1',
+    'vgg_small',
+    'digits_cnn',
+    'digits_cnn_deep',
+  ):
     assert required in zoo.NAMES
   with pytest.raises(KeyError, match=r"unknown architecture 'vgg20'; valid names: .*vgg19"):
     zoo.get('vgg20', (32, 32, 3), 10)
@@ -89,8 +120,11 @@ def test_vgg_structure(name, convs):
   assert count(spec, Conv) == convs == count(spec, BatchNorm)
   assert count(spec, MaxPool) == 5
   assert count(spec, Dense) == 1
-  assert all(c.kernel == 3 and c.padding == 1 and c.stride == 1 and c.use_bias
-             for c in spec.layers if isinstance(c, Conv))
+  assert all(
+    c.kernel == 3 and c.padding == 1 and c.stride == 1 and c.use_bias
+    for c in spec.layers
+    if isinstance(c, Conv)
+  )
   # conv -> BN -> ReLU triples.
   for i, layer in enumerate(spec.layers):
     if isinstance(layer, Conv):
@@ -101,7 +135,9 @@ def test_vgg_structure(name, convs):
 
 def test_mnist_vgg13_drops_the_fifth_pool():
   spec = zoo.get('vgg13', (28, 28, 1), 10)
-  pools = [st.out_shape for l, st in zip(spec.layers, S.layer_stats(spec)) if isinstance(l, MaxPool)]
+  pools = [
+    st.out_shape for l, st in zip(spec.layers, S.layer_stats(spec)) if isinstance(l, MaxPool)
+  ]
   assert pools == [(14, 14, 64), (7, 7, 128), (3, 3, 256), (1, 1, 512)]
   assert not any(isinstance(l, GlobalAvgPool) for l in spec.layers)
   assert S.layer_stats(spec)[0].in_shape == (28, 28, 1)
@@ -126,7 +162,7 @@ def test_resnet_structure(name, blocks):
       assert [type(l) for l in layer.main] == [Conv, BatchNorm, ReLU, Conv, BatchNorm]
   # Layers with weights: stem, two per block, the Linear: 18 or 34.
   depth = 1 + 2 * sum(blocks) + 1
-  assert depth == int(name[len('resnet'):])
+  assert depth == int(name[len('resnet') :])
   assert all(not c.use_bias for c in S.iter_layers(spec.layers) if isinstance(c, Conv))
   assert spec.layers[0] == Conv(64, 3, 1, 1, use_bias=False)
   stats = S.layer_stats(spec)
@@ -136,8 +172,12 @@ def test_resnet_structure(name, blocks):
 
 def test_resnet_imagenet_stem():
   spec = zoo.get('resnet18_imagenet', (224, 224, 3), 256)
-  assert spec.layers[:4] == (Conv(64, 7, 2, 3, use_bias=False), BatchNorm(), ReLU(),
-                             MaxPool(3, 2, 1))
+  assert spec.layers[:4] == (
+    Conv(64, 7, 2, 3, use_bias=False),
+    BatchNorm(),
+    ReLU(),
+    MaxPool(3, 2, 1),
+  )
   assert S.layer_stats(spec)[3].out_shape == (56, 56, 64)
 
 
@@ -166,7 +206,8 @@ def test_small_teachers_and_hand_designed_students():
   fitnet = zoo.get('fitnet4', (32, 32, 3), 10)
   assert count(fitnet, Conv) + count(fitnet, Dense) == 17  # 17 layers with weights
   assert [c.filters for c in fitnet.layers if isinstance(c, Conv)] == (
-      [32, 32, 32, 48, 48] + [80] * 5 + [128] * 5)
+    [32, 32, 32, 48, 48] + [80] * 5 + [128] * 5
+  )
   assert MaxPool(8, 8) in fitnet.layers
   assert Dense(500) in fitnet.layers
   small = zoo.get('fitnet4', (28, 28, 1), 10)
@@ -190,7 +231,10 @@ def test_small_teachers_and_hand_designed_students():
 def test_building_blocks():
   assert zoo.conv_bn_relu(16) == (Conv(16, 3, 1, 1), BatchNorm(), ReLU())
   assert zoo.conv_bn_relu(16, 5, 2, 0, use_bias=False) == (
-      Conv(16, 5, 2, 0, use_bias=False), BatchNorm(), ReLU())
+    Conv(16, 5, 2, 0, use_bias=False),
+    BatchNorm(),
+    ReLU(),
+  )
   ident, relu = zoo.basic_block(64, 1, 64)
   assert relu == ReLU() and ident.shortcut == ()
   proj, _ = zoo.basic_block(128, 1, 64)  # a width change also needs a projection

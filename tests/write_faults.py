@@ -52,6 +52,7 @@ def install(errno_name: str, pattern: str, nth: int) -> None:
       if args:
         check(args[0])
       return real[name](src, *args, **kwargs)
+
     return fake
 
   builtins.open = io.open = fake_open
