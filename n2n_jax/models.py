@@ -133,7 +133,8 @@ def init_variables(model: SpecNet, seed: int, input_shape, shapes=None) -> dict:
 
 def _network_order(name: str) -> tuple:
   """Sort key putting variable names ('11_main_0_Conv') in network order."""
-  return tuple((0, int(p), '') if p.isdigit() else (1, 0, p) for p in name.split('_'))
+  path, kind = S.scope_parts(name)
+  return tuple((0, p, '') if isinstance(p, int) else (1, 0, p) for p in path + (kind,) if p != '')
 
 
 def inherit_variables(student: dict, teacher: dict) -> tuple:
@@ -151,11 +152,11 @@ def inherit_variables(student: dict, teacher: dict) -> tuple:
   shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
   next_teacher, copied = 0, 0
   for name in sorted(params, key=_network_order):
-    kind = name.rsplit('_', 1)[-1]
+    kind = S.scope_parts(name)[1]
     for j in range(next_teacher, len(teacher_names)):
       t_name = teacher_names[j]
       if (
-        t_name.rsplit('_', 1)[-1] == kind
+        S.scope_parts(t_name)[1] == kind
         and shapes(t_params[t_name]) == shapes(params[name])
         and shapes(t_stats.get(t_name)) == shapes(stats.get(name))
       ):

@@ -210,7 +210,7 @@ def pad(variables: dict, places: dict, wide_shapes: dict, on=None) -> dict:
     if wide_path == ('batch_stats', models.SWITCHES) and on is not None:
       return np.asarray(on, leaf.dtype)
     if wide_path not in where:
-      if on is not None and not on[int(wide_path[1].split('_')[0])]:
+      if on is not None and not on[S.scope_parts(wide_path[1])[0][0]]:
         return wide  # a switched-off layer's: its output is discarded
       raise NotEmbeddable(f'no student variable for {"/".join(wide_path)}')
     path, index = where[wide_path]

@@ -179,6 +179,14 @@ def scope_name(path: tuple, layer=None) -> str:
   return name if layer is None else f'{name}_{type(layer).__name__}'
 
 
+def scope_parts(name: str) -> tuple:
+  """scope_name's inverse: '5_main_1_BatchNorm' -> ((5, 'main', 1), 'BatchNorm');
+  a name without a layer type ('5_main_1') gives ((5, 'main', 1), '')."""
+  parts = name.split('_')
+  kind = parts.pop() if len(parts) > 1 and parts[-1] in REGISTRY else ''
+  return tuple(int(p) if p.isdigit() else p for p in parts), kind
+
+
 def _needs_map(layer, shape, where):
   if len(shape) != 3:
     raise SpecError(

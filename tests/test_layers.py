@@ -96,6 +96,17 @@ def test_scope_names_are_the_saved_ones():
     ]
   )
   assert sorted(shapes['batch_stats']) == ['1_BatchNorm', '3_main_1_BatchNorm']
+  # Read back in one place too: path and type, and the network's order.
+  for name in shapes['params']:
+    path, kind = S.scope_parts(name)
+    assert kind in S.REGISTRY and f'{S.scope_name(path)}_{kind}' == name
+  assert S.scope_parts('3_main_1_BatchNorm') == ((3, 'main', 1), 'BatchNorm')
+  assert S.scope_parts('4_branches_0_0') == ((4, 'branches', 0, 0), '')
+  order = sorted(
+    ['11_Dense', '3_shortcut_0_Conv', '3_main_1_BatchNorm', '3_main_0_Conv', '2_Conv'],
+    key=models._network_order,
+  )  # pylint: disable=protected-access
+  assert order == ['2_Conv', '3_main_0_Conv', '3_main_1_BatchNorm', '3_shortcut_0_Conv', '11_Dense']
 
 
 def test_register_refuses_a_type_that_does_not_say_what_it_is():
