@@ -79,20 +79,12 @@ def _where(key) -> str:
   return f'[{key}]' if isinstance(key, int) else f'.{key}'
 
 
-def switchable(layer, shape) -> bool:
-  """Whether `layer`, on inputs of `shape`, can be switched off: replaced by
-  its input with zero channels appended up to its output width. Only for
-  layers that keep the spatial size and do not narrow the activation (each
-  layer type says: its `switchable` method in spec.py)."""
-  return layer.switchable(shape)
-
-
 def with_switches(student: S.NetSpec, source: S.NetSpec) -> tuple:
   """(wide, on) for a stage-1 student (`source` with layers removed): `wide`
   is `source` without the pooling layers the student lacks (a removed pool
-  changes every later shape), with each layer that can be switched off
-  (`switchable`) in wide.switched; `on` (1 or 0 per wide layer) switches it
-  to the student's function. Every student with the same pools shares `wide`,
+  changes every later shape), with each layer that can be switched off (its
+  type's `switchable`, spec.py) in wide.switched; `on` (1 or 0 per wide
+  layer) switches it to the student's function. Every student with the same pools shares `wide`,
   so one program serves them all. The student's layers are matched to the
   source's in order, earliest first. Raises NotEmbeddable for a student that
   is not `source` with layers removed, or that removed a layer that cannot be
@@ -111,7 +103,7 @@ def with_switches(student: S.NetSpec, source: S.NetSpec) -> tuple:
     )
   switched, shape = [], tuple(student.input_shape)
   for j, layer in enumerate(layers):
-    if switchable(layer, shape):
+    if layer.switchable(shape):
       switched.append(j)
     elif not on[j]:
       raise NotEmbeddable(
